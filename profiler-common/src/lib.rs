@@ -1,0 +1,193 @@
+//! One definition of every record that crosses the kernel/user boundary.
+//!
+//! Every type is `#[repr(C)]`, laid out without implicit padding (checked by the
+//! `const` assertions at the bottom), so the bytes the eBPF side writes are the
+//! bytes userspace reads.
+#![no_std]
+
+pub mod histogram;
+
+/// How many distinct epoll loops one thread may poll before the oldest slot is
+/// recycled. A Node thread has one loop, plus one short-lived nested loop per
+/// `execSync`/`spawnSync` in flight; four leaves room for nesting inside nesting.
+pub const MAX_LOOP_SLOTS: usize = 4;
+
+/// Frames kept per user stack: the kernel's default `perf_event_max_stack`.
+pub const MAX_USER_FRAMES: usize = 127;
+/// Frames kept per kernel stack; deeper kernel stacks are truncated at the leaf side.
+pub const MAX_KERNEL_FRAMES: usize = 64;
+
+/// `kind` of a ring-buffer record.
+pub const EVENT_EPISODE: u32 = 1;
+pub const EVENT_SAMPLE: u32 = 2;
+
+/// Indexes of the per-CPU `COUNTERS` array: things the kernel side had to drop
+/// or could not do, reported to the user at exit.
+pub const COUNTER_SAMPLES_SENT: u32 = 0;
+pub const COUNTER_SAMPLES_LOST: u32 = 1;
+pub const COUNTER_EPISODES_LOST: u32 = 2;
+pub const COUNTER_THREADS_FULL: u32 = 3;
+pub const COUNTER_STATS_FULL: u32 = 4;
+pub const COUNTER_SLOTS_RECYCLED: u32 = 5;
+pub const COUNTER_USER_STACK_ERRORS: u32 = 6;
+pub const NUM_COUNTERS: u32 = 8;
+
+/// Runtime settings userspace writes into the one-element `CONFIG` array.
+/// A map rather than load-time globals so a running daemon can change them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Busy time at or above which an iteration is sent to userspace as an episode.
+    pub threshold_ns: u64,
+    /// Non-zero: take stacks in `cpu-clock` samples of watched loop threads.
+    pub sample_stacks: u32,
+    pub _pad: u32,
+}
+
+/// Value of the `WATCHED` map, keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WatchedProcess {
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// One epoll loop seen on a thread, identified by its epoll fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopSlot {
+    pub epfd: i32,
+    /// 1 while the thread is inside `epoll_*wait` on this loop.
+    pub in_poll: u32,
+    /// When this incarnation of the fd was first polled: lets a later poll on
+    /// the same fd number tell a finished nested loop from a live one.
+    pub first_seen_ns: u64,
+    pub last_enter_ns: u64,
+    /// End of the last poll; 0 until one poll returned since the slot was (re)set.
+    pub last_exit_ns: u64,
+    /// Busy time of the open iteration before `last_exit_ns` (libuv re-polls
+    /// within one iteration: the idle-time probe with timeout 0, EINTR, a full
+    /// event array).
+    pub accum_busy_ns: u64,
+    /// Idle (in-poll) time not yet added to the loop's statistics.
+    pub idle_pending_ns: u64,
+    /// Closed iterations of this incarnation; also the sequence number of the
+    /// open one, which samples carry so userspace can match them to an episode.
+    pub iterations: u64,
+    pub timeout_ms: i32,
+    pub maxevents: i32,
+    pub last_ret: i64,
+}
+
+/// Value of the `THREADS` map, keyed by tid: the loops one thread polls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadLoops {
+    pub pid: u32,
+    /// Index of the slot with the most iterations: the thread's own event loop.
+    /// Nested `spawnSync` loops never outnumber it.
+    pub primary: u32,
+    pub slots: [LoopSlot; MAX_LOOP_SLOTS],
+}
+
+/// Key of the `LOOP_STATS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LoopKey {
+    pub pid: u32,
+    pub tid: u32,
+}
+
+/// Per-loop aggregate kept in the kernel: every iteration lands here, only the
+/// slow ones go to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LoopStats {
+    pub iterations: u64,
+    pub busy_ns: u64,
+    pub idle_ns: u64,
+    pub max_busy_ns: u64,
+    pub episodes: u64,
+    pub buckets: [u64; histogram::BUCKETS],
+}
+
+impl LoopStats {
+    pub const ZERO: LoopStats = LoopStats {
+        iterations: 0,
+        busy_ns: 0,
+        idle_ns: 0,
+        max_busy_ns: 0,
+        episodes: 0,
+        buckets: [0; histogram::BUCKETS],
+    };
+}
+
+/// An iteration whose busy time reached the threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EpisodeEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub epfd: i32,
+    /// The iteration's sequence number (see `LoopSlot::iterations`).
+    pub seq: u64,
+    /// CLOCK_MONOTONIC time the next poll was entered.
+    pub end_ns: u64,
+    /// Busy time of the iteration; its busy window is `[end_ns - busy_ns, end_ns]`.
+    pub busy_ns: u64,
+}
+
+/// Fixed part of a `cpu-clock` sample of a loop thread that was busy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleHeader {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    /// Bytes of `user_stack` / `kernel_stack` filled (a negative errno on failure).
+    pub user_bytes: i32,
+    pub kernel_bytes: i32,
+    /// Sequence number of the open iteration of the thread's loop.
+    pub seq: u64,
+    /// Start of the open busy window, as `now - busy so far`.
+    pub busy_start_ns: u64,
+    pub time_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SampleEvent {
+    pub header: SampleHeader,
+    pub user_stack: [u64; MAX_USER_FRAMES],
+    pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
+}
+
+// No implicit padding anywhere: a hole would be uninitialised bytes on one side.
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<WatchedProcess>() == 8);
+const _: () = assert!(core::mem::size_of::<LoopSlot>() == 4 + 4 + 6 * 8 + 4 + 4 + 8);
+const _: () = assert!(
+    core::mem::size_of::<ThreadLoops>() == 8 + MAX_LOOP_SLOTS * core::mem::size_of::<LoopSlot>()
+);
+const _: () = assert!(core::mem::size_of::<LoopKey>() == 8);
+const _: () = assert!(core::mem::size_of::<LoopStats>() == 5 * 8 + histogram::BUCKETS * 8);
+const _: () = assert!(core::mem::size_of::<EpisodeEvent>() == 16 + 3 * 8);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 24 + 3 * 8);
+const _: () = assert!(
+    core::mem::size_of::<SampleEvent>()
+        == core::mem::size_of::<SampleHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
+);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain integers, no padding (asserted above).
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for WatchedProcess {}
+    unsafe impl aya::Pod for LoopSlot {}
+    unsafe impl aya::Pod for ThreadLoops {}
+    unsafe impl aya::Pod for LoopKey {}
+    unsafe impl aya::Pod for LoopStats {}
+}
