@@ -84,8 +84,8 @@ pub struct LoopSlot {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ThreadLoops {
     pub pid: u32,
-    /// Index of the slot with the most iterations: the thread's own event loop.
-    /// Nested `spawnSync` loops never outnumber it.
+    /// Index of the thread's outermost loop (not nested in another's callback),
+    /// whose iteration numbers samples carry.
     pub primary: u32,
     pub slots: [LoopSlot; MAX_LOOP_SLOTS],
 }
@@ -124,7 +124,7 @@ impl LoopStats {
 
 /// An iteration whose busy time reached the threshold.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpisodeEvent {
     pub kind: u32,
     pub pid: u32,

@@ -1,7 +1,78 @@
+//! loopbpf's kernel side.
+//!
+//! | program           | attach point                | needs            |
+//! |-------------------|-----------------------------|------------------|
+//! | `poll_enter`      | tp_btf `sys_enter`          | BTF (5.5+)       |
+//! | `poll_exit`       | tp_btf `sys_exit`           | BTF (5.5+)       |
+//! | `sample_stack`    | perf_event `cpu-clock`      | 4.9+, ringbuf 5.8+ |
+//!
+//! BTF tracepoints attach by name (no tracefs mount needed) and let us read the
+//! syscall registers directly, so the filter every syscall on the host pays is
+//! three compares on the syscall number.
 #![no_std]
 #![no_main]
+
+mod poll;
+mod sample;
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use profiler_common::{
+    Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess, NUM_COUNTERS,
+};
+
+/// Settings from userspace (threshold, sampling switch); one element.
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Processes to watch, keyed by tgid. Sized for every Node process on a big host.
+#[map]
+static WATCHED: HashMap<u32, WatchedProcess> = HashMap::with_max_entries(4096, 0);
+
+/// Loop state per polling thread. LRU: a thread that exits without userspace
+/// noticing is evicted instead of filling the map; a live thread evicted loses
+/// one iteration (counted as THREADS_FULL only when an insert fails).
+#[map]
+static THREADS: LruHashMap<u32, ThreadLoops> = LruHashMap::with_max_entries(16384, 0);
+
+/// Busy-time histogram and totals per loop thread. Not preallocated: entries
+/// are ~4.5 KiB and only loop threads of watched processes get one.
+#[map]
+static LOOP_STATS: HashMap<LoopKey, LoopStats> =
+    HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+
+/// Episodes and stack samples to userspace. 8 MiB holds ~5000 samples: several
+/// seconds of every watched thread at 199 Hz between two drains.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// What the kernel side dropped or could not do, per CPU (see COUNTER_*).
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+fn is_watched(tgid: u32) -> bool {
+    unsafe { WATCHED.get(&tgid) }.is_some()
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves every path terminates; no panic path survives optimisation.
     unsafe { core::hint::unreachable_unchecked() }
 }

@@ -1,4 +1,16 @@
 //! loopbpf's userspace, in the order data flows through it:
-//! probes (load and attach) → collect (ring buffer records) → episode (assembly)
-//! → symbolize (perf maps, blazesym) → export (text, JSON lines, folded).
+//! probes (load and attach) → collect (ring-buffer records) → episode (assembly)
+//! → symbolize (perf maps, blazesym) → report → export (text, JSON lines, folded).
+//! `run` wires one session together; `reporter` is its last, ordered stage.
+pub mod cli;
+pub mod collect;
+pub mod episode;
+pub mod export;
+pub mod loop_stats;
+pub mod privileges;
+pub mod probes;
+pub mod report;
+pub mod reporter;
+pub mod run;
 pub mod symbolize;
+pub mod target;

@@ -1,0 +1,82 @@
+//! `cpu-clock` samples of busy loop threads, with user and kernel stacks.
+//!
+//! Only threads that poll (event loops) and only while their loop is busy:
+//! a thread asleep in epoll is never on a CPU to be sampled, and threads that
+//! never poll cost one map lookup. Samples go out without waking userspace;
+//! an episode wakes it, and it drains on a timer too.
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns},
+    macros::perf_event,
+    programs::PerfEventContext,
+    EbpfContext,
+};
+use profiler_common::{
+    SampleEvent, SampleHeader, COUNTER_SAMPLES_LOST, COUNTER_SAMPLES_SENT,
+    COUNTER_USER_STACK_ERRORS, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS, MAX_USER_FRAMES,
+};
+
+use crate::{config, count, is_watched, EVENTS, THREADS};
+
+#[perf_event]
+pub fn sample_stack(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if pid == 0 || !is_watched(pid) {
+        return 0;
+    }
+    match config() {
+        Some(c) if c.sample_stacks != 0 => {}
+        _ => return 0,
+    }
+    let Some(t) = (unsafe { THREADS.get(tid) }) else {
+        return 0;
+    };
+    let Some(s) = t.slots.get(t.primary as usize & (MAX_LOOP_SLOTS - 1)) else {
+        return 0;
+    };
+    if s.last_exit_ns == 0 || s.in_poll != 0 {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let header = SampleHeader {
+        kind: EVENT_SAMPLE,
+        pid,
+        tid,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        user_bytes: 0,
+        kernel_bytes: 0,
+        seq: s.iterations,
+        busy_start_ns: s.last_exit_ns.saturating_sub(s.accum_busy_ns),
+        time_ns: now,
+    };
+    let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) else {
+        count(COUNTER_SAMPLES_LOST);
+        return 0;
+    };
+    let e = entry.as_mut_ptr();
+    unsafe {
+        (*e).header = header;
+        let user = bpf_get_stack(
+            ctx.as_ptr(),
+            (*e).user_stack.as_mut_ptr().cast(),
+            (MAX_USER_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+        if user < 0 {
+            count(COUNTER_USER_STACK_ERRORS);
+        }
+        let kernel = bpf_get_stack(
+            ctx.as_ptr(),
+            (*e).kernel_stack.as_mut_ptr().cast(),
+            (MAX_KERNEL_FRAMES * 8) as u32,
+            0,
+        );
+        (*e).header.user_bytes = user as i32;
+        (*e).header.kernel_bytes = kernel as i32;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    count(COUNTER_SAMPLES_SENT);
+    0
+}

@@ -1,0 +1,110 @@
+//! Command line of `loopbpf`.
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Why was my Node.js event loop blocked? Measures every event-loop iteration of
+/// running Node processes from the kernel (no inspector, flag or restart) and,
+/// for each iteration busy longer than --threshold, prints an episode and
+/// writes its stacks as a folded file (flamegraph.pl, inferno, speedscope).
+///
+/// JavaScript frames are named when node runs with --perf-basic-prof-only-functions
+/// (add --interpreted-frames-native-stack for interpreted functions); without
+/// them episodes are still reported, with native frames only.
+///
+/// Needs root (CAP_BPF and CAP_PERFMON) and a kernel with BTF.
+#[derive(Debug, Parser)]
+#[command(name = "loopbpf", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Node process to watch (repeat for several).
+    #[arg(long = "pid", short = 'p', required = true, value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Report iterations busy at least this long (e.g. 50ms, 1s). The default,
+    /// 50ms, is a stall users feel: every request queued behind it waits that
+    /// long, and it is 5x the 10ms a healthy loop rarely exceeds.
+    #[arg(long, short = 't', default_value = "50ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub threshold: Duration,
+
+    /// Stack samples per second of each busy loop thread. 199 gives ~10 samples
+    /// in a 50ms episode; an odd rate avoids lockstep with timers. 0 disables
+    /// stacks (episodes are still timed).
+    #[arg(long, short = 'F', default_value_t = 199, value_name = "HZ")]
+    pub frequency: u64,
+
+    /// Stop after this long (e.g. 30s, 5m); by default run until Ctrl-C,
+    /// SIGTERM, or every watched process has exited.
+    #[arg(long, short = 'd', value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Directory for one folded-stacks file per episode, named
+    /// PID-TID-STARTNS.folded so episodes never overwrite each other.
+    #[arg(long, short = 'o', default_value = "loopbpf-out", value_name = "DIR")]
+    pub output: PathBuf,
+
+    /// One JSON object per line on stdout (types: ready, episode, warning, summary).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Watch the process even if it does not look like Node (any libuv program).
+    #[arg(long)]
+    pub force: bool,
+}
+
+const EXAMPLES: &str = "Examples:
+  sudo loopbpf --pid 4242                      # report stalls over 50ms until Ctrl-C
+  sudo loopbpf -p 4242 -t 200ms -d 10m --json  # JSON lines for 10 minutes
+  inferno-flamegraph < loopbpf-out/4242-4242-123456789.folded > stall.svg
+
+Start node with --perf-basic-prof-only-functions --interpreted-frames-native-stack
+to see JavaScript function names.";
+
+/// `50ms`, `1s`, `1.5s`, `2m`, `250us`: a number and a unit.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 50ms, 1s)"))?;
+    let ns_per_unit = match unit.trim() {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" | "min" => 60e9,
+        "h" => 3600e9,
+        "" => return Err(format!("'{s}' needs a unit (e.g. {s}ms or {s}s)")),
+        u => return Err(format!("unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)")),
+    };
+    Ok(Duration::from_nanos((value * ns_per_unit).round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn bare_numbers_and_unknown_units_are_refused() {
+        assert!(parse_duration("50").unwrap_err().contains("needs a unit"));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn help_describes_every_option() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for opt in ["--pid", "--threshold", "--frequency", "--duration", "--output", "--json"] {
+            assert!(help.contains(opt), "--help lacks {opt}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Ring-buffer records → typed events. The layouts come from profiler-common;
+//! decoding is explicit (little-endian fields through `bytes::Buf`) so a short
+//! or unknown record is reported, never reinterpreted.
+use std::mem::size_of;
+
+use bytes::Buf;
+use profiler_common::{
+    EpisodeEvent, SampleHeader, EVENT_EPISODE, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {0} bytes is too short")]
+    Short(usize),
+    #[error("ring buffer record has unknown kind {0}")]
+    UnknownKind(u32),
+}
+
+/// One stack sample of a busy loop thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub pid: u32,
+    pub tid: u32,
+    pub seq: u64,
+    pub busy_start_ns: u64,
+    pub time_ns: u64,
+    /// Leaf first; empty when the kernel could not walk the stack.
+    pub user: Vec<u64>,
+    pub kernel: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Episode(EpisodeEvent),
+    Sample(Sample),
+}
+
+pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
+    let len = buf.len();
+    if len < 4 {
+        return Err(DecodeError::Short(len));
+    }
+    match (&buf[..4]).get_u32_le() {
+        EVENT_EPISODE => {
+            if len < size_of::<EpisodeEvent>() {
+                return Err(DecodeError::Short(len));
+            }
+            Ok(Record::Episode(EpisodeEvent {
+                kind: buf.get_u32_le(),
+                pid: buf.get_u32_le(),
+                tid: buf.get_u32_le(),
+                epfd: buf.get_i32_le(),
+                seq: buf.get_u64_le(),
+                end_ns: buf.get_u64_le(),
+                busy_ns: buf.get_u64_le(),
+            }))
+        }
+        EVENT_SAMPLE => {
+            if len < size_of::<SampleHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8 {
+                return Err(DecodeError::Short(len));
+            }
+            let h = SampleHeader {
+                kind: buf.get_u32_le(),
+                pid: buf.get_u32_le(),
+                tid: buf.get_u32_le(),
+                cpu: buf.get_u32_le(),
+                user_bytes: buf.get_i32_le(),
+                kernel_bytes: buf.get_i32_le(),
+                seq: buf.get_u64_le(),
+                busy_start_ns: buf.get_u64_le(),
+                time_ns: buf.get_u64_le(),
+            };
+            let user = frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes);
+            let kernel = frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes);
+            Ok(Record::Sample(Sample {
+                pid: h.pid,
+                tid: h.tid,
+                seq: h.seq,
+                busy_start_ns: h.busy_start_ns,
+                time_ns: h.time_ns,
+                user,
+                kernel,
+            }))
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// The first `bytes` bytes of `area` as addresses (a negative count is an errno:
+/// no frames).
+fn frames(mut area: &[u8], bytes: i32) -> Vec<u64> {
+    let n = (bytes.max(0) as usize / 8).min(area.len() / 8);
+    (0..n).map(|_| area.get_u64_le()).filter(|&a| a != 0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn sample_bytes(user: &[u64], kernel_bytes: i32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.put_u32_le(EVENT_SAMPLE);
+        b.put_u32_le(10);
+        b.put_u32_le(11);
+        b.put_u32_le(1);
+        b.put_i32_le((user.len() * 8) as i32);
+        b.put_i32_le(kernel_bytes);
+        b.put_u64_le(7);
+        b.put_u64_le(100);
+        b.put_u64_le(150);
+        for i in 0..MAX_USER_FRAMES {
+            b.put_u64_le(user.get(i).copied().unwrap_or(0xdead));
+        }
+        for i in 0..MAX_KERNEL_FRAMES {
+            b.put_u64_le(0xffff_0000 + i as u64);
+        }
+        b
+    }
+
+    #[test]
+    fn sample_keeps_only_the_filled_frames() {
+        let Record::Sample(s) = decode(&sample_bytes(&[1, 2, 3], 16)).unwrap() else {
+            panic!("not a sample")
+        };
+        assert_eq!((s.pid, s.tid, s.seq, s.busy_start_ns, s.time_ns), (10, 11, 7, 100, 150));
+        assert_eq!(s.user, vec![1, 2, 3]);
+        assert_eq!(s.kernel, vec![0xffff_0000, 0xffff_0001]);
+    }
+
+    #[test]
+    fn failed_stack_walk_gives_no_frames() {
+        let Record::Sample(s) = decode(&sample_bytes(&[], -14)).unwrap() else {
+            panic!("not a sample")
+        };
+        assert!(s.kernel.is_empty());
+    }
+
+    #[test]
+    fn episode_round_trips() {
+        let mut b = Vec::new();
+        b.put_u32_le(EVENT_EPISODE);
+        b.put_u32_le(5);
+        b.put_u32_le(6);
+        b.put_i32_le(13);
+        b.put_u64_le(42);
+        b.put_u64_le(9_000);
+        b.put_u64_le(3_000);
+        let Record::Episode(e) = decode(&b).unwrap() else { panic!("not an episode") };
+        assert_eq!((e.pid, e.tid, e.epfd, e.seq, e.end_ns, e.busy_ns), (5, 6, 13, 42, 9_000, 3_000));
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert_eq!(decode(&[1, 0]), Err(DecodeError::Short(2)));
+        assert_eq!(decode(&[2, 0, 0, 0, 1]), Err(DecodeError::Short(5)));
+        assert_eq!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
+    }
+}

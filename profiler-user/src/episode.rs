@@ -1,0 +1,223 @@
+//! Episode assembly: samples of a loop thread are held while its iteration is
+//! open and handed over with the episode when the kernel reports that the
+//! iteration crossed the threshold.
+//!
+//! The kernel tags each sample with its iteration's sequence number and emits
+//! the episode record before any sample of the next iteration (same thread,
+//! ring-buffer order), so when a sample with a newer sequence arrives the older
+//! iteration was short and its samples can go.
+use std::collections::HashMap;
+
+use profiler_common::EpisodeEvent;
+
+use crate::collect::Sample;
+
+/// A distinct stack, leaf first, as the kernel captured it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RawStack {
+    pub user: Box<[u64]>,
+    pub kernel: Box<[u64]>,
+}
+
+/// A blocked iteration with the samples taken inside it.
+#[derive(Clone, Debug)]
+pub struct Episode {
+    pub pid: u32,
+    pub tid: u32,
+    pub seq: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub busy_ns: u64,
+    /// Samples of the thread inside the episode.
+    pub samples: u64,
+    /// Samples counted but whose stack was not kept (distinct-stack cap).
+    pub samples_without_stack: u64,
+    pub stacks: Vec<(RawStack, u64)>,
+    /// The iteration had not ended when loopbpf stopped.
+    pub ongoing: bool,
+}
+
+struct OpenWindow {
+    pid: u32,
+    seq: u64,
+    busy_start_ns: u64,
+    last_sample_ns: u64,
+    samples: u64,
+    samples_without_stack: u64,
+    stacks: HashMap<RawStack, u64>,
+}
+
+/// An iteration that has samples but no end yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenIteration {
+    pub pid: u32,
+    pub tid: u32,
+    pub seq: u64,
+    pub busy_start_ns: u64,
+    pub last_sample_ns: u64,
+}
+
+pub struct EpisodeBuilder {
+    open: HashMap<u32, OpenWindow>,
+    /// Distinct stacks kept per open iteration: bounds memory when a loop spins
+    /// for minutes through varied code.
+    max_distinct_stacks: usize,
+}
+
+impl EpisodeBuilder {
+    pub fn new(max_distinct_stacks: usize) -> Self {
+        EpisodeBuilder { open: HashMap::new(), max_distinct_stacks }
+    }
+
+    pub fn add_sample(&mut self, s: Sample) {
+        let w = self.open.entry(s.tid).or_insert_with(|| OpenWindow {
+            pid: s.pid,
+            seq: s.seq,
+            busy_start_ns: s.busy_start_ns,
+            last_sample_ns: s.time_ns,
+            samples: 0,
+            samples_without_stack: 0,
+            stacks: HashMap::new(),
+        });
+        if w.pid != s.pid || w.seq != s.seq {
+            *w = OpenWindow {
+                pid: s.pid,
+                seq: s.seq,
+                busy_start_ns: s.busy_start_ns,
+                last_sample_ns: s.time_ns,
+                samples: 0,
+                samples_without_stack: 0,
+                stacks: HashMap::new(),
+            };
+        }
+        w.samples += 1;
+        w.last_sample_ns = w.last_sample_ns.max(s.time_ns);
+        let stack = RawStack { user: s.user.into(), kernel: s.kernel.into() };
+        let kept = w.stacks.len();
+        match w.stacks.get_mut(&stack) {
+            Some(n) => *n += 1,
+            None if kept < self.max_distinct_stacks => {
+                w.stacks.insert(stack, 1);
+            }
+            None => w.samples_without_stack += 1,
+        }
+    }
+
+    /// The kernel closed iteration `e.seq` of `e.tid` above the threshold.
+    pub fn close(&mut self, e: &EpisodeEvent) -> Episode {
+        let start_ns = e.end_ns.saturating_sub(e.busy_ns);
+        self.take(e.pid, e.tid, e.seq, start_ns, e.end_ns, e.busy_ns, false)
+    }
+
+    /// An iteration still open when loopbpf stops (read from the kernel's
+    /// thread state), reported with what was measured so far.
+    pub fn close_ongoing(&mut self, pid: u32, tid: u32, seq: u64, busy_start_ns: u64, now_ns: u64) -> Episode {
+        let busy = now_ns.saturating_sub(busy_start_ns);
+        self.take(pid, tid, seq, busy_start_ns, now_ns, busy, true)
+    }
+
+    /// Open iterations of `pid` that have samples.
+    pub fn open_iterations(&self, pid: u32) -> Vec<OpenIteration> {
+        self.open
+            .iter()
+            .filter(|(_, w)| w.pid == pid)
+            .map(|(&tid, w)| OpenIteration {
+                pid,
+                tid,
+                seq: w.seq,
+                busy_start_ns: w.busy_start_ns,
+                last_sample_ns: w.last_sample_ns,
+            })
+            .collect()
+    }
+
+    pub fn forget_pid(&mut self, pid: u32) {
+        self.open.retain(|_, w| w.pid != pid);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn take(&mut self, pid: u32, tid: u32, seq: u64, start_ns: u64, end_ns: u64, busy_ns: u64, ongoing: bool) -> Episode {
+        let window = match self.open.get(&tid) {
+            Some(w) if w.pid == pid && w.seq == seq => self.open.remove(&tid),
+            _ => None,
+        };
+        let (samples, samples_without_stack, mut stacks) = match window {
+            Some(w) => (w.samples, w.samples_without_stack, w.stacks.into_iter().collect::<Vec<_>>()),
+            None => (0, 0, Vec::new()),
+        };
+        stacks.sort_by(|a, b| b.1.cmp(&a.1));
+        Episode { pid, tid, seq, start_ns, end_ns, busy_ns, samples, samples_without_stack, stacks, ongoing }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(tid: u32, seq: u64, leaf: u64) -> Sample {
+        Sample { pid: 1, tid, seq, busy_start_ns: 1_000, time_ns: 2_000, user: vec![leaf, 99], kernel: vec![] }
+    }
+
+    fn episode(tid: u32, seq: u64) -> EpisodeEvent {
+        EpisodeEvent { kind: 1, pid: 1, tid, epfd: 3, seq, end_ns: 10_000, busy_ns: 4_000 }
+    }
+
+    #[test]
+    fn episode_gets_the_samples_of_its_iteration_only() {
+        let mut b = EpisodeBuilder::new(100);
+        b.add_sample(sample(1, 4, 10));
+        b.add_sample(sample(1, 5, 11));
+        b.add_sample(sample(1, 5, 11));
+        b.add_sample(sample(1, 5, 12));
+        b.add_sample(sample(2, 5, 13));
+        let e = b.close(&episode(1, 5));
+        assert_eq!(e.samples, 3);
+        assert_eq!(e.stacks.len(), 2);
+        assert_eq!(e.stacks[0].1, 2, "most frequent stack first");
+        assert_eq!(&*e.stacks[0].0.user, &[11, 99]);
+        assert_eq!((e.start_ns, e.end_ns, e.busy_ns), (6_000, 10_000, 4_000));
+    }
+
+    #[test]
+    fn episode_without_samples_is_still_reported() {
+        let mut b = EpisodeBuilder::new(100);
+        b.add_sample(sample(1, 4, 10));
+        let e = b.close(&episode(1, 5));
+        assert_eq!(e.samples, 0);
+        assert!(e.stacks.is_empty());
+    }
+
+    #[test]
+    fn other_threads_keep_their_open_windows() {
+        let mut b = EpisodeBuilder::new(100);
+        b.add_sample(sample(2, 7, 13));
+        b.close(&episode(1, 5));
+        assert_eq!(b.close(&episode(2, 7)).samples, 1);
+    }
+
+    #[test]
+    fn distinct_stacks_are_capped_but_counted() {
+        let mut b = EpisodeBuilder::new(2);
+        for leaf in 0..5 {
+            b.add_sample(sample(1, 5, leaf));
+        }
+        b.add_sample(sample(1, 5, 0));
+        let e = b.close(&episode(1, 5));
+        assert_eq!(e.samples, 6);
+        assert_eq!(e.stacks.len(), 2);
+        assert_eq!(e.samples_without_stack, 3);
+    }
+
+    #[test]
+    fn ongoing_iteration_is_closed_with_its_samples() {
+        let mut b = EpisodeBuilder::new(100);
+        b.add_sample(sample(1, 9, 10));
+        let open = b.open_iterations(1);
+        assert_eq!(open.len(), 1);
+        assert_eq!((open[0].seq, open[0].busy_start_ns, open[0].last_sample_ns), (9, 1_000, 2_000));
+        let e = b.close_ongoing(1, 1, 9, 1_000, 301_000);
+        assert!(e.ongoing);
+        assert_eq!((e.samples, e.busy_ns), (1, 300_000));
+        assert!(b.open_iterations(1).is_empty());
+    }
+}

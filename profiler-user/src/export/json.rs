@@ -1,0 +1,132 @@
+//! JSON lines: one object per line, `type` first. Times are CLOCK_MONOTONIC ns,
+//! the clock of `process.hrtime.bigint()`, so they line up with the app's own.
+use serde_json::{json, Value};
+
+use crate::{
+    loop_stats::LoopFigures,
+    report::{EpisodeReport, ProcessSummary},
+};
+
+fn ms(ns: u64) -> f64 {
+    (ns as f64 / 1e4).round() / 1e2
+}
+
+pub fn ready(pids: &[u32], threshold_ns: u64, frequency_hz: u64) -> Value {
+    json!({"type": "ready", "pids": pids, "threshold_ms": ms(threshold_ns), "frequency_hz": frequency_hz})
+}
+
+pub fn warning(pid: Option<u32>, message: &str) -> Value {
+    json!({"type": "warning", "pid": pid, "message": message})
+}
+
+pub fn episode(r: &EpisodeReport) -> Value {
+    let e = &r.episode;
+    json!({
+        "type": "episode",
+        "pid": e.pid,
+        "tid": e.tid,
+        "thread": r.role.as_str(),
+        "thread_name": r.thread_name,
+        "start_ns": e.start_ns,
+        "end_ns": e.end_ns,
+        "duration_ms": ms(e.busy_ns),
+        "samples": e.samples,
+        "top_frame": r.top_frame.as_ref().map(|h| h.name.as_str()),
+        "top_frame_kind": r.top_frame.as_ref().map(|h| h.kind),
+        "top_frame_share": r.top_frame.as_ref().map(|h| (h.share * 1000.0).round() / 1000.0),
+        "folded": r.folded_path,
+        "folded_error": r.folded_error,
+        "ongoing": e.ongoing,
+    })
+}
+
+fn figures(f: &LoopFigures) -> serde_json::Map<String, Value> {
+    let v = json!({
+        "iterations": f.iterations,
+        "utilization": (f.utilization * 10_000.0).round() / 10_000.0,
+        "busy_p50_ms": ms(f.p50_ns),
+        "busy_p90_ms": ms(f.p90_ns),
+        "busy_p99_ms": ms(f.p99_ns),
+        "busy_max_ms": ms(f.max_ns),
+        "episodes": f.episodes,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("json! of an object literal"),
+    }
+}
+
+/// The main loop's figures at the top level (what most readers want), every
+/// loop thread under `loops`.
+pub fn summary(s: &ProcessSummary) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("type".into(), "summary".into());
+    out.insert("pid".into(), s.pid.into());
+    out.insert("comm".into(), s.comm.clone().into());
+    out.insert("exited".into(), s.exited.into());
+    let main = s.loops.first().map(|l| l.figures).unwrap_or_default();
+    out.extend(figures(&main));
+    out.insert("episodes_reported".into(), s.episodes_reported.into());
+    out.insert("samples".into(), s.samples.into());
+    out.insert("samples_lost".into(), s.kernel.samples_lost.into());
+    out.insert("episodes_lost".into(), s.kernel.episodes_lost.into());
+    let loops: Vec<Value> = s
+        .loops
+        .iter()
+        .map(|l| {
+            let mut m = figures(&l.figures);
+            m.insert("tid".into(), l.tid.into());
+            m.insert("thread".into(), l.role.as_str().into());
+            Value::Object(m)
+        })
+        .collect();
+    out.insert("loops".into(), loops.into());
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{episode::Episode, report::LoopSummary, target::ThreadRole};
+
+    #[test]
+    fn episode_carries_the_documented_fields() {
+        let e = Episode {
+            pid: 1,
+            tid: 2,
+            seq: 3,
+            start_ns: 1_000_000,
+            end_ns: 213_400_000,
+            busy_ns: 212_400_000,
+            samples: 40,
+            samples_without_stack: 0,
+            stacks: vec![],
+            ongoing: false,
+        };
+        let v = episode(&EpisodeReport::new(e, ThreadRole::Main, Some("node".into()), vec![]));
+        assert_eq!(v["type"], "episode");
+        assert_eq!(v["thread"], "main");
+        assert_eq!(v["start_ns"], 1_000_000);
+        assert_eq!(v["duration_ms"], 212.4);
+        assert_eq!(v["samples"], 40);
+        assert!(v["folded"].is_null());
+    }
+
+    #[test]
+    fn summary_puts_the_main_loop_first_and_top_level() {
+        let main = LoopFigures { iterations: 10, p99_ns: 5_000_000, ..Default::default() };
+        let s = ProcessSummary {
+            pid: 9,
+            comm: "node".into(),
+            loops: vec![LoopSummary { tid: 9, role: ThreadRole::Main, figures: main }],
+            samples: 0,
+            episodes_reported: 0,
+            exited: true,
+            kernel: Default::default(),
+        };
+        let v = summary(&s);
+        assert_eq!(v["iterations"], 10);
+        assert_eq!(v["busy_p99_ms"], 5.0);
+        assert_eq!(v["loops"][0]["thread"], "main");
+    }
+}

@@ -1,0 +1,111 @@
+//! One readable line per event, for a person at a terminal at 3 a.m.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::report::{EpisodeReport, ProcessSummary};
+
+/// Converts CLOCK_MONOTONIC (the kernel's timestamps) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        let mono = monotonic_ns() as i128;
+        let real = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        WallClock { realtime_minus_monotonic_ns: real - mono }
+    }
+
+    /// `HH:MM:SS.mmm` UTC of a monotonic timestamp.
+    pub fn format(&self, monotonic_ns: u64) -> String {
+        let real_ms = ((monotonic_ns as i128 + self.realtime_minus_monotonic_ns) / 1_000_000).max(0) as u64;
+        let day_ms = real_ms % 86_400_000;
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            day_ms / 3_600_000,
+            day_ms / 60_000 % 60,
+            day_ms / 1000 % 60,
+            day_ms % 1000
+        )
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
+    let e = &r.episode;
+    let mut line = format!(
+        "{} pid {} tid {} {}: loop {} {:.1} ms, {} samples",
+        clock.format(e.end_ns),
+        e.pid,
+        e.tid,
+        r.role.as_str(),
+        if e.ongoing { "still blocked after" } else { "blocked" },
+        e.busy_ns as f64 / 1e6,
+        e.samples
+    );
+    if let Some(h) = &r.top_frame {
+        line.push_str(&format!(", hottest: {} ({:.0}%)", h.name, h.share * 100.0));
+    }
+    match (&r.folded_path, &r.folded_error) {
+        (Some(p), _) => line.push_str(&format!(" -> {}", p.display())),
+        (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {err})")),
+        _ => {}
+    }
+    line
+}
+
+pub fn summary(s: &ProcessSummary) -> String {
+    let mut out = format!(
+        "pid {} ({}){}: {} episodes reported, {} samples",
+        s.pid,
+        s.comm,
+        if s.exited { ", exited" } else { "" },
+        s.episodes_reported,
+        s.samples
+    );
+    if s.loops.is_empty() {
+        out.push_str("; no event-loop iteration seen");
+    }
+    for l in &s.loops {
+        let f = &l.figures;
+        out.push_str(&format!(
+            "\n  {} loop (tid {}): {} iterations, utilization {:.1}%, busy p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.1} ms, {} over threshold",
+            l.role.as_str(),
+            l.tid,
+            f.iterations,
+            f.utilization * 100.0,
+            f.p50_ns as f64 / 1e6,
+            f.p90_ns as f64 / 1e6,
+            f.p99_ns as f64 / 1e6,
+            f.max_ns as f64 / 1e6,
+            f.episodes
+        ));
+    }
+    let k = &s.kernel;
+    if k.samples_lost + k.episodes_lost > 0 {
+        out.push_str(&format!(
+            "\n  lost in the kernel (all targets): {} samples, {} episodes (ring buffer full)",
+            k.samples_lost, k.episodes_lost
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_clock_formats_now_as_a_time_of_day() {
+        let c = WallClock::now();
+        let s = c.format(monotonic_ns());
+        assert_eq!(s.len(), 12, "{s}");
+        assert_eq!(&s[2..3], ":");
+    }
+}

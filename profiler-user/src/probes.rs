@@ -1,0 +1,231 @@
+//! Loads loopbpf's eBPF object into the kernel, attaches it, and gives typed
+//! access to its maps. Everything that can go wrong here becomes a `ProbeError`
+//! naming what failed and, where we know it, why.
+use std::os::fd::{AsRawFd, RawFd};
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        BtfTracePoint, PerfEvent, ProgramError,
+    },
+    Btf, Ebpf, EbpfError, EbpfLoader,
+};
+use profiler_common::{
+    Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess,
+};
+
+/// The object profiler-ebpf compiles to, built by build.rs (aya-build).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopbpf-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("kernel BTF not available at /sys/kernel/btf/vmlinux (loopbpf needs a kernel built with CONFIG_DEBUG_INFO_BTF): {0}")]
+    Btf(#[source] aya::BtfError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] EbpfError),
+    #[error("eBPF program {name} failed to load or attach: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map {name} is missing or has the wrong type: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("listing online CPUs failed: {0}")]
+    Cpus(String),
+    #[error("cpu-clock sampling could not be opened on cpu {cpu}: {source}")]
+    PerfEvent {
+        cpu: u32,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Counters the kernel side keeps of what it dropped (see `COUNTER_*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelCounters {
+    pub samples_sent: u64,
+    pub samples_lost: u64,
+    pub episodes_lost: u64,
+    pub threads_full: u64,
+    pub stats_full: u64,
+    pub slots_recycled: u64,
+    pub user_stack_errors: u64,
+}
+
+pub struct Probes {
+    // Dropping `Ebpf` detaches every program: keep it for the life of `Probes`.
+    ebpf: Ebpf,
+    watched: HashMap<MapData, u32, WatchedProcess>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Kept alive so the log ring buffer map stays valid (see toolchain notes).
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Probes {
+    /// Loads and attaches everything; samples stacks at `frequency_hz` on every
+    /// online CPU (0 disables sampling).
+    pub fn attach(config: Config, frequency_hz: u64) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
+        raise_memlock_limit();
+        let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT).map_err(ProbeError::Load)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("no kernel-side log channel: {e}");
+                None
+            }
+        };
+
+        let mut config_map: Array<MapData, Config> = take_map(&mut ebpf, "CONFIG")?;
+        config_map
+            .set(0, config, 0)
+            .map_err(|source| ProbeError::Map { name: "CONFIG", source })?;
+        let watched = take_map(&mut ebpf, "WATCHED")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
+
+        for (name, tracepoint) in [("poll_enter", "sys_enter"), ("poll_exit", "sys_exit")] {
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            prog.load(tracepoint, &btf)
+                .and_then(|()| prog.attach().map(drop))
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+
+        if frequency_hz > 0 {
+            let prog: &mut PerfEvent = program(&mut ebpf, "sample_stack")?;
+            prog.load()
+                .map_err(|source| ProbeError::Program { name: "sample_stack", source })?;
+            let cpus = aya::util::online_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
+            for cpu in cpus {
+                prog.attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(frequency_hz),
+                    false,
+                )
+                .map_err(|source| ProbeError::PerfEvent { cpu, source })?;
+            }
+        }
+
+        let probes = Probes { ebpf, watched, config: config_map, counters, logger };
+        Ok((probes, events))
+    }
+
+    pub fn watch(&mut self, pid: u32) -> Result<(), ProbeError> {
+        self.watched
+            .insert(pid, WatchedProcess::default(), 0)
+            .map_err(|source| ProbeError::Map { name: "WATCHED", source })
+    }
+
+    /// Stops watching `pid` and frees its kernel state.
+    pub fn unwatch(&mut self, pid: u32) {
+        let _ = self.watched.remove(&pid);
+        for key in self.loop_keys(pid) {
+            if let Some(map) = self.ebpf.map_mut("LOOP_STATS") {
+                if let Ok(mut stats) = HashMap::<_, LoopKey, LoopStats>::try_from(map) {
+                    let _ = stats.remove(&key);
+                }
+            }
+            if let Some(map) = self.ebpf.map_mut("THREADS") {
+                if let Ok(mut threads) = HashMap::<_, u32, ThreadLoops>::try_from(map) {
+                    let _ = threads.remove(&key.tid);
+                }
+            }
+        }
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<(), ProbeError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| ProbeError::Map { name: "CONFIG", source })
+    }
+
+    fn loop_keys(&self, pid: u32) -> Vec<LoopKey> {
+        self.loop_stats(pid).into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// In-kernel statistics of every loop thread of `pid`.
+    pub fn loop_stats(&self, pid: u32) -> Vec<(LoopKey, LoopStats)> {
+        let Some(map) = self.ebpf.map("LOOP_STATS") else {
+            return Vec::new();
+        };
+        let Ok(stats) = HashMap::<_, LoopKey, LoopStats>::try_from(map) else {
+            return Vec::new();
+        };
+        stats.iter().filter_map(Result::ok).filter(|(k, _)| k.pid == pid).collect()
+    }
+
+    /// Loop state of every polling thread of `pid` (open iterations included).
+    pub fn thread_loops(&self, pid: u32) -> Vec<(u32, ThreadLoops)> {
+        let Some(map) = self.ebpf.map("THREADS") else {
+            return Vec::new();
+        };
+        let Ok(threads) = HashMap::<_, u32, ThreadLoops>::try_from(map) else {
+            return Vec::new();
+        };
+        threads.iter().filter_map(Result::ok).filter(|(_, t)| t.pid == pid).collect()
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |i: u32| -> u64 {
+            self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        };
+        use profiler_common::*;
+        KernelCounters {
+            samples_sent: sum(COUNTER_SAMPLES_SENT),
+            samples_lost: sum(COUNTER_SAMPLES_LOST),
+            episodes_lost: sum(COUNTER_EPISODES_LOST),
+            threads_full: sum(COUNTER_THREADS_FULL),
+            stats_full: sum(COUNTER_STATS_FULL),
+            slots_recycled: sum(COUNTER_SLOTS_RECYCLED),
+            user_stack_errors: sum(COUNTER_USER_STACK_ERRORS),
+        }
+    }
+
+    /// The kernel-side log channel, to poll alongside the event ring buffer.
+    pub fn log_fd(&self) -> Option<RawFd> {
+        self.logger.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(ProbeError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(ProbeError::Program {
+        name,
+        source: ProgramError::UnexpectedProgramType,
+    })?;
+    prog.try_into().map_err(|source| ProbeError::Program { name, source })
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

@@ -1,0 +1,171 @@
+//! The last stage: takes what the collector produced, in order, symbolizes
+//! episodes and hands them to the exporters. It runs as its own task so a slow
+//! symbolization never holds up draining the kernel's ring buffer.
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+    path::PathBuf,
+};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::{
+    episode::Episode,
+    export::{folded, json, text},
+    report::{EpisodeReport, ProcessSummary},
+    symbolize::{Frame, FrameKind, PerfMapStatus, StackRequest, Symbolizer},
+    target::{thread_name, ThreadRole},
+};
+
+pub enum Output {
+    Ready { pids: Vec<u32> },
+    Warning { pid: Option<u32>, message: String },
+    Episode(Episode),
+    Summary(ProcessSummary),
+    /// The process is gone and its last report is out: drop its caches.
+    Forget(u32),
+}
+
+pub struct Reporter {
+    pub json: bool,
+    pub output_dir: PathBuf,
+    pub symbolizer: Symbolizer,
+    pub threshold_ns: u64,
+    pub frequency_hz: u64,
+    pub clock: text::WallClock,
+    perf_map_warned: HashSet<u32>,
+    episodes: HashMap<u32, u64>,
+    write_error_warned: bool,
+}
+
+impl Reporter {
+    pub fn new(json: bool, output_dir: PathBuf, symbolizer: Symbolizer, threshold_ns: u64, frequency_hz: u64) -> Self {
+        Reporter {
+            json,
+            output_dir,
+            symbolizer,
+            threshold_ns,
+            frequency_hz,
+            clock: text::WallClock::now(),
+            perf_map_warned: HashSet::new(),
+            episodes: HashMap::new(),
+            write_error_warned: false,
+        }
+    }
+
+    pub async fn run(mut self, mut rx: UnboundedReceiver<Output>) {
+        while let Some(output) = rx.recv().await {
+            self.handle(output).await;
+        }
+    }
+
+    async fn handle(&mut self, output: Output) {
+        match output {
+            Output::Ready { pids } => {
+                if self.json {
+                    stdout_line(&json::ready(&pids, self.threshold_ns, self.frequency_hz).to_string());
+                } else {
+                    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                    eprintln!(
+                        "loopbpf: watching pid {} for event-loop iterations busy over {} ms ({} Hz stacks); Ctrl-C to stop",
+                        pids.join(", "),
+                        self.threshold_ns as f64 / 1e6,
+                        self.frequency_hz
+                    );
+                }
+            }
+            Output::Warning { pid, message } => self.warn(pid, &message),
+            Output::Episode(e) => self.episode(e).await,
+            Output::Summary(mut s) => {
+                s.episodes_reported = self.episodes.get(&s.pid).copied().unwrap_or(0);
+                if self.json {
+                    stdout_line(&json::summary(&s).to_string());
+                } else {
+                    stdout_line(&text::summary(&s));
+                }
+            }
+            Output::Forget(pid) => self.symbolizer.forget(pid),
+        }
+    }
+
+    fn warn(&self, pid: Option<u32>, message: &str) {
+        if self.json {
+            stdout_line(&json::warning(pid, message).to_string());
+        } else {
+            eprintln!("loopbpf: warning: {message}");
+        }
+    }
+
+    /// Says once per process what it means that its perf map can't be read.
+    pub fn perf_map_status(&mut self, pid: u32, status: &PerfMapStatus) {
+        let message = match status {
+            PerfMapStatus::Loaded { .. } => return,
+            PerfMapStatus::Missing { path } => format!(
+                "pid {pid}: no perf map at {}: JavaScript frames cannot be named until node runs with --perf-basic-prof-only-functions (and --interpreted-frames-native-stack for interpreted functions); native frames are still reported",
+                path.display()
+            ),
+            PerfMapStatus::Unreadable { path, reason } => format!(
+                "pid {pid}: perf map {} unreadable ({reason}): JavaScript frames are not named",
+                path.display()
+            ),
+        };
+        if self.perf_map_warned.insert(pid) {
+            self.warn(Some(pid), &message);
+        }
+    }
+
+    async fn episode(&mut self, e: Episode) {
+        let counts: Vec<u64> = e.stacks.iter().map(|(_, n)| *n).collect();
+        let requests: Vec<StackRequest> = e
+            .stacks
+            .iter()
+            .map(|(s, _)| StackRequest { user: s.user.to_vec(), kernel: s.kernel.to_vec() })
+            .collect();
+        let named = match self.symbolizer.symbolize(e.pid, requests).await {
+            Ok(sym) => {
+                self.perf_map_status(e.pid, &sym.perf_map);
+                sym.stacks
+            }
+            Err(err) => {
+                self.warn(Some(e.pid), &format!("pid {}: symbolization failed ({err}); frames left as addresses", e.pid));
+                e.stacks.iter().map(|(s, _)| unnamed(&s.user, &s.kernel)).collect()
+            }
+        };
+        let stacks: Vec<(Vec<Frame>, u64)> = named.into_iter().zip(counts).collect();
+        let role = ThreadRole::of_loop_thread(e.pid, e.tid);
+        let name = thread_name(e.pid, e.tid);
+        let samples = e.samples;
+        let mut report = EpisodeReport::new(e, role, name, stacks);
+        if samples > 0 {
+            match folded::write(&self.output_dir, &report) {
+                Ok(path) => report.folded_path = Some(path),
+                Err(err) => {
+                    if !self.write_error_warned {
+                        self.write_error_warned = true;
+                        self.warn(None, &format!("{err}; episodes are still reported here"));
+                    }
+                    report.folded_error = Some(err.to_string());
+                }
+            }
+        }
+        *self.episodes.entry(report.episode.pid).or_default() += 1;
+        if self.json {
+            stdout_line(&json::episode(&report).to_string());
+        } else {
+            stdout_line(&text::episode(&report, &self.clock));
+        }
+    }
+}
+
+/// Frames for when symbolization failed outright: addresses, never dropped.
+fn unnamed(user: &[u64], kernel: &[u64]) -> Vec<Frame> {
+    let user = user.iter().rev().map(|a| Frame { name: format!("[unknown] {a:#x}"), kind: FrameKind::Unknown });
+    let kernel = kernel.iter().rev().map(|a| Frame { name: format!("[unknown] [kernel] {a:#x}"), kind: FrameKind::Kernel });
+    user.chain(kernel).collect()
+}
+
+/// A closed stdout (`loopbpf | head`) must not panic or stop the measurement.
+fn stdout_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}

@@ -1,0 +1,275 @@
+//! One `loopbpf --pid …` session: attach, collect until told to stop or every
+//! target has exited, then report what is still open and summarise.
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use profiler_common::Config;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+    sync::mpsc::{unbounded_channel, UnboundedSender},
+};
+
+use crate::{
+    collect::{self, Record},
+    episode::EpisodeBuilder,
+    export::text::monotonic_ns,
+    loop_stats::LoopFigures,
+    privileges::{self, PrivilegeError},
+    probes::{ProbeError, Probes},
+    report::{LoopSummary, ProcessSummary},
+    reporter::{Output, Reporter},
+    symbolize::{SymbolizeError, Symbolizer},
+    target::{self, Target, TargetError, ThreadRole},
+};
+
+/// Distinct stacks kept per open iteration (see `EpisodeBuilder`).
+const MAX_DISTINCT_STACKS: usize = 4096;
+/// Samples are sent without waking us; drain at least this often so the ring
+/// buffer never fills during a long block.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+const LIVENESS_EVERY: Duration = Duration::from_millis(250);
+const PERF_MAP_REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// An idle Node process may sleep in one epoll call for as long as it likes,
+/// but then its thread has a slot from the poll's return; a process with no
+/// poll at all after this long is probably not running an event loop.
+const NO_POLL_WARNING_AFTER: Duration = Duration::from_secs(5);
+
+pub struct Settings {
+    pub pids: Vec<u32>,
+    pub threshold: Duration,
+    pub frequency_hz: u64,
+    pub duration: Option<Duration>,
+    pub output: PathBuf,
+    pub json: bool,
+    pub force: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    #[error(transparent)]
+    Symbolizer(#[from] SymbolizeError),
+    #[error("watching the ring buffer failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Watched {
+    target: Target,
+    since: Instant,
+    samples: u64,
+    no_poll_warned: bool,
+}
+
+pub async fn run(settings: Settings) -> Result<(), RunError> {
+    privileges::check()?;
+    let mut targets = Vec::new();
+    for &pid in &settings.pids {
+        targets.push(Target::inspect(pid, settings.force)?);
+    }
+    let threshold_ns = settings.threshold.as_nanos() as u64;
+    let symbolizer = Symbolizer::start()?;
+    let config = Config { threshold_ns, sample_stacks: u32::from(settings.frequency_hz > 0), _pad: 0 };
+    let (mut probes, ring) = Probes::attach(config, settings.frequency_hz)?;
+    let mut watched = HashMap::new();
+    for t in targets {
+        probes.watch(t.pid)?;
+        watched.insert(t.pid, Watched { target: t, since: Instant::now(), samples: 0, no_poll_warned: false });
+    }
+
+    let mut reporter =
+        Reporter::new(settings.json, settings.output.clone(), symbolizer.clone(), threshold_ns, settings.frequency_hz);
+    // Load perf maps now: if the process dies before its first episode is
+    // symbolized, /proc/PID/root is gone but the map we read stays cached.
+    for &pid in watched.keys() {
+        if let Ok(sym) = symbolizer.symbolize(pid, Vec::new()).await {
+            reporter.perf_map_status(pid, &sym.perf_map);
+        }
+    }
+    let (tx, rx) = unbounded_channel();
+    let reporter = tokio::spawn(reporter.run(rx));
+    let mut pids: Vec<u32> = watched.keys().copied().collect();
+    pids.sort_unstable();
+    let _ = tx.send(Output::Ready { pids });
+
+    // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: the fd stays open
+    // for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    let mut collector = Collector {
+        builder: EpisodeBuilder::new(MAX_DISTINCT_STACKS),
+        tx: tx.clone(),
+        decode_errors: 0,
+    };
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    let mut last_liveness = Instant::now();
+    let mut last_refresh = Instant::now();
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                collector.drain(guard.get_inner_mut(), &mut watched);
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                collector.drain(ring.get_mut(), &mut watched);
+                probes.flush_logs();
+                if last_liveness.elapsed() >= LIVENESS_EVERY {
+                    last_liveness = Instant::now();
+                    let gone: Vec<u32> = watched.keys().copied().filter(|&p| !target::is_alive(p)).collect();
+                    for pid in gone {
+                        collector.drain(ring.get_mut(), &mut watched);
+                        let w = watched.remove(&pid).expect("pid listed above");
+                        finish(&mut probes, &mut collector, w, threshold_ns, true);
+                    }
+                    if watched.is_empty() {
+                        break;
+                    }
+                    warn_if_no_polling(&probes, &mut watched, &tx);
+                }
+                if last_refresh.elapsed() >= PERF_MAP_REFRESH_EVERY {
+                    last_refresh = Instant::now();
+                    for &pid in watched.keys() {
+                        let s = symbolizer.clone();
+                        // Reading what the perf map grew by keeps the work small per
+                        // episode and keeps names after the process is gone.
+                        tokio::spawn(async move { let _ = s.symbolize(pid, Vec::new()).await; });
+                    }
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sleep_until(deadline) => break,
+        }
+    }
+
+    collector.drain(ring.get_mut(), &mut watched);
+    for (_, w) in watched.drain() {
+        finish(&mut probes, &mut collector, w, threshold_ns, false);
+    }
+    let k = probes.counters();
+    if collector.decode_errors > 0 {
+        let _ = tx.send(Output::Warning { pid: None, message: format!("{} malformed ring-buffer records skipped", collector.decode_errors) });
+    }
+    log::debug!("kernel counters: {k:?}");
+    drop(collector);
+    drop(tx);
+    let _ = reporter.await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Turns ring-buffer records into episodes for the reporter.
+struct Collector {
+    builder: EpisodeBuilder,
+    tx: UnboundedSender<Output>,
+    decode_errors: u64,
+}
+
+impl Collector {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, watched: &mut HashMap<u32, Watched>) {
+        while let Some(item) = ring.next() {
+            match collect::decode(&item) {
+                Ok(Record::Sample(s)) => {
+                    if let Some(w) = watched.get_mut(&s.pid) {
+                        w.samples += 1;
+                    }
+                    self.builder.add_sample(s);
+                }
+                Ok(Record::Episode(e)) => {
+                    let _ = self.tx.send(Output::Episode(self.builder.close(&e)));
+                }
+                Err(err) => {
+                    self.decode_errors += 1;
+                    log::debug!("{err}");
+                }
+            }
+        }
+    }
+}
+
+/// Reports what is still open for `w`, then its summary, and frees its state.
+fn finish(probes: &mut Probes, collector: &mut Collector, w: Watched, threshold_ns: u64, exited: bool) {
+    let pid = w.target.pid;
+    let now = monotonic_ns();
+    if exited {
+        // No end time for an iteration the process died in: its last sample is
+        // the last moment we know it was still busy.
+        for open in collector.builder.open_iterations(pid) {
+            if open.last_sample_ns.saturating_sub(open.busy_start_ns) >= threshold_ns {
+                let e = collector.builder.close_ongoing(pid, open.tid, open.seq, open.busy_start_ns, open.last_sample_ns);
+                let _ = collector.tx.send(Output::Episode(e));
+            }
+        }
+    } else {
+        // Still running: the kernel knows when each open busy window began,
+        // even one with no samples (asleep in a syscall).
+        for (tid, t) in probes.thread_loops(pid) {
+            let Some(s) = t.slots.get(t.primary as usize) else { continue };
+            if s.in_poll != 0 || s.last_exit_ns == 0 {
+                continue;
+            }
+            let start = s.last_exit_ns.saturating_sub(s.accum_busy_ns);
+            if now.saturating_sub(start) >= threshold_ns {
+                let e = collector.builder.close_ongoing(pid, tid, s.iterations, start, now);
+                let _ = collector.tx.send(Output::Episode(e));
+            }
+        }
+    }
+    let mut loops: Vec<LoopSummary> = probes
+        .loop_stats(pid)
+        .into_iter()
+        .filter(|(_, s)| s.iterations > 0)
+        .map(|(k, s)| LoopSummary { tid: k.tid, role: ThreadRole::of_loop_thread(pid, k.tid), figures: LoopFigures::from_stats(&s) })
+        .collect();
+    loops.sort_by_key(|l| (l.role != ThreadRole::Main, l.tid));
+    let summary = ProcessSummary {
+        pid,
+        comm: w.target.comm.clone(),
+        loops,
+        samples: w.samples,
+        episodes_reported: 0,
+        exited,
+        kernel: probes.counters(),
+    };
+    let _ = collector.tx.send(Output::Summary(summary));
+    let _ = collector.tx.send(Output::Forget(pid));
+    probes.unwatch(pid);
+    collector.builder.forget_pid(pid);
+}
+
+fn warn_if_no_polling(probes: &Probes, watched: &mut HashMap<u32, Watched>, tx: &UnboundedSender<Output>) {
+    for (&pid, w) in watched.iter_mut() {
+        if w.no_poll_warned || w.since.elapsed() < NO_POLL_WARNING_AFTER {
+            continue;
+        }
+        w.no_poll_warned = true;
+        if probes.thread_loops(pid).is_empty() {
+            let message = format!(
+                "pid {pid} ({}): no epoll polling seen in {} s: loopbpf times event loops through epoll_wait/epoll_pwait, so there is nothing to measure unless this is an idle Node process",
+                w.target.comm,
+                NO_POLL_WARNING_AFTER.as_secs()
+            );
+            let _ = tx.send(Output::Warning { pid: Some(pid), message });
+        }
+    }
+}
