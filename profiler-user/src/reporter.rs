@@ -21,6 +21,8 @@ pub enum Output {
     Ready { pids: Vec<u32> },
     Warning { pid: Option<u32>, message: String },
     Episode(Episode),
+    /// A loop has been busy past the threshold and is still busy.
+    Stall { pid: u32, tid: u32, start_ns: u64, now_ns: u64 },
     Summary(ProcessSummary),
     /// The process is gone and its last report is out: drop its caches.
     Forget(u32),
@@ -76,6 +78,14 @@ impl Reporter {
             }
             Output::Warning { pid, message } => self.warn(pid, &message),
             Output::Episode(e) => self.episode(e).await,
+            Output::Stall { pid, tid, start_ns, now_ns } => {
+                let role = ThreadRole::of_loop_thread(pid, tid);
+                if self.json {
+                    stdout_line(&json::stall(pid, tid, role, start_ns, now_ns).to_string());
+                } else {
+                    stdout_line(&text::stall(pid, tid, role, start_ns, now_ns, &self.clock));
+                }
+            }
             Output::Summary(mut s) => {
                 s.episodes_reported = self.episodes.get(&s.pid).copied().unwrap_or(0);
                 if self.json {

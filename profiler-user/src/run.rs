@@ -1,7 +1,7 @@
 //! One `loopbpf --pid …` session: attach, collect until told to stop or every
 //! target has exited, then report what is still open and summarise.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -34,6 +34,9 @@ const MAX_DISTINCT_STACKS: usize = 4096;
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 const PERF_MAP_REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// A loop still blocked this long (and past the threshold) is announced before
+/// its iteration ends: a wedged process may never end it.
+const STALL_NOTICE_AFTER: Duration = Duration::from_secs(1);
 /// An idle Node process may sleep in one epoll call for as long as it likes,
 /// but then its thread has a slot from the poll's return; a process with no
 /// poll at all after this long is probably not running an event loop.
@@ -68,6 +71,8 @@ struct Watched {
     since: Instant,
     samples: u64,
     no_poll_warned: bool,
+    /// (tid, iteration) of stalls already announced.
+    stalls_announced: HashSet<(u32, u64)>,
 }
 
 pub async fn run(settings: Settings) -> Result<(), RunError> {
@@ -83,7 +88,8 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let mut watched = HashMap::new();
     for t in targets {
         probes.watch(t.pid)?;
-        watched.insert(t.pid, Watched { target: t, since: Instant::now(), samples: 0, no_poll_warned: false });
+        let w = Watched { target: t, since: Instant::now(), samples: 0, no_poll_warned: false, stalls_announced: HashSet::new() };
+        watched.insert(w.target.pid, w);
     }
 
     let mut reporter =
@@ -139,6 +145,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
                         break;
                     }
                     warn_if_no_polling(&probes, &mut watched, &tx);
+                    announce_stalls(&probes, &mut watched, &tx, threshold_ns);
                 }
                 if last_refresh.elapsed() >= PERF_MAP_REFRESH_EVERY {
                     last_refresh = Instant::now();
@@ -223,14 +230,9 @@ fn finish(probes: &mut Probes, collector: &mut Collector, w: Watched, threshold_
     } else {
         // Still running: the kernel knows when each open busy window began,
         // even one with no samples (asleep in a syscall).
-        for (tid, t) in probes.thread_loops(pid) {
-            let Some(s) = t.slots.get(t.primary as usize) else { continue };
-            if s.in_poll != 0 || s.last_exit_ns == 0 {
-                continue;
-            }
-            let start = s.last_exit_ns.saturating_sub(s.accum_busy_ns);
+        for (tid, seq, start) in open_windows(probes, pid) {
             if now.saturating_sub(start) >= threshold_ns {
-                let e = collector.builder.close_ongoing(pid, tid, s.iterations, start, now);
+                let e = collector.builder.close_ongoing(pid, tid, seq, start, now);
                 let _ = collector.tx.send(Output::Episode(e));
             }
         }
@@ -255,6 +257,33 @@ fn finish(probes: &mut Probes, collector: &mut Collector, w: Watched, threshold_
     let _ = collector.tx.send(Output::Forget(pid));
     probes.unwatch(pid);
     collector.builder.forget_pid(pid);
+}
+
+/// Open busy windows of each watched loop thread: `(tid, iteration, busy_start_ns)`.
+fn open_windows(probes: &Probes, pid: u32) -> Vec<(u32, u64, u64)> {
+    probes
+        .thread_loops(pid)
+        .into_iter()
+        .filter_map(|(tid, t)| {
+            let s = t.slots.get(t.primary as usize)?;
+            (s.in_poll == 0 && s.last_exit_ns != 0)
+                .then(|| (tid, s.iterations, s.last_exit_ns.saturating_sub(s.accum_busy_ns)))
+        })
+        .collect()
+}
+
+fn announce_stalls(probes: &Probes, watched: &mut HashMap<u32, Watched>, tx: &UnboundedSender<Output>, threshold_ns: u64) {
+    let now = monotonic_ns();
+    let after = threshold_ns.max(STALL_NOTICE_AFTER.as_nanos() as u64);
+    for (&pid, w) in watched.iter_mut() {
+        let open = open_windows(probes, pid);
+        w.stalls_announced.retain(|(tid, seq)| open.iter().any(|&(t, s, _)| (t, s) == (*tid, *seq)));
+        for (tid, seq, start) in open {
+            if now.saturating_sub(start) >= after && w.stalls_announced.insert((tid, seq)) {
+                let _ = tx.send(Output::Stall { pid, tid, start_ns: start, now_ns: now });
+            }
+        }
+    }
 }
 
 fn warn_if_no_polling(probes: &Probes, watched: &mut HashMap<u32, Watched>, tx: &UnboundedSender<Output>) {

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use crate::{
     loop_stats::LoopFigures,
     report::{EpisodeReport, ProcessSummary},
+    target::ThreadRole,
 };
 
 fn ms(ns: u64) -> f64 {
@@ -17,6 +18,17 @@ pub fn ready(pids: &[u32], threshold_ns: u64, frequency_hz: u64) -> Value {
 
 pub fn warning(pid: Option<u32>, message: &str) -> Value {
     json!({"type": "warning", "pid": pid, "message": message})
+}
+
+pub fn stall(pid: u32, tid: u32, role: ThreadRole, start_ns: u64, now_ns: u64) -> Value {
+    json!({
+        "type": "stall",
+        "pid": pid,
+        "tid": tid,
+        "thread": role.as_str(),
+        "start_ns": start_ns,
+        "busy_so_far_ms": ms(now_ns.saturating_sub(start_ns)),
+    })
 }
 
 pub fn episode(r: &EpisodeReport) -> Value {
@@ -87,7 +99,7 @@ pub fn summary(s: &ProcessSummary) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{episode::Episode, report::LoopSummary, target::ThreadRole};
+    use crate::{episode::Episode, report::LoopSummary};
 
     #[test]
     fn episode_carries_the_documented_fields() {

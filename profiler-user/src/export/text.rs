@@ -1,7 +1,10 @@
 //! One readable line per event, for a person at a terminal at 3 a.m.
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::report::{EpisodeReport, ProcessSummary};
+use crate::{
+    report::{EpisodeReport, ProcessSummary},
+    target::ThreadRole,
+};
 
 /// Converts CLOCK_MONOTONIC (the kernel's timestamps) to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +61,18 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
         _ => {}
     }
     line
+}
+
+pub fn stall(pid: u32, tid: u32, role: ThreadRole, start_ns: u64, now_ns: u64, clock: &WallClock) -> String {
+    format!(
+        "{} pid {} tid {} {}: loop STILL BLOCKED, busy for {:.1} s since {} (the episode follows when it ends)",
+        clock.format(now_ns),
+        pid,
+        tid,
+        role.as_str(),
+        now_ns.saturating_sub(start_ns) as f64 / 1e9,
+        clock.format(start_ns)
+    )
 }
 
 pub fn summary(s: &ProcessSummary) -> String {
