@@ -11,6 +11,8 @@
 //! three compares on the syscall number.
 #![no_std]
 #![no_main]
+// Borrowing the zero-value statics is what keeps them off the BPF stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod poll;
 mod sample;
@@ -20,9 +22,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use profiler_common::{
-    Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess, NUM_COUNTERS,
-};
+use profiler_common::{Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess, NUM_COUNTERS};
 
 /// Settings from userspace (threshold, sampling switch); one element.
 #[map]
@@ -41,8 +41,7 @@ static THREADS: LruHashMap<u32, ThreadLoops> = LruHashMap::with_max_entries(1638
 /// Busy-time histogram and totals per loop thread. Not preallocated: entries
 /// are ~4.5 KiB and only loop threads of watched processes get one.
 #[map]
-static LOOP_STATS: HashMap<LoopKey, LoopStats> =
-    HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+static LOOP_STATS: HashMap<LoopKey, LoopStats> = HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
 
 /// Episodes and stack samples to userspace. 8 MiB holds ~5000 samples: several
 /// seconds of every watched thread at 199 Hz between two drains.
@@ -67,7 +66,7 @@ fn config() -> Option<&'static Config> {
 
 #[inline(always)]
 fn is_watched(tgid: u32) -> bool {
-    unsafe { WATCHED.get(&tgid) }.is_some()
+    unsafe { WATCHED.get(tgid) }.is_some()
 }
 
 #[cfg(not(test))]

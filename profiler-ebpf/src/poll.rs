@@ -38,6 +38,8 @@ const EINTR: i64 = 4;
 const SLOT_MASK: usize = MAX_LOOP_SLOTS - 1;
 const _: () = assert!(MAX_LOOP_SLOTS.is_power_of_two());
 
+// Map values too big for the 512-byte BPF stack are inserted from these
+// (read-only data); they must be passed by reference, never copied.
 static ZERO_LOOPS: ThreadLoops = unsafe { core::mem::zeroed() };
 static ZERO_STATS: LoopStats = LoopStats::ZERO;
 
@@ -68,7 +70,10 @@ pub fn poll_enter(ctx: BtfTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let tid = pid_tgid as u32;
     if enter(pid, tid, epfd as i32, maxevents as i32, timeout_ms, now) {
-        warn!(&ctx, "tid {} polls more than {} epoll loops: recycled the oldest", tid, MAX_LOOP_SLOTS);
+        warn!(
+            &ctx,
+            "tid {} polls more than {} epoll loops: recycled the oldest", tid, MAX_LOOP_SLOTS
+        );
     }
     0
 }
@@ -118,7 +123,10 @@ fn thread_loops(pid: u32, tid: u32) -> Option<&'static mut ThreadLoops> {
         t.pid = pid;
         return Some(t);
     }
-    if THREADS.insert(tid, &ZERO_LOOPS, BPF_NOEXIST as u64).is_err() {
+    if THREADS
+        .insert(tid, &ZERO_LOOPS, BPF_NOEXIST as u64)
+        .is_err()
+    {
         count(COUNTER_THREADS_FULL);
     }
     let t = unsafe { &mut *THREADS.get_ptr_mut(tid)? };
@@ -141,7 +149,11 @@ fn enter(pid: u32, tid: u32, epfd: i32, maxevents: i32, timeout_ms: i32, now: u6
         if s.first_seen_ns != 0 && s.epfd == epfd {
             found = j;
         }
-        let seen = if s.first_seen_ns == 0 { 0 } else { s.last_enter_ns.max(s.last_exit_ns) };
+        let seen = if s.first_seen_ns == 0 {
+            0
+        } else {
+            s.last_enter_ns.max(s.last_exit_ns)
+        };
         if seen < oldest_seen {
             oldest_seen = seen;
             oldest = j;
@@ -156,7 +168,11 @@ fn enter(pid: u32, tid: u32, epfd: i32, maxevents: i32, timeout_ms: i32, now: u6
             count(COUNTER_SLOTS_RECYCLED);
             recycled = true;
         }
-        t.slots[i] = LoopSlot { epfd, first_seen_ns: now, ..LoopSlot::default() };
+        t.slots[i] = LoopSlot {
+            epfd,
+            first_seen_ns: now,
+            ..LoopSlot::default()
+        };
         i
     };
     let s = &mut t.slots[i];
@@ -221,13 +237,21 @@ fn close_window(t: &mut ThreadLoops, i: usize, pid: u32, tid: u32, timeout_ms: i
     let mut stale = false;
     for j in 0..MAX_LOOP_SLOTS {
         let y = &t.slots[j];
-        if j != i && y.first_seen_ns != 0 && y.last_enter_ns > window_start && y.first_seen_ns < window_start {
+        if j != i
+            && y.first_seen_ns != 0
+            && y.last_enter_ns > window_start
+            && y.first_seen_ns < window_start
+        {
             stale = true;
         }
     }
     if stale {
         let epfd = t.slots[i].epfd;
-        t.slots[i] = LoopSlot { epfd, first_seen_ns: now, ..LoopSlot::default() };
+        t.slots[i] = LoopSlot {
+            epfd,
+            first_seen_ns: now,
+            ..LoopSlot::default()
+        };
         return;
     }
     let gap = now.saturating_sub(window_start);
@@ -257,13 +281,16 @@ fn close_window(t: &mut ThreadLoops, i: usize, pid: u32, tid: u32, timeout_ms: i
 #[inline(always)]
 fn record_iteration(pid: u32, tid: u32, s: &LoopSlot, busy: u64, now: u64) {
     let key = LoopKey { pid, tid };
-    let stats = match LOOP_STATS.get_ptr_mut(&key) {
+    let stats = match LOOP_STATS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
-            if LOOP_STATS.insert(&key, &ZERO_STATS, BPF_NOEXIST as u64).is_err() {
+            if LOOP_STATS
+                .insert(key, &ZERO_STATS, BPF_NOEXIST as u64)
+                .is_err()
+            {
                 count(COUNTER_STATS_FULL);
             }
-            match LOOP_STATS.get_ptr_mut(&key) {
+            match LOOP_STATS.get_ptr_mut(key) {
                 Some(p) => p,
                 None => return,
             }
@@ -297,7 +324,10 @@ fn record_iteration(pid: u32, tid: u32, s: &LoopSlot, busy: u64, now: u64) {
         end_ns: now,
         busy_ns: busy,
     };
-    if EVENTS.output::<EpisodeEvent>(&event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
+    if EVENTS
+        .output::<EpisodeEvent>(&event, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
         count(COUNTER_EPISODES_LOST);
     }
 }

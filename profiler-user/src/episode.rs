@@ -66,7 +66,10 @@ pub struct EpisodeBuilder {
 
 impl EpisodeBuilder {
     pub fn new(max_distinct_stacks: usize) -> Self {
-        EpisodeBuilder { open: HashMap::new(), max_distinct_stacks }
+        EpisodeBuilder {
+            open: HashMap::new(),
+            max_distinct_stacks,
+        }
     }
 
     pub fn add_sample(&mut self, s: Sample) {
@@ -92,7 +95,10 @@ impl EpisodeBuilder {
         }
         w.samples += 1;
         w.last_sample_ns = w.last_sample_ns.max(s.time_ns);
-        let stack = RawStack { user: s.user.into(), kernel: s.kernel.into() };
+        let stack = RawStack {
+            user: s.user.into(),
+            kernel: s.kernel.into(),
+        };
         let kept = w.stacks.len();
         match w.stacks.get_mut(&stack) {
             Some(n) => *n += 1,
@@ -111,7 +117,14 @@ impl EpisodeBuilder {
 
     /// An iteration still open when loopbpf stops (read from the kernel's
     /// thread state), reported with what was measured so far.
-    pub fn close_ongoing(&mut self, pid: u32, tid: u32, seq: u64, busy_start_ns: u64, now_ns: u64) -> Episode {
+    pub fn close_ongoing(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        seq: u64,
+        busy_start_ns: u64,
+        now_ns: u64,
+    ) -> Episode {
         let busy = now_ns.saturating_sub(busy_start_ns);
         self.take(pid, tid, seq, busy_start_ns, now_ns, busy, true)
     }
@@ -136,17 +149,41 @@ impl EpisodeBuilder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn take(&mut self, pid: u32, tid: u32, seq: u64, start_ns: u64, end_ns: u64, busy_ns: u64, ongoing: bool) -> Episode {
+    fn take(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        seq: u64,
+        start_ns: u64,
+        end_ns: u64,
+        busy_ns: u64,
+        ongoing: bool,
+    ) -> Episode {
         let window = match self.open.get(&tid) {
             Some(w) if w.pid == pid && w.seq == seq => self.open.remove(&tid),
             _ => None,
         };
         let (samples, samples_without_stack, mut stacks) = match window {
-            Some(w) => (w.samples, w.samples_without_stack, w.stacks.into_iter().collect::<Vec<_>>()),
+            Some(w) => (
+                w.samples,
+                w.samples_without_stack,
+                w.stacks.into_iter().collect::<Vec<_>>(),
+            ),
             None => (0, 0, Vec::new()),
         };
-        stacks.sort_by(|a, b| b.1.cmp(&a.1));
-        Episode { pid, tid, seq, start_ns, end_ns, busy_ns, samples, samples_without_stack, stacks, ongoing }
+        stacks.sort_by_key(|s| std::cmp::Reverse(s.1));
+        Episode {
+            pid,
+            tid,
+            seq,
+            start_ns,
+            end_ns,
+            busy_ns,
+            samples,
+            samples_without_stack,
+            stacks,
+            ongoing,
+        }
     }
 }
 
@@ -155,11 +192,27 @@ mod tests {
     use super::*;
 
     fn sample(tid: u32, seq: u64, leaf: u64) -> Sample {
-        Sample { pid: 1, tid, seq, busy_start_ns: 1_000, time_ns: 2_000, user: vec![leaf, 99], kernel: vec![] }
+        Sample {
+            pid: 1,
+            tid,
+            seq,
+            busy_start_ns: 1_000,
+            time_ns: 2_000,
+            user: vec![leaf, 99],
+            kernel: vec![],
+        }
     }
 
     fn episode(tid: u32, seq: u64) -> EpisodeEvent {
-        EpisodeEvent { kind: 1, pid: 1, tid, epfd: 3, seq, end_ns: 10_000, busy_ns: 4_000 }
+        EpisodeEvent {
+            kind: 1,
+            pid: 1,
+            tid,
+            epfd: 3,
+            seq,
+            end_ns: 10_000,
+            busy_ns: 4_000,
+        }
     }
 
     #[test]
@@ -214,7 +267,10 @@ mod tests {
         b.add_sample(sample(1, 9, 10));
         let open = b.open_iterations(1);
         assert_eq!(open.len(), 1);
-        assert_eq!((open[0].seq, open[0].busy_start_ns, open[0].last_sample_ns), (9, 1_000, 2_000));
+        assert_eq!(
+            (open[0].seq, open[0].busy_start_ns, open[0].last_sample_ns),
+            (9, 1_000, 2_000)
+        );
         let e = b.close_ongoing(1, 1, 9, 1_000, 301_000);
         assert!(e.ongoing);
         assert_eq!((e.samples, e.busy_ns), (1, 300_000));

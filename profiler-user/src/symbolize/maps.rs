@@ -1,0 +1,137 @@
+//! `/proc/PID/maps`, read only to say where an address nobody could name lives.
+
+use super::perf_map::sanitize_frame_name;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Region {
+    start: u64,
+    end: u64,
+    offset: u64,
+    /// Empty for anonymous memory (where V8's JIT code lives).
+    path: String,
+}
+
+/// The last mappings we could read, kept after the process exits.
+pub(super) struct ProcessMaps {
+    pid: u32,
+    regions: Vec<Region>,
+}
+
+impl ProcessMaps {
+    pub(super) fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            regions: Vec::new(),
+        }
+    }
+
+    pub(super) fn find(&self, addr: u64) -> Option<&Region> {
+        let index = self.regions.partition_point(|region| region.start <= addr);
+        let region = self.regions.get(index.checked_sub(1)?)?;
+        (addr < region.end).then_some(region)
+    }
+
+    /// Keeps the previous mappings if the process is gone.
+    pub(super) fn reload(&mut self) {
+        match std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) {
+            Ok(text) => self.regions = parse_maps(&text),
+            Err(error) => log::debug!("failed to read /proc/{}/maps: {error}", self.pid),
+        }
+    }
+}
+
+fn parse_maps(text: &str) -> Vec<Region> {
+    let mut regions: Vec<Region> = text.lines().filter_map(parse_maps_line).collect();
+    regions.sort_by_key(|region| region.start);
+    regions
+}
+
+/// `start-end perms offset dev inode   path`, the path possibly with spaces.
+fn parse_maps_line(line: &str) -> Option<Region> {
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let _perms = fields.next()?;
+    let offset = fields.next()?;
+    let _dev = fields.next()?;
+    let _inode = fields.next()?;
+    let path = fields.next().unwrap_or("").trim_start();
+    Some(Region {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        path: path.to_owned(),
+    })
+}
+
+/// A file-backed address is shown as `file+offset` (what addr2line takes);
+/// anything else by its absolute address.
+pub(super) fn unknown_user_frame(region: Option<&Region>, addr: u64) -> String {
+    let Some(region) = region else {
+        return format!("[unknown] {addr:#x}");
+    };
+    let name = if region.path.is_empty() {
+        format!("[unknown] [anon] {addr:#x}")
+    } else if region.path.starts_with('/') {
+        let file_offset = addr - region.start + region.offset;
+        format!("[unknown] {}+{file_offset:#x}", region.path)
+    } else {
+        format!("[unknown] {} {addr:#x}", region.path)
+    };
+    sanitize_frame_name(&name)
+}
+
+pub(super) fn unknown_kernel_frame(addr: u64) -> String {
+    format!("[unknown] [kernel] {addr:#x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0000000-55d0c0001000 r--p 00000000 08:01 123 /usr/bin/node
+7f1200000000-7f1200040000 rwxp 00000000 00:00 0 
+7f12a0000000-7f12a0100000 r-xp 00028000 08:01 456                        /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+7f12b0000000-7f12b0001000 r-xp 00000000 08:01 789 /tmp/odd;name (deleted)
+";
+
+    fn maps() -> ProcessMaps {
+        ProcessMaps {
+            pid: 0,
+            regions: parse_maps(MAPS),
+        }
+    }
+
+    #[test]
+    fn names_unknown_addresses_by_mapping() {
+        let maps = maps();
+        let frame = |addr| unknown_user_frame(maps.find(addr), addr);
+        assert_eq!(
+            frame(0x7f12a0001a2b),
+            "[unknown] /usr/lib/x86_64-linux-gnu/libc.so.6+0x29a2b"
+        );
+        assert_eq!(frame(0x7f1200000010), "[unknown] [anon] 0x7f1200000010");
+        assert_eq!(frame(0x7ffd00000008), "[unknown] [stack] 0x7ffd00000008");
+        assert_eq!(
+            frame(0x7f12b0000004),
+            "[unknown] /tmp/odd:name (deleted)+0x4"
+        );
+        assert_eq!(frame(0x10), "[unknown] 0x10");
+        assert_eq!(frame(0x7f1200040000), "[unknown] 0x7f1200040000");
+        assert_eq!(
+            unknown_kernel_frame(0xffffffff81000000),
+            "[unknown] [kernel] 0xffffffff81000000"
+        );
+    }
+
+    #[test]
+    fn reads_own_maps() {
+        let mut maps = ProcessMaps::new(std::process::id());
+        let here = reads_own_maps as *const () as usize as u64;
+        assert!(maps.find(here).is_none());
+        maps.reload();
+        let region = maps.find(here).expect("test code is mapped");
+        assert!(region.path.starts_with('/'), "{region:?}");
+    }
+}

@@ -1,0 +1,130 @@
+//! Names for compiled code (node itself, shared libraries, the kernel) from
+//! blazesym. Not `Send`: lives on the symbolizer thread.
+
+use blazesym::symbolize::evict::{Evict, Process as EvictProcess};
+use blazesym::symbolize::source::{Kernel, Process, Source};
+use blazesym::symbolize::{Input, Reason, Symbolized};
+use blazesym::MaybeDefault;
+
+use super::perf_map::sanitize_frame_name;
+
+pub(super) struct NativeSymbolizer {
+    blazesym: blazesym::symbolize::Symbolizer,
+}
+
+impl NativeSymbolizer {
+    pub(super) fn new() -> Self {
+        // Frames carry names only, so skip line and inline information.
+        let blazesym = blazesym::symbolize::Symbolizer::builder()
+            .enable_code_info(false)
+            .enable_inlined_fns(false)
+            .enable_demangling(true)
+            .build();
+        Self { blazesym }
+    }
+
+    /// One entry per address; `None` where no symbol covers it.
+    pub(super) fn user_names(&self, pid: u32, addrs: &[u64]) -> Vec<Option<String>> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        let mut names = self.process_names(pid, addrs, true);
+        // map_files needs CAP_SYS_ADMIN; the paths in /proc/PID/maps work
+        // without it as long as we share the process's mount namespace.
+        let failed: Vec<usize> = (0..addrs.len())
+            .filter(|&i| matches!(names[i], Lookup::Failed))
+            .collect();
+        if !failed.is_empty() {
+            let retry: Vec<u64> = failed.iter().map(|&i| addrs[i]).collect();
+            let retried = self.process_names(pid, &retry, false);
+            for (i, lookup) in failed.into_iter().zip(retried) {
+                names[i] = lookup;
+            }
+        }
+        names.into_iter().map(Lookup::into_name).collect()
+    }
+
+    pub(super) fn kernel_names(&self, addrs: &[u64]) -> Vec<Option<String>> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        // kallsyms has every function name; parsing a vmlinux's DWARF would
+        // cost seconds for nothing more than that.
+        let kernel = Kernel {
+            vmlinux: MaybeDefault::None,
+            debug_syms: false,
+            ..Kernel::default()
+        };
+        self.names(&Source::Kernel(kernel), addrs)
+            .into_iter()
+            .map(Lookup::into_name)
+            .collect()
+    }
+
+    pub(super) fn forget(&mut self, pid: u32) {
+        let evict = Evict::Process(EvictProcess::new(pid.into()));
+        if let Err(error) = self.blazesym.evict(&evict) {
+            log::debug!("failed to evict blazesym caches of pid {pid}: {error}");
+        }
+    }
+
+    fn process_names(&self, pid: u32, addrs: &[u64], map_files: bool) -> Vec<Lookup> {
+        let mut process = Process::new(pid.into());
+        // Our own incremental PerfMap answers JIT addresses before we get here.
+        process.perf_map = false;
+        // ELF symbol tables name functions; DWARF of a large node binary is
+        // slow to parse and would only add line numbers we do not report.
+        process.debug_syms = false;
+        process.map_files = map_files;
+        self.names(&Source::Process(process), addrs)
+    }
+
+    fn names(&self, source: &Source, addrs: &[u64]) -> Vec<Lookup> {
+        match self.blazesym.symbolize(source, Input::AbsAddr(addrs)) {
+            Ok(symbolized) => symbolized.into_iter().map(Lookup::from).collect(),
+            Err(error) => {
+                // Typically the process has exited; the caller names these
+                // addresses from what it remembers.
+                log::debug!(
+                    "failed to symbolize {} addresses from {source:?}: {error}",
+                    addrs.len()
+                );
+                vec![Lookup::Failed; addrs.len()]
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Lookup {
+    Named(String),
+    NotFound,
+    /// An error rather than a clean miss, so worth another attempt.
+    Failed,
+}
+
+impl Lookup {
+    fn into_name(self) -> Option<String> {
+        match self {
+            Lookup::Named(name) => Some(name),
+            Lookup::NotFound | Lookup::Failed => None,
+        }
+    }
+}
+
+impl From<Symbolized<'_>> for Lookup {
+    fn from(symbolized: Symbolized<'_>) -> Self {
+        match symbolized {
+            Symbolized::Sym(sym) => {
+                let name = sanitize_frame_name(&sym.name);
+                if name.is_empty() {
+                    Lookup::NotFound
+                } else {
+                    Lookup::Named(name)
+                }
+            }
+            Symbolized::Unknown(Reason::IgnoredError) => Lookup::Failed,
+            Symbolized::Unknown(_) => Lookup::NotFound,
+        }
+    }
+}

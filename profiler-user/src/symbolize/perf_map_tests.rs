@@ -1,0 +1,253 @@
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use super::*;
+
+fn append(path: &Path, text: &str) {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+fn loaded(text: &str) -> (tempfile::TempDir, PerfMap) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perf-1.map");
+    fs::write(&path, text).unwrap();
+    let mut map = PerfMap::new(&path);
+    map.refresh().unwrap();
+    (dir, map)
+}
+
+#[test]
+fn normalizes_current_js_names() {
+    let cases = [
+        ("JS:*fib /app/x.js:2:13", "fib /app/x.js:2:13"),
+        (
+            "JS:~handler node:internal/timers:500:30",
+            "handler node:internal/timers:500:30",
+        ),
+        ("JS:^foo file:///a.mjs:1:1", "foo file:///a.mjs:1:1"),
+        ("JS:+bar /x.js:3:4", "bar /x.js:3:4"),
+        ("JS:+'baz /x.js:5:6", "baz /x.js:5:6"),
+        ("JS:~ /app/x.js:1:1", "(anonymous) /app/x.js:1:1"),
+        ("JS: /app/x.js:1:1", "(anonymous) /app/x.js:1:1"),
+        ("JS:get size /app/x.js:9:9", "get size /app/x.js:9:9"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(normalize_v8_name(raw), want, "for {raw:?}");
+    }
+}
+
+#[test]
+fn normalizes_older_node_names() {
+    let cases = [
+        ("LazyCompile:*fib /app/x.js:2", "fib /app/x.js:2"),
+        ("LazyCompile:~fib /app/x.js:2", "fib /app/x.js:2"),
+        ("Function:~ /app/x.js:1:1", "(anonymous) /app/x.js:1:1"),
+        ("Script:~ /app/x.js", "(anonymous) /app/x.js"),
+        ("Function:~", "(anonymous)"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(normalize_v8_name(raw), want, "for {raw:?}");
+    }
+}
+
+#[test]
+fn normalizes_non_function_entries() {
+    let cases = [
+        ("Builtin:JsonParse", "[builtin] JsonParse"),
+        ("BytecodeHandler:Star0", "[bytecode] Star0"),
+        ("Stub:CEntry_Return1", "[stub] CEntry_Return1"),
+        ("RegExp:^(a+)+$", "[regexp] ^(a+)+$"),
+        ("Handler:length", "[handler] length"),
+        ("Callback:getter", "[callback] getter"),
+        ("plain_symbol", "plain_symbol"),
+        ("lower:case stays", "lower:case stays"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(normalize_v8_name(raw), want, "for {raw:?}");
+    }
+}
+
+#[test]
+fn normalized_names_are_folded_stack_safe() {
+    assert_eq!(
+        normalize_v8_name("  RegExp:a;b\rc  "),
+        "[regexp] a:b c",
+        "';' and control characters must not reach a folded stack"
+    );
+    assert_eq!(normalize_v8_name("JS:*f;g /x.js:1:1\t"), "f:g /x.js:1:1");
+}
+
+#[test]
+fn parses_lines_and_skips_garbage() {
+    let text = "\
+1000 10 JS:*fib /app/x.js:2:13
+0x2000 0x20 Builtin:JsonParse
+not-hex 10 JS:*bad /x.js:1:1
+3000 zz JS:*bad /x.js:1:1
+4000 10
++5000 10 JS:*plus /x.js:1:1
+6000
+
+7000 8 LazyCompile:~old /app/y.js:7
+";
+    let (_dir, map) = loaded(text);
+    assert_eq!(map.len(), 3);
+    assert_eq!(map.bad_lines(), 5);
+    assert_eq!(map.lookup(0x1000), Some("fib /app/x.js:2:13"));
+    assert_eq!(map.lookup(0x100f), Some("fib /app/x.js:2:13"));
+    assert_eq!(map.lookup(0x1010), None, "end is exclusive");
+    assert_eq!(map.lookup(0xfff), None);
+    assert_eq!(map.lookup(0x201f), Some("[builtin] JsonParse"));
+    assert_eq!(map.lookup(0x7004), Some("old /app/y.js:7"));
+    assert_eq!(map.lookup(0x5000), None);
+}
+
+#[test]
+fn newest_overlapping_entry_wins() {
+    let text = "\
+1000 100 JS:*old /a.js:1:1
+1200 100 JS:*kept /a.js:2:2
+1080 100 JS:*new /a.js:3:3
+1200 10 JS:*replaced /a.js:4:4
+";
+    let (_dir, map) = loaded(text);
+    assert_eq!(map.lookup(0x1000), None, "old was overlapped and dropped");
+    assert_eq!(map.lookup(0x1080), Some("new /a.js:3:3"));
+    assert_eq!(map.lookup(0x117f), Some("new /a.js:3:3"));
+    assert_eq!(map.lookup(0x1205), Some("replaced /a.js:4:4"));
+    assert_eq!(map.lookup(0x1250), None, "kept was replaced at its start");
+    assert_eq!(map.len(), 2);
+}
+
+#[test]
+fn shares_names_across_tiers() {
+    let (_dir, map) = loaded("1000 10 JS:~f /a.js:1:1\n2000 10 JS:*f /a.js:1:1\n");
+    assert_eq!(map.lookup(0x1000), map.lookup(0x2000));
+    assert_eq!(map.names.len(), 1);
+}
+
+#[test]
+fn refresh_reads_only_appended_lines_and_waits_for_partial_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perf-7.map");
+    append(&path, "1000 10 JS:*a /x.js:1:1\n2000 10 JS:*b /x");
+    let mut map = PerfMap::new(&path);
+    map.refresh().unwrap();
+    assert_eq!(map.lookup(0x1000), Some("a /x.js:1:1"));
+    assert_eq!(map.lookup(0x2000), None, "line still being written");
+    assert_eq!(map.bad_lines(), 0);
+
+    map.refresh().unwrap();
+    assert_eq!(map.lookup(0x2000), None);
+
+    append(&path, "y.js:2:2\n3000 10 JS:*c /z.js:3:3\n");
+    map.refresh().unwrap();
+    assert_eq!(map.lookup(0x2000), Some("b /xy.js:2:2"));
+    assert_eq!(map.lookup(0x3000), Some("c /z.js:3:3"));
+    assert_eq!(map.lookup(0x1000), Some("a /x.js:1:1"));
+    assert_eq!(map.len(), 3);
+    assert_eq!(map.bad_lines(), 0);
+}
+
+#[test]
+fn shrunk_file_is_reloaded_from_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perf-8.map");
+    append(&path, "1000 10 JS:*a /x.js:1:1\n2000 10 JS:*b /x.js:2:2\n");
+    let mut map = PerfMap::new(&path);
+    map.refresh().unwrap();
+    assert_eq!(map.len(), 2);
+
+    // Truncate in place so the inode stays: only the size tells.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(b"5000 10 JS:*c /y.js:1:1\n").unwrap();
+    drop(file);
+    map.refresh().unwrap();
+    assert_eq!(map.lookup(0x1000), None);
+    assert_eq!(map.lookup(0x5000), Some("c /y.js:1:1"));
+    assert_eq!(map.len(), 1);
+}
+
+#[test]
+fn replaced_file_is_reloaded_from_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perf-9.map");
+    append(&path, "1000 10 JS:*a /x.js:1:1\n");
+    let mut map = PerfMap::new(&path);
+    map.refresh().unwrap();
+
+    // Same length, different inode: a restarted process in a fresh container.
+    let replacement = dir.path().join("next.map");
+    append(&replacement, "4000 10 JS:*d /x.js:1:1\n");
+    fs::rename(&replacement, &path).unwrap();
+    map.refresh().unwrap();
+    assert_eq!(map.lookup(0x1000), None);
+    assert_eq!(map.lookup(0x4000), Some("d /x.js:1:1"));
+}
+
+#[test]
+fn missing_file_is_reported_and_keeps_symbols() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perf-10.map");
+    let mut map = PerfMap::new(&path);
+    assert!(matches!(map.refresh(), Err(PerfMapError::Missing { .. })));
+    assert!(!map.ever_read());
+
+    append(&path, "1000 10 JS:*a /x.js:1:1\n");
+    map.refresh().unwrap();
+    fs::remove_file(&path).unwrap();
+    assert!(matches!(map.refresh(), Err(PerfMapError::Missing { .. })));
+    assert!(map.ever_read());
+    assert_eq!(map.lookup(0x1000), Some("a /x.js:1:1"));
+}
+
+#[test]
+fn ns_pid_is_the_innermost_pid() {
+    let status = "Name:\tnode\nTgid:\t4242\nNSpid:\t4242\t1\nPPid:\t1\n";
+    assert_eq!(ns_pid_from_status(status), Some(1));
+    assert_eq!(ns_pid_from_status("NSpid:\t4242\n"), Some(4242));
+    assert_eq!(ns_pid_from_status("Name:\tnode\n"), None);
+
+    let pid = std::process::id();
+    let want = format!("/proc/{pid}/root/tmp/perf-{pid}.map");
+    assert_eq!(perf_map_path(pid), PathBuf::from(want));
+}
+
+/// Not a timing assertion: run with `--release -- --ignored --nocapture` to
+/// see how long a long-running process's map takes to load.
+#[test]
+#[ignore]
+fn loads_a_million_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perf-big.map");
+    let mut text = String::new();
+    // Each function appears once per tier, as V8 tiers it up.
+    for i in 0..1_000_000u64 {
+        let tier = ["~", "^", "+", "*"][(i % 4) as usize];
+        let function = i / 4;
+        text.push_str(&format!(
+            "{:x} c0 JS:{tier}fn{function} /app/src/module{}.js:{}:{}\n",
+            0x7f00_0000_0000u64 + i * 0x100,
+            function % 100,
+            function % 1000,
+            function % 80
+        ));
+    }
+    fs::write(&path, text).unwrap();
+    let mut map = PerfMap::new(&path);
+    let started = std::time::Instant::now();
+    map.refresh().unwrap();
+    eprintln!("loaded {} symbols in {:?}", map.len(), started.elapsed());
+    assert_eq!(map.len(), 1_000_000);
+    assert_eq!(map.names.len(), 250_000);
+}
