@@ -4,7 +4,10 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest_dir).parent().unwrap();
     let ebpf_dir = root.join("profiler-ebpf");
-    println!("cargo:rerun-if-changed={}", root.join("profiler-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("profiler-common").display()
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "profiler-ebpf",

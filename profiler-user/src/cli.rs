@@ -62,9 +62,13 @@ to see JavaScript function names.";
 /// `50ms`, `1s`, `1.5s`, `2m`, `250us`: a number and a unit.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 50ms, 1s)"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 50ms, 1s)"))?;
     let ns_per_unit = match unit.trim() {
         "ns" => 1.0,
         "us" | "µs" => 1e3,
@@ -73,7 +77,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => 60e9,
         "h" => 3600e9,
         "" => return Err(format!("'{s}' needs a unit (e.g. {s}ms or {s}s)")),
-        u => return Err(format!("unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)")),
+        u => {
+            return Err(format!(
+                "unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)"
+            ))
+        }
     };
     Ok(Duration::from_nanos((value * ns_per_unit).round() as u64))
 }
@@ -94,7 +102,9 @@ mod tests {
     #[test]
     fn bare_numbers_and_unknown_units_are_refused() {
         assert!(parse_duration("50").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("ms").is_err());
     }
 
@@ -103,7 +113,14 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
         let help = Cli::command().render_long_help().to_string();
-        for opt in ["--pid", "--threshold", "--frequency", "--duration", "--output", "--json"] {
+        for opt in [
+            "--pid",
+            "--threshold",
+            "--frequency",
+            "--duration",
+            "--output",
+            "--json",
+        ] {
             assert!(help.contains(opt), "--help lacks {opt}");
         }
     }

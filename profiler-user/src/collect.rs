@@ -90,7 +90,10 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
 /// no frames).
 fn frames(mut area: &[u8], bytes: i32) -> Vec<u64> {
     let n = (bytes.max(0) as usize / 8).min(area.len() / 8);
-    (0..n).map(|_| area.get_u64_le()).filter(|&a| a != 0).collect()
+    (0..n)
+        .map(|_| area.get_u64_le())
+        .filter(|&a| a != 0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -123,7 +126,10 @@ mod tests {
         let Record::Sample(s) = decode(&sample_bytes(&[1, 2, 3], 16)).unwrap() else {
             panic!("not a sample")
         };
-        assert_eq!((s.pid, s.tid, s.seq, s.busy_start_ns, s.time_ns), (10, 11, 7, 100, 150));
+        assert_eq!(
+            (s.pid, s.tid, s.seq, s.busy_start_ns, s.time_ns),
+            (10, 11, 7, 100, 150)
+        );
         assert_eq!(s.user, vec![1, 2, 3]);
         assert_eq!(s.kernel, vec![0xffff_0000, 0xffff_0001]);
     }
@@ -146,8 +152,13 @@ mod tests {
         b.put_u64_le(42);
         b.put_u64_le(9_000);
         b.put_u64_le(3_000);
-        let Record::Episode(e) = decode(&b).unwrap() else { panic!("not an episode") };
-        assert_eq!((e.pid, e.tid, e.epfd, e.seq, e.end_ns, e.busy_ns), (5, 6, 13, 42, 9_000, 3_000));
+        let Record::Episode(e) = decode(&b).unwrap() else {
+            panic!("not an episode")
+        };
+        assert_eq!(
+            (e.pid, e.tid, e.epfd, e.seq, e.end_ns, e.busy_ns),
+            (5, 6, 13, 42, 9_000, 3_000)
+        );
     }
 
     #[test]

@@ -30,7 +30,11 @@ pub fn quantile(buckets: &[u64], q: f64, max_ns: u64) -> u64 {
         seen += n;
         if seen >= rank {
             let (lo, hi) = (histogram::bucket_lower(i), histogram::bucket_upper(i));
-            let mid = if hi == u64::MAX { lo } else { lo + (hi - lo) / 2 };
+            let mid = if hi == u64::MAX {
+                lo
+            } else {
+                lo + (hi - lo) / 2
+            };
             return mid.min(max_ns);
         }
     }
@@ -44,7 +48,11 @@ impl LoopFigures {
             iterations: s.iterations,
             busy_ns: s.busy_ns,
             idle_ns: s.idle_ns,
-            utilization: if observed == 0 { 0.0 } else { s.busy_ns as f64 / observed as f64 },
+            utilization: if observed == 0 {
+                0.0
+            } else {
+                s.busy_ns as f64 / observed as f64
+            },
             p50_ns: quantile(&s.buckets, 0.50, s.max_busy_ns),
             p90_ns: quantile(&s.buckets, 0.90, s.max_busy_ns),
             p99_ns: quantile(&s.buckets, 0.99, s.max_busy_ns),
@@ -85,7 +93,11 @@ mod tests {
         for q in [0.5, 0.9, 0.99] {
             let (got, want) = (quantile(&s.buckets, q, s.max_busy_ns), exact(&values, q));
             let err = (got as f64 - want as f64).abs() / want as f64;
-            assert!(err <= 0.05, "q{q}: got {got}, exact {want}, error {:.1}%", err * 100.0);
+            assert!(
+                err <= 0.05,
+                "q{q}: got {got}, exact {want}, error {:.1}%",
+                err * 100.0
+            );
         }
         assert_eq!(LoopFigures::from_stats(&s).max_ns, *values.last().unwrap());
     }

@@ -11,9 +11,7 @@ use aya::{
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
-use profiler_common::{
-    Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess,
-};
+use profiler_common::{Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess};
 
 /// The object profiler-ebpf compiles to, built by build.rs (aya-build).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopbpf-probes"));
@@ -71,10 +69,16 @@ pub struct Probes {
 impl Probes {
     /// Loads and attaches everything; samples stacks at `frequency_hz` on every
     /// online CPU (0 disables sampling).
-    pub fn attach(config: Config, frequency_hz: u64) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
+    pub fn attach(
+        config: Config,
+        frequency_hz: u64,
+    ) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT).map_err(ProbeError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(OBJECT)
+            .map_err(ProbeError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -86,7 +90,10 @@ impl Probes {
         let mut config_map: Array<MapData, Config> = take_map(&mut ebpf, "CONFIG")?;
         config_map
             .set(0, config, 0)
-            .map_err(|source| ProbeError::Map { name: "CONFIG", source })?;
+            .map_err(|source| ProbeError::Map {
+                name: "CONFIG",
+                source,
+            })?;
         let watched = take_map(&mut ebpf, "WATCHED")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
@@ -100,9 +107,12 @@ impl Probes {
 
         if frequency_hz > 0 {
             let prog: &mut PerfEvent = program(&mut ebpf, "sample_stack")?;
-            prog.load()
-                .map_err(|source| ProbeError::Program { name: "sample_stack", source })?;
-            let cpus = aya::util::online_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
+            prog.load().map_err(|source| ProbeError::Program {
+                name: "sample_stack",
+                source,
+            })?;
+            let cpus = aya::util::online_cpus()
+                .map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
             for cpu in cpus {
                 prog.attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),
@@ -114,14 +124,23 @@ impl Probes {
             }
         }
 
-        let probes = Probes { ebpf, watched, config: config_map, counters, logger };
+        let probes = Probes {
+            ebpf,
+            watched,
+            config: config_map,
+            counters,
+            logger,
+        };
         Ok((probes, events))
     }
 
     pub fn watch(&mut self, pid: u32) -> Result<(), ProbeError> {
         self.watched
             .insert(pid, WatchedProcess::default(), 0)
-            .map_err(|source| ProbeError::Map { name: "WATCHED", source })
+            .map_err(|source| ProbeError::Map {
+                name: "WATCHED",
+                source,
+            })
     }
 
     /// Stops watching `pid` and frees its kernel state.
@@ -144,7 +163,10 @@ impl Probes {
     pub fn set_config(&mut self, config: Config) -> Result<(), ProbeError> {
         self.config
             .set(0, config, 0)
-            .map_err(|source| ProbeError::Map { name: "CONFIG", source })
+            .map_err(|source| ProbeError::Map {
+                name: "CONFIG",
+                source,
+            })
     }
 
     fn loop_keys(&self, pid: u32) -> Vec<LoopKey> {
@@ -159,7 +181,11 @@ impl Probes {
         let Ok(stats) = HashMap::<_, LoopKey, LoopStats>::try_from(map) else {
             return Vec::new();
         };
-        stats.iter().filter_map(Result::ok).filter(|(k, _)| k.pid == pid).collect()
+        stats
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.pid == pid)
+            .collect()
     }
 
     /// Loop state of every polling thread of `pid` (open iterations included).
@@ -170,12 +196,19 @@ impl Probes {
         let Ok(threads) = HashMap::<_, u32, ThreadLoops>::try_from(map) else {
             return Vec::new();
         };
-        threads.iter().filter_map(Result::ok).filter(|(_, t)| t.pid == pid).collect()
+        threads
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, t)| t.pid == pid)
+            .collect()
     }
 
     pub fn counters(&self) -> KernelCounters {
         let sum = |i: u32| -> u64 {
-            self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+            self.counters
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
         };
         use profiler_common::*;
         KernelCounters {
@@ -205,9 +238,10 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(ProbeError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+    let map = ebpf.take_map(name).ok_or(ProbeError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
@@ -219,12 +253,16 @@ where
         name,
         source: ProgramError::UnexpectedProgramType,
     })?;
-    prog.try_into().map_err(|source| ProbeError::Program { name, source })
+    prog.try_into()
+        .map_err(|source| ProbeError::Program { name, source })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
     }

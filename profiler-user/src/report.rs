@@ -32,9 +32,22 @@ pub struct EpisodeReport {
 }
 
 impl EpisodeReport {
-    pub fn new(episode: Episode, role: ThreadRole, thread_name: Option<String>, stacks: Vec<(Vec<Frame>, u64)>) -> Self {
+    pub fn new(
+        episode: Episode,
+        role: ThreadRole,
+        thread_name: Option<String>,
+        stacks: Vec<(Vec<Frame>, u64)>,
+    ) -> Self {
         let top_frame = hottest_frame(&stacks);
-        EpisodeReport { episode, role, thread_name, stacks, top_frame, folded_path: None, folded_error: None }
+        EpisodeReport {
+            episode,
+            role,
+            thread_name,
+            stacks,
+            top_frame,
+            folded_path: None,
+            folded_error: None,
+        }
     }
 }
 
@@ -49,7 +62,11 @@ pub fn hottest_frame(stacks: &[(Vec<Frame>, u64)]) -> Option<HotFrame> {
     let mut any_js = false;
     let js_function = |f: &&Frame| f.kind == FrameKind::Js && !f.name.starts_with('[');
     for (frames, n) in stacks {
-        let app = frames.iter().rev().filter(js_function).find(|f| !f.name.contains(" node:"));
+        let app = frames
+            .iter()
+            .rev()
+            .filter(js_function)
+            .find(|f| !f.name.contains(" node:"));
         if let Some(js) = app.or_else(|| frames.iter().rev().find(js_function)) {
             any_js = true;
             *by_frame.entry(js).or_default() += n;
@@ -62,12 +79,18 @@ pub fn hottest_frame(stacks: &[(Vec<Frame>, u64)]) -> Option<HotFrame> {
             }
         }
     }
-    let (frame, samples) = by_frame.into_iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.name.cmp(&a.0.name)))?;
+    let (frame, samples) = by_frame
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.name.cmp(&a.0.name)))?;
     Some(HotFrame {
         name: frame.name.clone(),
         kind: frame.kind,
         samples,
-        share: if total == 0 { 0.0 } else { samples as f64 / total as f64 },
+        share: if total == 0 {
+            0.0
+        } else {
+            samples as f64 / total as f64
+        },
     })
 }
 
@@ -97,7 +120,10 @@ mod tests {
     use super::*;
 
     fn f(name: &str, kind: FrameKind) -> Frame {
-        Frame { name: name.into(), kind }
+        Frame {
+            name: name.into(),
+            kind,
+        }
     }
 
     #[test]
@@ -105,7 +131,15 @@ mod tests {
         let main = f("main /a.js:1:1", FrameKind::Js);
         let spin = f("spin /a.js:5:3", FrameKind::Js);
         let stacks = vec![
-            (vec![f("uv_run", FrameKind::Native), main.clone(), spin.clone(), f("memcpy", FrameKind::Native)], 8),
+            (
+                vec![
+                    f("uv_run", FrameKind::Native),
+                    main.clone(),
+                    spin.clone(),
+                    f("memcpy", FrameKind::Native),
+                ],
+                8,
+            ),
             (vec![f("uv_run", FrameKind::Native), main.clone()], 2),
         ];
         let hot = hottest_frame(&stacks).unwrap();
@@ -118,19 +152,41 @@ mod tests {
     fn application_code_wins_over_node_internals_and_builtins() {
         let spin = f("spin /a.js:5:3", FrameKind::Js);
         let stacks = vec![(
-            vec![spin.clone(), f("get node:internal/bootstrap/node:437:8", FrameKind::Js), f("[builtin] LoadIC", FrameKind::Js)],
+            vec![
+                spin.clone(),
+                f("get node:internal/bootstrap/node:437:8", FrameKind::Js),
+                f("[builtin] LoadIC", FrameKind::Js),
+            ],
             4,
         )];
         assert_eq!(hottest_frame(&stacks).unwrap().name, "spin /a.js:5:3");
-        let internal_only = vec![(vec![f("processTimers node:internal/timers:504:25", FrameKind::Js)], 1)];
-        assert_eq!(hottest_frame(&internal_only).unwrap().name, "processTimers node:internal/timers:504:25");
+        let internal_only = vec![(
+            vec![f(
+                "processTimers node:internal/timers:504:25",
+                FrameKind::Js,
+            )],
+            1,
+        )];
+        assert_eq!(
+            hottest_frame(&internal_only).unwrap().name,
+            "processTimers node:internal/timers:504:25"
+        );
     }
 
     #[test]
     fn without_js_frames_the_leaf_is_hottest() {
-        let stacks = vec![(vec![f("uv_run", FrameKind::Native), f("do_sys_poll", FrameKind::Kernel)], 3)];
+        let stacks = vec![(
+            vec![
+                f("uv_run", FrameKind::Native),
+                f("do_sys_poll", FrameKind::Kernel),
+            ],
+            3,
+        )];
         let hot = hottest_frame(&stacks).unwrap();
-        assert_eq!((hot.name.as_str(), hot.kind), ("do_sys_poll", FrameKind::Kernel));
+        assert_eq!(
+            (hot.name.as_str(), hot.kind),
+            ("do_sys_poll", FrameKind::Kernel)
+        );
     }
 
     #[test]

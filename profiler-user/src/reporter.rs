@@ -18,11 +18,21 @@ use crate::{
 };
 
 pub enum Output {
-    Ready { pids: Vec<u32> },
-    Warning { pid: Option<u32>, message: String },
+    Ready {
+        pids: Vec<u32>,
+    },
+    Warning {
+        pid: Option<u32>,
+        message: String,
+    },
     Episode(Episode),
     /// A loop has been busy past the threshold and is still busy.
-    Stall { pid: u32, tid: u32, start_ns: u64, now_ns: u64 },
+    Stall {
+        pid: u32,
+        tid: u32,
+        start_ns: u64,
+        now_ns: u64,
+    },
     Summary(ProcessSummary),
     /// The process is gone and its last report is out: drop its caches.
     Forget(u32),
@@ -41,7 +51,13 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(json: bool, output_dir: PathBuf, symbolizer: Symbolizer, threshold_ns: u64, frequency_hz: u64) -> Self {
+    pub fn new(
+        json: bool,
+        output_dir: PathBuf,
+        symbolizer: Symbolizer,
+        threshold_ns: u64,
+        frequency_hz: u64,
+    ) -> Self {
         Reporter {
             json,
             output_dir,
@@ -65,7 +81,9 @@ impl Reporter {
         match output {
             Output::Ready { pids } => {
                 if self.json {
-                    stdout_line(&json::ready(&pids, self.threshold_ns, self.frequency_hz).to_string());
+                    stdout_line(
+                        &json::ready(&pids, self.threshold_ns, self.frequency_hz).to_string(),
+                    );
                 } else {
                     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                     eprintln!(
@@ -78,7 +96,12 @@ impl Reporter {
             }
             Output::Warning { pid, message } => self.warn(pid, &message),
             Output::Episode(e) => self.episode(e).await,
-            Output::Stall { pid, tid, start_ns, now_ns } => {
+            Output::Stall {
+                pid,
+                tid,
+                start_ns,
+                now_ns,
+            } => {
                 let role = ThreadRole::of_loop_thread(pid, tid);
                 if self.json {
                     stdout_line(&json::stall(pid, tid, role, start_ns, now_ns).to_string());
@@ -129,7 +152,10 @@ impl Reporter {
         let requests: Vec<StackRequest> = e
             .stacks
             .iter()
-            .map(|(s, _)| StackRequest { user: s.user.to_vec(), kernel: s.kernel.to_vec() })
+            .map(|(s, _)| StackRequest {
+                user: s.user.to_vec(),
+                kernel: s.kernel.to_vec(),
+            })
             .collect();
         let named = match self.symbolizer.symbolize(e.pid, requests).await {
             Ok(sym) => {
@@ -137,8 +163,17 @@ impl Reporter {
                 sym.stacks
             }
             Err(err) => {
-                self.warn(Some(e.pid), &format!("pid {}: symbolization failed ({err}); frames left as addresses", e.pid));
-                e.stacks.iter().map(|(s, _)| unnamed(&s.user, &s.kernel)).collect()
+                self.warn(
+                    Some(e.pid),
+                    &format!(
+                        "pid {}: symbolization failed ({err}); frames left as addresses",
+                        e.pid
+                    ),
+                );
+                e.stacks
+                    .iter()
+                    .map(|(s, _)| unnamed(&s.user, &s.kernel))
+                    .collect()
             }
         };
         let stacks: Vec<(Vec<Frame>, u64)> = named.into_iter().zip(counts).collect();
@@ -169,8 +204,14 @@ impl Reporter {
 
 /// Frames for when symbolization failed outright: addresses, never dropped.
 fn unnamed(user: &[u64], kernel: &[u64]) -> Vec<Frame> {
-    let user = user.iter().rev().map(|a| Frame { name: format!("[unknown] {a:#x}"), kind: FrameKind::Unknown });
-    let kernel = kernel.iter().rev().map(|a| Frame { name: format!("[unknown] [kernel] {a:#x}"), kind: FrameKind::Kernel });
+    let user = user.iter().rev().map(|a| Frame {
+        name: format!("[unknown] {a:#x}"),
+        kind: FrameKind::Unknown,
+    });
+    let kernel = kernel.iter().rev().map(|a| Frame {
+        name: format!("[unknown] [kernel] {a:#x}"),
+        kind: FrameKind::Kernel,
+    });
     user.chain(kernel).collect()
 }
 

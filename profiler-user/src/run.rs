@@ -83,17 +83,32 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     }
     let threshold_ns = settings.threshold.as_nanos() as u64;
     let symbolizer = Symbolizer::start()?;
-    let config = Config { threshold_ns, sample_stacks: u32::from(settings.frequency_hz > 0), _pad: 0 };
+    let config = Config {
+        threshold_ns,
+        sample_stacks: u32::from(settings.frequency_hz > 0),
+        _pad: 0,
+    };
     let (mut probes, ring) = Probes::attach(config, settings.frequency_hz)?;
     let mut watched = HashMap::new();
     for t in targets {
         probes.watch(t.pid)?;
-        let w = Watched { target: t, since: Instant::now(), samples: 0, no_poll_warned: false, stalls_announced: HashSet::new() };
+        let w = Watched {
+            target: t,
+            since: Instant::now(),
+            samples: 0,
+            no_poll_warned: false,
+            stalls_announced: HashSet::new(),
+        };
         watched.insert(w.target.pid, w);
     }
 
-    let mut reporter =
-        Reporter::new(settings.json, settings.output.clone(), symbolizer.clone(), threshold_ns, settings.frequency_hz);
+    let mut reporter = Reporter::new(
+        settings.json,
+        settings.output.clone(),
+        symbolizer.clone(),
+        threshold_ns,
+        settings.frequency_hz,
+    );
     // Load perf maps now: if the process dies before its first episode is
     // symbolized, /proc/PID/root is gone but the map we read stays cached.
     for &pid in watched.keys() {
@@ -169,7 +184,13 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     }
     let k = probes.counters();
     if collector.decode_errors > 0 {
-        let _ = tx.send(Output::Warning { pid: None, message: format!("{} malformed ring-buffer records skipped", collector.decode_errors) });
+        let _ = tx.send(Output::Warning {
+            pid: None,
+            message: format!(
+                "{} malformed ring-buffer records skipped",
+                collector.decode_errors
+            ),
+        });
     }
     log::debug!("kernel counters: {k:?}");
     drop(collector);
@@ -215,7 +236,13 @@ impl Collector {
 }
 
 /// Reports what is still open for `w`, then its summary, and frees its state.
-fn finish(probes: &mut Probes, collector: &mut Collector, w: Watched, threshold_ns: u64, exited: bool) {
+fn finish(
+    probes: &mut Probes,
+    collector: &mut Collector,
+    w: Watched,
+    threshold_ns: u64,
+    exited: bool,
+) {
     let pid = w.target.pid;
     let now = monotonic_ns();
     if exited {
@@ -223,7 +250,13 @@ fn finish(probes: &mut Probes, collector: &mut Collector, w: Watched, threshold_
         // the last moment we know it was still busy.
         for open in collector.builder.open_iterations(pid) {
             if open.last_sample_ns.saturating_sub(open.busy_start_ns) >= threshold_ns {
-                let e = collector.builder.close_ongoing(pid, open.tid, open.seq, open.busy_start_ns, open.last_sample_ns);
+                let e = collector.builder.close_ongoing(
+                    pid,
+                    open.tid,
+                    open.seq,
+                    open.busy_start_ns,
+                    open.last_sample_ns,
+                );
                 let _ = collector.tx.send(Output::Episode(e));
             }
         }
@@ -241,7 +274,11 @@ fn finish(probes: &mut Probes, collector: &mut Collector, w: Watched, threshold_
         .loop_stats(pid)
         .into_iter()
         .filter(|(_, s)| s.iterations > 0)
-        .map(|(k, s)| LoopSummary { tid: k.tid, role: ThreadRole::of_loop_thread(pid, k.tid), figures: LoopFigures::from_stats(&s) })
+        .map(|(k, s)| LoopSummary {
+            tid: k.tid,
+            role: ThreadRole::of_loop_thread(pid, k.tid),
+            figures: LoopFigures::from_stats(&s),
+        })
         .collect();
     loops.sort_by_key(|l| (l.role != ThreadRole::Main, l.tid));
     let summary = ProcessSummary {
@@ -266,27 +303,47 @@ fn open_windows(probes: &Probes, pid: u32) -> Vec<(u32, u64, u64)> {
         .into_iter()
         .filter_map(|(tid, t)| {
             let s = t.slots.get(t.primary as usize)?;
-            (s.in_poll == 0 && s.last_exit_ns != 0)
-                .then(|| (tid, s.iterations, s.last_exit_ns.saturating_sub(s.accum_busy_ns)))
+            (s.in_poll == 0 && s.last_exit_ns != 0).then(|| {
+                (
+                    tid,
+                    s.iterations,
+                    s.last_exit_ns.saturating_sub(s.accum_busy_ns),
+                )
+            })
         })
         .collect()
 }
 
-fn announce_stalls(probes: &Probes, watched: &mut HashMap<u32, Watched>, tx: &UnboundedSender<Output>, threshold_ns: u64) {
+fn announce_stalls(
+    probes: &Probes,
+    watched: &mut HashMap<u32, Watched>,
+    tx: &UnboundedSender<Output>,
+    threshold_ns: u64,
+) {
     let now = monotonic_ns();
     let after = threshold_ns.max(STALL_NOTICE_AFTER.as_nanos() as u64);
     for (&pid, w) in watched.iter_mut() {
         let open = open_windows(probes, pid);
-        w.stalls_announced.retain(|(tid, seq)| open.iter().any(|&(t, s, _)| (t, s) == (*tid, *seq)));
+        w.stalls_announced
+            .retain(|(tid, seq)| open.iter().any(|&(t, s, _)| (t, s) == (*tid, *seq)));
         for (tid, seq, start) in open {
             if now.saturating_sub(start) >= after && w.stalls_announced.insert((tid, seq)) {
-                let _ = tx.send(Output::Stall { pid, tid, start_ns: start, now_ns: now });
+                let _ = tx.send(Output::Stall {
+                    pid,
+                    tid,
+                    start_ns: start,
+                    now_ns: now,
+                });
             }
         }
     }
 }
 
-fn warn_if_no_polling(probes: &Probes, watched: &mut HashMap<u32, Watched>, tx: &UnboundedSender<Output>) {
+fn warn_if_no_polling(
+    probes: &Probes,
+    watched: &mut HashMap<u32, Watched>,
+    tx: &UnboundedSender<Output>,
+) {
     for (&pid, w) in watched.iter_mut() {
         if w.no_poll_warned || w.since.elapsed() < NO_POLL_WARNING_AFTER {
             continue;
@@ -298,7 +355,10 @@ fn warn_if_no_polling(probes: &Probes, watched: &mut HashMap<u32, Watched>, tx: 
                 w.target.comm,
                 NO_POLL_WARNING_AFTER.as_secs()
             );
-            let _ = tx.send(Output::Warning { pid: Some(pid), message });
+            let _ = tx.send(Output::Warning {
+                pid: Some(pid),
+                message,
+            });
         }
     }
 }

@@ -6,7 +6,7 @@ use std::{fs, path::PathBuf};
 pub enum TargetError {
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
-    #[error("pid {pid} ({comm}) is not a Node.js process: no node binary, libnode or libuv in its memory map (use --force to watch it anyway)")]
+    #[error("pid {pid} ({comm}) is not a Node.js process: no node binary, libnode or libuv in its memory map, so no event-loop polling to measure (use --force to watch it anyway)")]
     NotNode { pid: u32, comm: String },
     #[error("reading /proc/{pid}/{what} failed: {source}")]
     Proc {
@@ -58,13 +58,25 @@ impl Target {
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         let comm = match fs::read_to_string(proc_dir.join("comm")) {
             Ok(c) => c.trim().to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(TargetError::NoSuchProcess(pid)),
-            Err(source) => return Err(TargetError::Proc { pid, what: "comm", source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TargetError::NoSuchProcess(pid))
+            }
+            Err(source) => {
+                return Err(TargetError::Proc {
+                    pid,
+                    what: "comm",
+                    source,
+                })
+            }
         };
         let exe = fs::read_link(proc_dir.join("exe")).ok();
         if !force {
-            let maps = fs::read_to_string(proc_dir.join("maps"))
-                .map_err(|source| TargetError::Proc { pid, what: "maps", source })?;
+            let maps =
+                fs::read_to_string(proc_dir.join("maps")).map_err(|source| TargetError::Proc {
+                    pid,
+                    what: "maps",
+                    source,
+                })?;
             if !looks_like_node(exe.as_deref(), &maps) {
                 return Err(TargetError::NotNode { pid, comm });
             }
@@ -81,22 +93,32 @@ fn looks_like_node(exe: Option<&std::path::Path>, maps: &str) -> bool {
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with("node"));
     exe_is_node
-        || maps.lines().filter_map(|l| l.split_whitespace().nth(5)).any(|path| {
-            let file = path.rsplit('/').next().unwrap_or(path);
-            file.starts_with("libnode.so") || file.starts_with("libuv.so") || file == "node"
-        })
+        || maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .any(|path| {
+                let file = path.rsplit('/').next().unwrap_or(path);
+                file.starts_with("libnode.so") || file.starts_with("libuv.so") || file == "node"
+            })
 }
 
 pub fn is_alive(pid: u32) -> bool {
     // A zombie still has /proc/PID; its stat state is 'Z' and it will never poll again.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
 
 pub fn thread_name(pid: u32, tid: u32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok().map(|s| s.trim().to_string())
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 #[cfg(test)]
@@ -107,7 +129,10 @@ mod tests {
     #[test]
     fn node_binary_or_libraries_count_as_node() {
         assert!(looks_like_node(Some(Path::new("/usr/bin/node")), ""));
-        assert!(looks_like_node(Some(Path::new("/opt/node-v22/bin/node")), ""));
+        assert!(looks_like_node(
+            Some(Path::new("/opt/node-v22/bin/node")),
+            ""
+        ));
         let maps = "7f00-7f10 r-xp 00000000 08:01 123 /usr/lib/libnode.so.115\n";
         assert!(looks_like_node(Some(Path::new("/usr/bin/electron")), maps));
     }
@@ -122,13 +147,19 @@ mod tests {
     #[test]
     fn missing_pid_is_reported_as_such() {
         // pid_max is at most 2^22: this pid cannot exist.
-        assert!(matches!(Target::inspect(u32::MAX - 1, false), Err(TargetError::NoSuchProcess(_))));
+        assert!(matches!(
+            Target::inspect(u32::MAX - 1, false),
+            Err(TargetError::NoSuchProcess(_))
+        ));
     }
 
     #[test]
     fn this_test_process_is_not_node() {
         let pid = std::process::id();
-        assert!(matches!(Target::inspect(pid, false), Err(TargetError::NotNode { .. })));
+        assert!(matches!(
+            Target::inspect(pid, false),
+            Err(TargetError::NotNode { .. })
+        ));
         assert!(Target::inspect(pid, true).is_ok());
         assert!(is_alive(pid));
     }

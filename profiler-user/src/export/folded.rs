@@ -38,7 +38,11 @@ pub fn render(stacks: &[(Vec<Frame>, u64)], samples_without_stack: u64) -> Strin
                 out.push(';');
             }
             // Frame names are sanitised by the symbolizer; guard the format anyway.
-            out.extend(f.name.chars().map(|c| if c == ';' || c == '\n' { ':' } else { c }));
+            out.extend(
+                f.name
+                    .chars()
+                    .map(|c| if c == ';' || c == '\n' { ':' } else { c }),
+            );
         }
         out.push_str(&format!(" {n}\n"));
     }
@@ -54,7 +58,10 @@ pub fn file_name(r: &EpisodeReport) -> String {
 }
 
 pub fn write(dir: &Path, r: &EpisodeReport) -> Result<PathBuf, FoldedError> {
-    fs::create_dir_all(dir).map_err(|source| FoldedError::CreateDir { path: dir.to_path_buf(), source })?;
+    fs::create_dir_all(dir).map_err(|source| FoldedError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let path = dir.join(file_name(r));
     let tmp = dir.join(format!(".{}.tmp", file_name(r)));
     let text = render(&r.stacks, r.episode.samples_without_stack);
@@ -93,13 +100,19 @@ mod tests {
     }
 
     fn f(name: &str) -> Frame {
-        Frame { name: name.into(), kind: FrameKind::Js }
+        Frame {
+            name: name.into(),
+            kind: FrameKind::Js,
+        }
     }
 
     #[test]
     fn lines_are_root_first_with_count_last() {
         let text = render(&[(vec![f("main"), f("spin /a.js:1:1")], 5), (vec![], 1)], 2);
-        assert_eq!(text, "main;spin /a.js:1:1 5\n[no stack] 1\n[stack not kept] 2\n");
+        assert_eq!(
+            text,
+            "main;spin /a.js:1:1 5\n[no stack] 1\n[stack not kept] 2\n"
+        );
     }
 
     #[test]
@@ -116,7 +129,10 @@ mod tests {
         let b = write(dir.path(), &r).unwrap();
         assert_ne!(a, b);
         assert_eq!(fs::read_to_string(&b).unwrap(), "y 2\n");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 

@@ -115,7 +115,12 @@ mod tests {
             stacks: vec![],
             ongoing: false,
         };
-        let v = episode(&EpisodeReport::new(e, ThreadRole::Main, Some("node".into()), vec![]));
+        let v = episode(&EpisodeReport::new(
+            e,
+            ThreadRole::Main,
+            Some("node".into()),
+            vec![],
+        ));
         assert_eq!(v["type"], "episode");
         assert_eq!(v["thread"], "main");
         assert_eq!(v["start_ns"], 1_000_000);
@@ -126,11 +131,19 @@ mod tests {
 
     #[test]
     fn summary_puts_the_main_loop_first_and_top_level() {
-        let main = LoopFigures { iterations: 10, p99_ns: 5_000_000, ..Default::default() };
+        let main = LoopFigures {
+            iterations: 10,
+            p99_ns: 5_000_000,
+            ..Default::default()
+        };
         let s = ProcessSummary {
             pid: 9,
             comm: "node".into(),
-            loops: vec![LoopSummary { tid: 9, role: ThreadRole::Main, figures: main }],
+            loops: vec![LoopSummary {
+                tid: 9,
+                role: ThreadRole::Main,
+                figures: main,
+            }],
             samples: 0,
             episodes_reported: 0,
             exited: true,

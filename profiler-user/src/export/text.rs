@@ -15,13 +15,19 @@ pub struct WallClock {
 impl WallClock {
     pub fn now() -> Self {
         let mono = monotonic_ns() as i128;
-        let real = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-        WallClock { realtime_minus_monotonic_ns: real - mono }
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        WallClock {
+            realtime_minus_monotonic_ns: real - mono,
+        }
     }
 
     /// `HH:MM:SS.mmm` UTC of a monotonic timestamp.
     pub fn format(&self, monotonic_ns: u64) -> String {
-        let real_ms = ((monotonic_ns as i128 + self.realtime_minus_monotonic_ns) / 1_000_000).max(0) as u64;
+        let real_ms =
+            ((monotonic_ns as i128 + self.realtime_minus_monotonic_ns) / 1_000_000).max(0) as u64;
         let day_ms = real_ms % 86_400_000;
         format!(
             "{:02}:{:02}:{:02}.{:03}",
@@ -34,7 +40,10 @@ impl WallClock {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -48,7 +57,11 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
         e.pid,
         e.tid,
         r.role.as_str(),
-        if e.ongoing { "still blocked after" } else { "blocked" },
+        if e.ongoing {
+            "still blocked after"
+        } else {
+            "blocked"
+        },
         e.busy_ns as f64 / 1e6,
         e.samples
     );
@@ -63,7 +76,14 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
     line
 }
 
-pub fn stall(pid: u32, tid: u32, role: ThreadRole, start_ns: u64, now_ns: u64, clock: &WallClock) -> String {
+pub fn stall(
+    pid: u32,
+    tid: u32,
+    role: ThreadRole,
+    start_ns: u64,
+    now_ns: u64,
+    clock: &WallClock,
+) -> String {
     format!(
         "{} pid {} tid {} {}: loop STILL BLOCKED, busy for {:.1} s since {} (the episode follows when it ends)",
         clock.format(now_ns),
