@@ -87,6 +87,10 @@ pub struct ThreadLoops {
     /// Index of the thread's outermost loop (not nested in another's callback),
     /// whose iteration numbers samples carry.
     pub primary: u32,
+    /// CLOCK_MONOTONIC time the thread called `exit_group`, or 0. An iteration
+    /// still open then ended because the program finished (teardown after the
+    /// last callback, `process.exit()`), unlike one cut by SIGKILL or a crash.
+    pub exit_called_ns: u64,
     pub slots: [LoopSlot; MAX_LOOP_SLOTS],
 }
 
@@ -169,7 +173,7 @@ const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<WatchedProcess>() == 8);
 const _: () = assert!(core::mem::size_of::<LoopSlot>() == 4 + 4 + 6 * 8 + 4 + 4 + 8);
 const _: () = assert!(
-    core::mem::size_of::<ThreadLoops>() == 8 + MAX_LOOP_SLOTS * core::mem::size_of::<LoopSlot>()
+    core::mem::size_of::<ThreadLoops>() == 16 + MAX_LOOP_SLOTS * core::mem::size_of::<LoopSlot>()
 );
 const _: () = assert!(core::mem::size_of::<LoopKey>() == 8);
 const _: () = assert!(core::mem::size_of::<LoopStats>() == 5 * 8 + histogram::BUCKETS * 8);

@@ -30,6 +30,7 @@ mod nr {
     pub const EPOLL_WAIT: i64 = 232;
     pub const EPOLL_PWAIT: i64 = 281;
     pub const EPOLL_PWAIT2: i64 = 441;
+    pub const EXIT_GROUP: i64 = 231;
 }
 #[cfg(not(bpf_target_arch = "x86_64"))]
 compile_error!("loopbpf's syscall table covers x86_64 only");
@@ -52,6 +53,9 @@ fn is_epoll_wait(id: i64) -> bool {
 pub fn poll_enter(ctx: BtfTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
     if !is_epoll_wait(id) {
+        if id == nr::EXIT_GROUP {
+            exit_group();
+        }
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -96,6 +100,18 @@ pub fn poll_exit(ctx: BtfTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     exit(pid, pid_tgid as u32, epfd, ret, now);
     0
+}
+
+#[inline(always)]
+fn exit_group() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    if !is_watched(pid) {
+        return;
+    }
+    if let Some(t) = thread_loops(pid, pid_tgid as u32) {
+        t.exit_called_ns = unsafe { bpf_ktime_get_ns() };
+    }
 }
 
 /// epoll_pwait2 takes a `struct timespec *`; only "zero", "infinite" and

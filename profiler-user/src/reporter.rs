@@ -102,6 +102,9 @@ impl Reporter {
                 start_ns,
                 now_ns,
             } => {
+                // Read the JIT code the stalled function compiled to while the
+                // process is surely alive: it may be killed before its episode.
+                let _ = self.symbolizer.symbolize(pid, Vec::new()).await;
                 let role = ThreadRole::of_loop_thread(pid, tid);
                 if self.json {
                     stdout_line(&json::stall(pid, tid, role, start_ns, now_ns).to_string());

@@ -183,6 +183,13 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         finish(&mut probes, &mut collector, w, threshold_ns, false);
     }
     let k = probes.counters();
+    if k.threads_full + k.stats_full > 0 {
+        let message = format!(
+            "kernel maps were full: {} threads and {} loops could not be tracked (too many watched threads)",
+            k.threads_full, k.stats_full
+        );
+        let _ = tx.send(Output::Warning { pid: None, message });
+    }
     if collector.decode_errors > 0 {
         let _ = tx.send(Output::Warning {
             pid: None,
@@ -246,10 +253,18 @@ fn finish(
     let pid = w.target.pid;
     let now = monotonic_ns();
     if exited {
-        // No end time for an iteration the process died in: its last sample is
-        // the last moment we know it was still busy.
+        // A program that ended itself (exit_group: teardown after its last
+        // callback, process.exit()) left an open iteration that blocked nobody,
+        // unless it was already announced as a stall. One cut by SIGKILL or a
+        // crash was a real block: its last sample is the last moment we know
+        // it was still busy.
+        let exit_called = probes
+            .thread_loops(pid)
+            .iter()
+            .any(|(_, t)| t.exit_called_ns != 0);
         for open in collector.builder.open_iterations(pid) {
-            if open.last_sample_ns.saturating_sub(open.busy_start_ns) >= threshold_ns {
+            let cut_short = !exit_called || w.stalls_announced.contains(&(open.tid, open.seq));
+            if cut_short && open.last_sample_ns.saturating_sub(open.busy_start_ns) >= threshold_ns {
                 let e = collector.builder.close_ongoing(
                     pid,
                     open.tid,
@@ -281,6 +296,16 @@ fn finish(
         })
         .collect();
     loops.sort_by_key(|l| (l.role != ThreadRole::Main, l.tid));
+    if loops.is_empty() && !w.no_poll_warned {
+        let message = format!(
+            "pid {pid} ({}): no event-loop polling seen while watched",
+            w.target.comm
+        );
+        let _ = collector.tx.send(Output::Warning {
+            pid: Some(pid),
+            message,
+        });
+    }
     let summary = ProcessSummary {
         pid,
         comm: w.target.comm.clone(),

@@ -1,1 +1,139 @@
+//! Harness for the kernel tests: runs a script from `node/` under loopbpf and
+//! collects what both print. `node/protocol.js` is the script side of it.
+//!
+//! These tests need root, a built loopbpf and the Node versions under test;
+//! `cargo xtask test` provides all three. Missing any of them fails the test:
+//! a skipped kernel test would read as a pass.
 
+mod parse;
+mod process;
+mod run;
+
+pub use parse::*;
+pub use process::{tail, Process};
+pub use run::{Run, Scenario};
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// loopbpf's `--threshold` in every scenario.
+pub const THRESHOLD_MS: f64 = 50.0;
+pub const PERF_MAP_FLAG: &str = "--perf-basic-prof-only-functions";
+
+const HOW_TO_RUN: &str = "run the kernel tests with `cargo xtask test`, which builds loopbpf, \
+     runs as root and sets LOOPBPF_BIN and LOOPBPF_NODES";
+const DEFAULT_NODES: &str = "20=/usr/bin/node";
+
+fn why_not_skipped() -> &'static str {
+    if env::var("LOOPBPF_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
+        "LOOPBPF_REQUIRE_KERNEL=1"
+    } else {
+        "kernel tests fail rather than skip"
+    }
+}
+
+/// The loopbpf binary, after checking it can be run as intended.
+pub fn loopbpf_bin() -> PathBuf {
+    let why = why_not_skipped();
+    let bin = env::var_os("LOOPBPF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("LOOPBPF_BIN is not set ({why}); {HOW_TO_RUN}"));
+    assert!(
+        bin.is_file(),
+        "LOOPBPF_BIN={} is not a file ({why}); {HOW_TO_RUN}",
+        bin.display()
+    );
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "loopbpf needs root to load its probes, euid is {euid} ({why}); {HOW_TO_RUN}"
+    );
+    bin
+}
+
+/// `LOOPBPF_NODES`: `MAJOR=PATH` entries separated by commas.
+pub fn parse_nodes(spec: &str) -> Result<Vec<(u32, PathBuf)>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (major, path) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("`{entry}` is not MAJOR=PATH"))?;
+            let major = major
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{entry}`: `{major}` is not a major version"))?;
+            Ok((major, PathBuf::from(path.trim())))
+        })
+        .collect()
+}
+
+/// The node binary of this major version, checked to be that version.
+pub fn node_for(major: u32) -> PathBuf {
+    let (spec, shown) = match env::var("LOOPBPF_NODES") {
+        Ok(spec) => (spec.clone(), format!("LOOPBPF_NODES={spec}")),
+        Err(_) => (
+            DEFAULT_NODES.to_string(),
+            format!("LOOPBPF_NODES (unset, so {DEFAULT_NODES})"),
+        ),
+    };
+    let nodes = parse_nodes(&spec).unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let Some((_, node)) = nodes.into_iter().find(|(m, _)| *m == major) else {
+        panic!(
+            "Node {major} is not in {shown}, so this test cannot run ({}); {HOW_TO_RUN}",
+            why_not_skipped()
+        );
+    };
+    let out = Command::new(&node)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} --version: {e}", node.display()));
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        version.starts_with(&format!("v{major}.")),
+        "LOOPBPF_NODES says {} is Node {major}, but it reports `{version}`",
+        node.display()
+    );
+    node
+}
+
+/// One `#[test]` per Node major for a scenario function taking the major:
+/// `node_tests!(scenario => scenario_node20 = 20, scenario_node22 = 22);`
+#[macro_export]
+macro_rules! node_tests {
+    ($scenario:path => $($name:ident = $major:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $scenario($major)
+            }
+        )+
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_spec_with_spaces_and_trailing_comma() {
+        let nodes = parse_nodes(" 20=/usr/bin/node, 22=/c/22/bin/node ,").unwrap();
+        assert_eq!(
+            nodes,
+            [
+                (20, PathBuf::from("/usr/bin/node")),
+                (22, PathBuf::from("/c/22/bin/node"))
+            ]
+        );
+    }
+
+    #[test]
+    fn nodes_spec_errors_name_the_entry() {
+        assert!(parse_nodes("20").unwrap_err().contains("`20`"));
+        assert!(parse_nodes("x=/n").unwrap_err().contains("`x`"));
+        assert_eq!(parse_nodes(""), Ok(vec![]));
+    }
+}

@@ -19,14 +19,28 @@ pub enum PerfMapError {
     Read { path: PathBuf, error: io::Error },
 }
 
-/// Where V8 writes the perf map of `pid`, reached through the process's own
-/// root so that a node inside a container (other mount and pid namespace) works.
+/// Where V8 writes the perf map of `pid`: named by the pid the process sees
+/// (NSpid), in its own /tmp. A node inside a container (another mount
+/// namespace) is reached through its root, /proc/PID/root. One in our own
+/// mount namespace is read at /tmp directly: V8 never deletes the file, so
+/// that path still answers after the process died (killed mid-block), when
+/// /proc/PID is gone.
 pub fn perf_map_path(pid: u32) -> PathBuf {
     let ns_pid = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| ns_pid_from_status(&status))
         .unwrap_or(pid);
-    PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map"))
+    if same_mount_namespace(pid) {
+        PathBuf::from(format!("/tmp/perf-{ns_pid}.map"))
+    } else {
+        PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map"))
+    }
+}
+
+fn same_mount_namespace(pid: u32) -> bool {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt"));
+    let ours = std::fs::read_link("/proc/self/ns/mnt");
+    matches!((theirs, ours), (Ok(a), Ok(b)) if a == b)
 }
 
 /// V8 names the file after the pid it sees, which is the innermost one: the

@@ -218,9 +218,39 @@ fn ns_pid_is_the_innermost_pid() {
     assert_eq!(ns_pid_from_status("NSpid:\t4242\n"), Some(4242));
     assert_eq!(ns_pid_from_status("Name:\tnode\n"), None);
 
+    // Our own mount namespace: /tmp directly, which outlives the process.
     let pid = std::process::id();
-    let want = format!("/proc/{pid}/root/tmp/perf-{pid}.map");
+    let want = format!("/tmp/perf-{pid}.map");
     assert_eq!(perf_map_path(pid), PathBuf::from(want));
+}
+
+#[test]
+fn other_mount_namespaces_are_reached_through_their_root() {
+    // pid 2 is kthreadd, a kernel thread in the initial namespaces; whether
+    // that is ours depends on where the tests run, so use a process we put in
+    // a new mount namespace ourselves.
+    let mut child = match std::process::Command::new("unshare")
+        .args(["--mount", "sleep", "5"])
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("unshare (util-linux) is needed for this test: {e}"),
+    };
+    // `unshare` execs sleep once the namespace exists; wait for the exec.
+    let pid = child.id();
+    for _ in 0..100 {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let path = perf_map_path(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        path,
+        PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{pid}.map"))
+    );
 }
 
 /// Not a timing assertion: run with `--release -- --ignored --nocapture` to

@@ -1,0 +1,41 @@
+'use strict';
+// What every test script shares with the Rust harness (tests/src/run.rs):
+// JSON lines on stdout, {"script":"ready"} once prepared, then nothing runs
+// until a line arrives on stdin (sent once loopbpf's probes are attached),
+// and {"script":"done","at_ns":…} last. Times are process.hrtime.bigint()
+// nanoseconds (CLOCK_MONOTONIC, the clock loopbpf reports in) as strings.
+// To run one alone:
+//   echo go | node --perf-basic-prof-only-functions --interpreted-frames-native-stack blocks.js
+
+function now() {
+  return process.hrtime.bigint();
+}
+
+function report(line) {
+  // Synchronous for pipes on Linux: a line is out before the next one starts.
+  process.stdout.write(JSON.stringify(line) + '\n');
+}
+
+// Runs `fn` and reports {name, start_ns, end_ns, ms} measured tightly around it.
+function measure(name, fn) {
+  const start = now();
+  fn();
+  const end = now();
+  report({ block: name, start_ns: start.toString(), end_ns: end.toString(), ms: Number(end - start) / 1e6 });
+}
+
+function waitForGo(start) {
+  report({ script: 'ready' });
+  process.stdin.once('data', () => {
+    // Nothing else may keep the process alive: it must exit on its own.
+    process.stdin.destroy();
+    start();
+  });
+}
+
+// The script's last line, stamped: anything after it is process exit.
+function done(extra) {
+  report({ script: 'done', at_ns: now().toString(), ...extra });
+}
+
+module.exports = { now, report, measure, waitForGo, done };

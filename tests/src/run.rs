@@ -1,0 +1,334 @@
+//! One test run: a Node script under loopbpf, from start to both exits.
+
+use crate::parse::{line_type, parse_folded, str_field, u64_field, Block, Episode, FoldedStack};
+use crate::process::{tail, Process};
+use crate::{loopbpf_bin, node_for, PERF_MAP_FLAG, THRESHOLD_MS};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// Script calibration and probe attachment each get this long.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// From `go` to the script's exit; the scripts take about 4 s.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// loopbpf must notice its only target is gone and exit by itself.
+const EXIT_AFTER_TARGET: Duration = Duration::from_secs(10);
+
+pub struct Scenario {
+    major: u32,
+    script: &'static str,
+    node_flags: Vec<String>,
+    /// SIGKILL Node once loopbpf prints a line of this type.
+    kill_node_on: Option<&'static str>,
+}
+
+impl Scenario {
+    /// `script` is a file of `tests/node/`.
+    pub fn new(major: u32, script: &'static str) -> Self {
+        let node_flags = [PERF_MAP_FLAG, "--interpreted-frames-native-stack"];
+        Scenario {
+            major,
+            script,
+            node_flags: node_flags.map(String::from).to_vec(),
+            kill_node_on: None,
+        }
+    }
+
+    /// Kill Node with SIGKILL as soon as loopbpf prints a line of type `kind`
+    /// (a wedged process killed by its supervisor).
+    pub fn kill_node_on(mut self, kind: &'static str) -> Self {
+        self.kill_node_on = Some(kind);
+        self
+    }
+
+    /// Start Node without writing `/tmp/perf-<pid>.map`.
+    pub fn without_perf_map(mut self) -> Self {
+        self.node_flags.retain(|f| f != PERF_MAP_FLAG);
+        self
+    }
+
+    /// Runs the script under loopbpf; panics, with everything both printed, if
+    /// either fails to get through the protocol in time.
+    pub fn run(self) -> Run {
+        let bin = loopbpf_bin();
+        let node = node_for(self.major);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("node")
+            .join(self.script);
+        let output = tempdir("loopbpf-test-output-");
+        // Node 24 writes isolate-*-v8.log into its working directory when
+        // asked for a perf map.
+        let cwd = tempdir("loopbpf-test-node-");
+
+        let mut cmd = Command::new(&node);
+        cmd.args(&self.node_flags)
+            .arg(&script)
+            .current_dir(cwd.path());
+        let node = Process::spawn("node", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
+        let perf_map = RemoveOnDrop(PathBuf::from(format!("/tmp/perf-{}.map", node.pid())));
+        let mut session = Session {
+            node,
+            loopbpf: None,
+        };
+
+        // Prepared first, so calibration happens before the probes attach.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        session
+            .node
+            .wait_for_line(deadline, r#"{"script":"ready"}"#, is_script_ready)
+            .or_fail(&mut session);
+        if !self.node_flags.iter().any(|f| f == PERF_MAP_FLAG) {
+            // Left by an earlier process with this pid, it would be read as ours.
+            let _ = std::fs::remove_file(&perf_map.0);
+        }
+
+        let pid = session.node.pid().to_string();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--pid", &pid, "--json", "--duration", "30s"])
+            .args(["--threshold", &format!("{THRESHOLD_MS}ms")])
+            .arg("--output")
+            .arg(output.path());
+        session.loopbpf = Some(Process::spawn("loopbpf", &mut cmd).or_fail(&mut session));
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let ready = |l: &str| line_type(l).as_deref() == Some("ready");
+        session
+            .loopbpf()
+            .wait_for_line(deadline, "its ready line", ready)
+            .or_fail(&mut session);
+        session.node.write_line("go").or_fail(&mut session);
+
+        if let Some(kind) = self.kill_node_on {
+            let deadline = Instant::now() + SCRIPT_TIMEOUT;
+            let what = format!("a {kind:?} line");
+            session
+                .loopbpf()
+                .wait_for_line(deadline, &what, |l| line_type(l).as_deref() == Some(kind))
+                .or_fail(&mut session);
+            session.node.kill();
+        }
+        let node_status = session
+            .node
+            .wait_exit(Instant::now() + SCRIPT_TIMEOUT)
+            .or_fail(&mut session);
+        if self.kill_node_on.is_none() && !node_status.success() {
+            session.fail(format!("the Node script failed: {node_status}"));
+        }
+        let exited = session
+            .loopbpf()
+            .wait_exit(Instant::now() + EXIT_AFTER_TARGET);
+        let loopbpf_status = exited.unwrap_or_else(|e| {
+            // For the failure message: SIGINT should still get the summary out.
+            session.loopbpf().interrupt();
+            let _ = session
+                .loopbpf()
+                .wait_exit(Instant::now() + Duration::from_secs(5));
+            session.fail(format!("{e} after its only target exited"))
+        });
+
+        let Session { mut node, loopbpf } = session;
+        let mut loopbpf = loopbpf.expect("started");
+        Run {
+            node_pid: node.pid(),
+            script_stdout: node.stdout().to_vec(),
+            script_stderr: node.stderr().to_string(),
+            loopbpf_argv: loopbpf.argv().to_vec(),
+            loopbpf_stdout: loopbpf.stdout().to_vec(),
+            loopbpf_stderr: loopbpf.stderr().to_string(),
+            loopbpf_status,
+            output,
+            _perf_map: perf_map,
+        }
+    }
+}
+
+fn is_script_ready(line: &str) -> bool {
+    serde_json::from_str::<Value>(line).is_ok_and(|v| v["script"] == "ready")
+}
+
+struct Session {
+    node: Process,
+    loopbpf: Option<Process>,
+}
+
+impl Session {
+    fn loopbpf(&mut self) -> &mut Process {
+        self.loopbpf.as_mut().expect("loopbpf started")
+    }
+
+    fn fail(&mut self, msg: String) -> ! {
+        let mut context = self.node.describe();
+        if let Some(loopbpf) = &mut self.loopbpf {
+            context = format!("{}\n{context}", loopbpf.describe());
+        }
+        panic!("{msg}\n{context}");
+    }
+}
+
+trait OrFail<T> {
+    fn or_fail(self, session: &mut Session) -> T;
+}
+
+impl<T> OrFail<T> for Result<T, String> {
+    fn or_fail(self, session: &mut Session) -> T {
+        self.unwrap_or_else(|e| session.fail(e))
+    }
+}
+
+fn tempdir(prefix: &str) -> TempDir {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir();
+    dir.unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Everything both processes printed in one completed run.
+pub struct Run {
+    pub node_pid: u32,
+    pub script_stdout: Vec<String>,
+    pub script_stderr: String,
+    pub loopbpf_argv: Vec<String>,
+    pub loopbpf_stdout: Vec<String>,
+    pub loopbpf_stderr: String,
+    pub loopbpf_status: ExitStatus,
+    pub output: TempDir,
+    _perf_map: RemoveOnDrop,
+}
+
+impl Run {
+    /// loopbpf's JSON lines of this `"type"`.
+    pub fn events(&self, kind: &str) -> Vec<Value> {
+        self.loopbpf_stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == kind)
+            .collect()
+    }
+
+    pub fn episodes(&self) -> Vec<Episode> {
+        let episodes: Result<Vec<_>, _> = self
+            .events("episode")
+            .iter()
+            .map(Episode::from_json)
+            .collect();
+        episodes.unwrap_or_else(|e| self.fail(&format!("malformed episode: {e}")))
+    }
+
+    /// The script's own `{"block":…}` measurements.
+    pub fn blocks(&self) -> Vec<Block> {
+        let blocks: Result<Vec<_>, _> = self
+            .script_stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("block").is_some())
+            .map(|v| Block::from_json(&v))
+            .collect();
+        blocks.unwrap_or_else(|e| self.fail(&format!("malformed script output: {e}")))
+    }
+
+    /// The script's one line that has `key`.
+    pub fn script_result(&self, key: &str) -> Value {
+        let found = self
+            .script_stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v.get(key).is_some());
+        found.unwrap_or_else(|| self.fail(&format!("the script printed no line with `{key}`")))
+    }
+
+    /// When the script's last callback ran (`{"script":"done","at_ns":…}`).
+    pub fn done_ns(&self) -> u64 {
+        let done = self.script_result("at_ns");
+        u64_field(&done, "at_ns").unwrap_or_else(|e| self.fail(&e))
+    }
+
+    /// The summary of the Node process.
+    pub fn summary(&self) -> Value {
+        let found = self
+            .events("summary")
+            .into_iter()
+            .find(|v| v["pid"] == self.node_pid);
+        found.unwrap_or_else(|| self.fail(&format!("no summary for pid {}", self.node_pid)))
+    }
+
+    pub fn warnings(&self) -> Vec<String> {
+        let warnings = self.events("warning");
+        warnings
+            .iter()
+            .filter_map(|w| str_field(w, "message").ok().map(String::from))
+            .collect()
+    }
+
+    /// The stacks of an episode's folded file; a relative path is taken as
+    /// relative to the output directory.
+    pub fn folded(&self, episode: &Episode) -> Result<Vec<FoldedStack>, String> {
+        let path = episode
+            .folded
+            .as_ref()
+            .ok_or("the episode has no folded file (null)")?;
+        let path = if path.is_relative() && !path.exists() {
+            self.output.path().join(path)
+        } else {
+            path.clone()
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        parse_folded(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Panics with `problems` plus the contract every run must keep, if
+    /// anything is wrong: loopbpf's stdout is JSON lines, its ready line names
+    /// the target, and it exits 0 once the target has exited.
+    pub fn check(&self, mut problems: Vec<String>) {
+        let ready = self.events("ready");
+        if !ready.iter().any(|r| {
+            r["pids"]
+                .as_array()
+                .is_some_and(|p| p.contains(&self.node_pid.into()))
+        }) {
+            problems.push(format!(
+                "the ready line does not list pid {}: {ready:?}",
+                self.node_pid
+            ));
+        }
+        for line in &self.loopbpf_stdout {
+            if line_type(line).is_none() {
+                problems.push(format!(
+                    "loopbpf printed a line that is not a typed JSON object: {line}"
+                ));
+            }
+        }
+        if !self.loopbpf_status.success() {
+            problems.push(format!("loopbpf exited with {}", self.loopbpf_status));
+        }
+        if !problems.is_empty() {
+            self.fail(&format!(
+                "{} problem(s):\n  - {}",
+                problems.len(),
+                problems.join("\n  - ")
+            ));
+        }
+    }
+
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!(
+            "{msg}\n--- loopbpf: {argv}\n    exit: {status}\n--- loopbpf stdout:\n{out}\n--- loopbpf stderr:\n{err}\n\
+             --- node (pid {pid}) stdout:\n{sout}\n--- node stderr:\n{serr}",
+            argv = self.loopbpf_argv.join(" "),
+            status = self.loopbpf_status,
+            out = tail(&self.loopbpf_stdout.join("\n"), 200),
+            err = tail(&self.loopbpf_stderr, 200),
+            pid = self.node_pid,
+            sout = self.script_stdout.join("\n"),
+            serr = tail(&self.script_stderr, 50),
+        )
+    }
+}

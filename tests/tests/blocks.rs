@@ -1,0 +1,104 @@
+//! Each blocking call of `node/blocks.js` is one episode, as long as the
+//! script measured it, with the blocking function in its stacks.
+
+use integration_tests::{
+    contains, node_tests, overlaps, samples_with_frame, total_samples, Block, Episode, Run,
+    Scenario,
+};
+
+node_tests!(blocking_functions_are_reported_per_block =>
+    blocking_functions_are_reported_per_block_node20 = 20,
+    blocking_functions_are_reported_per_block_node22 = 22,
+    blocking_functions_are_reported_per_block_node24 = 24,
+);
+
+const BLOCKS: [&str; 3] = ["blockBusyLoop", "blockJsonParse", "blockRegex"];
+/// Samples at 199 Hz in the shortest block (150 ms) are about 30.
+const MIN_SAMPLES: u64 = 5;
+const MIN_SHARE: f64 = 0.8;
+
+fn blocking_functions_are_reported_per_block(major: u32) {
+    let run = Scenario::new(major, "blocks.js").run();
+    let blocks = run.blocks();
+    let names: Vec<&str> = blocks.iter().map(|b| b.name.as_str()).collect();
+    if names != BLOCKS || blocks.iter().any(|b| b.ms < 150.0) {
+        run.fail("blocks.js did not run its three blocks for >= 150 ms each: recalibrate it");
+    }
+
+    let episodes = run.episodes();
+    let mut problems = Vec::new();
+    for block in &blocks {
+        let matching: Vec<&Episode> = episodes
+            .iter()
+            .filter(|e| overlaps(e.span(), block.span()))
+            .collect();
+        match matching[..] {
+            [episode] => problems.extend(check_episode(&run, block, episode)),
+            _ => problems.push(format!(
+                "{} ({:.1} ms): {} overlapping episodes, want 1",
+                block.name,
+                block.ms,
+                matching.len()
+            )),
+        }
+    }
+    // The script is idle except for its blocks, so nothing else is an episode.
+    for e in episodes
+        .iter()
+        .filter(|e| !blocks.iter().any(|b| overlaps(e.span(), b.span())))
+    {
+        problems.push(format!("episode matching no block: {e:?}"));
+    }
+    run.check(problems);
+}
+
+fn check_episode(run: &Run, block: &Block, e: &Episode) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut problem =
+        |msg: String| problems.push(format!("{}: {msg}\n      episode: {e:?}", block.name));
+    if (e.pid, e.tid, e.thread.as_str()) != (run.node_pid, run.node_pid, "main") {
+        problem(format!(
+            "want pid = tid = {} on thread \"main\"",
+            run.node_pid
+        ));
+    }
+    // The iteration holds the call plus a little loop overhead around it, and
+    // its edges are syscall stamps outside the script's own.
+    if !contains(e.span(), block.span(), 1_000_000) {
+        problem(format!(
+            "does not contain the call [{}, {}]",
+            block.start_ns, block.end_ns
+        ));
+    }
+    if e.duration_ms < block.ms - 1.0 || e.duration_ms > block.ms + 5.0 {
+        problem(format!(
+            "duration {:.2} ms, script measured {:.2} ms (want -1..+5 ms)",
+            e.duration_ms, block.ms
+        ));
+    }
+    if e.samples < MIN_SAMPLES {
+        problem(format!("{} samples, want >= {MIN_SAMPLES}", e.samples));
+    }
+    match run.folded(e) {
+        Err(err) => problem(err),
+        Ok(stacks) => {
+            // Samples missing from the file count as not showing the function.
+            let total = total_samples(&stacks).max(e.samples);
+            let hits = samples_with_frame(&stacks, &block.name);
+            if total == 0 || (hits as f64) < MIN_SHARE * total as f64 {
+                let mut heaviest = stacks.clone();
+                heaviest.sort_by_key(|s| std::cmp::Reverse(s.count));
+                let shown: Vec<String> = heaviest
+                    .iter()
+                    .take(5)
+                    .map(|s| format!("{} {}", s.frames.join(";"), s.count))
+                    .collect();
+                problem(format!(
+                    "{hits} of {total} samples have a frame with `{}`, want >= {:.0}%; heaviest stacks:\n        {}",
+                    block.name, MIN_SHARE * 100.0, shown.join("\n        ")
+                ));
+            }
+        }
+    }
+    problems
+}
