@@ -20,6 +20,8 @@ pub const MAX_KERNEL_FRAMES: usize = 64;
 /// `kind` of a ring-buffer record.
 pub const EVENT_EPISODE: u32 = 1;
 pub const EVENT_SAMPLE: u32 = 2;
+pub const EVENT_EXEC: u32 = 3;
+pub const EVENT_EXIT: u32 = 4;
 
 /// Indexes of the per-CPU `COUNTERS` array: things the kernel side had to drop
 /// or could not do, reported to the user at exit.
@@ -41,7 +43,8 @@ pub struct Config {
     pub threshold_ns: u64,
     /// Non-zero: take stacks in `cpu-clock` samples of watched loop threads.
     pub sample_stacks: u32,
-    pub _pad: u32,
+    /// Non-zero: report every exec on the host (EVENT_EXEC), for discovery.
+    pub discover: u32,
 }
 
 /// Value of the `WATCHED` map, keyed by tgid.
@@ -142,6 +145,16 @@ pub struct EpisodeEvent {
     pub busy_ns: u64,
 }
 
+/// A process started a new program (every process, when discovering) or a
+/// watched process's main thread exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub time_ns: u64,
+}
+
 /// Fixed part of a `cpu-clock` sample of a loop thread that was busy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -178,6 +191,7 @@ const _: () = assert!(
 const _: () = assert!(core::mem::size_of::<LoopKey>() == 8);
 const _: () = assert!(core::mem::size_of::<LoopStats>() == 5 * 8 + histogram::BUCKETS * 8);
 const _: () = assert!(core::mem::size_of::<EpisodeEvent>() == 16 + 3 * 8);
+const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 24 + 3 * 8);
 const _: () = assert!(
     core::mem::size_of::<SampleEvent>()

@@ -5,6 +5,8 @@
 //! | `poll_enter`      | tp_btf `sys_enter`          | BTF (5.5+)       |
 //! | `poll_exit`       | tp_btf `sys_exit`           | BTF (5.5+)       |
 //! | `sample_stack`    | perf_event `cpu-clock`      | 4.9+, ringbuf 5.8+ |
+//! | `process_exec`    | tp_btf `sched_process_exec` | BTF (5.5+)       |
+//! | `process_exit`    | tp_btf `sched_process_exit` | BTF (5.5+)       |
 //!
 //! BTF tracepoints attach by name (no tracefs mount needed) and let us read the
 //! syscall registers directly, so the filter every syscall on the host pays is
@@ -15,6 +17,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod poll;
+mod process;
 mod sample;
 
 use aya_ebpf::{

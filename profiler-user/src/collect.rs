@@ -5,7 +5,8 @@ use std::mem::size_of;
 
 use bytes::Buf;
 use profiler_common::{
-    EpisodeEvent, SampleHeader, EVENT_EPISODE, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+    EpisodeEvent, ProcessEvent, SampleHeader, EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT, EVENT_SAMPLE,
+    MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,6 +34,16 @@ pub struct Sample {
 pub enum Record {
     Episode(EpisodeEvent),
     Sample(Sample),
+    /// A process started a new program (only when discovering).
+    Exec {
+        pid: u32,
+        time_ns: u64,
+    },
+    /// A watched process's main thread exited.
+    Exit {
+        pid: u32,
+        time_ns: u64,
+    },
 }
 
 pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
@@ -81,6 +92,19 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 user,
                 kernel,
             }))
+        }
+        kind @ (EVENT_EXEC | EVENT_EXIT) => {
+            if len < size_of::<ProcessEvent>() {
+                return Err(DecodeError::Short(len));
+            }
+            let _kind = buf.get_u32_le();
+            let pid = buf.get_u32_le();
+            let time_ns = buf.get_u64_le();
+            Ok(if kind == EVENT_EXEC {
+                Record::Exec { pid, time_ns }
+            } else {
+                Record::Exit { pid, time_ns }
+            })
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -159,6 +183,30 @@ mod tests {
             (e.pid, e.tid, e.epfd, e.seq, e.end_ns, e.busy_ns),
             (5, 6, 13, 42, 9_000, 3_000)
         );
+    }
+
+    #[test]
+    fn process_events_decode() {
+        let mut b = Vec::new();
+        b.put_u32_le(EVENT_EXIT);
+        b.put_u32_le(77);
+        b.put_u64_le(123);
+        assert_eq!(
+            decode(&b),
+            Ok(Record::Exit {
+                pid: 77,
+                time_ns: 123
+            })
+        );
+        b[0] = EVENT_EXEC as u8;
+        assert_eq!(
+            decode(&b),
+            Ok(Record::Exec {
+                pid: 77,
+                time_ns: 123
+            })
+        );
+        assert_eq!(decode(&b[..12]), Err(DecodeError::Short(12)));
     }
 
     #[test]

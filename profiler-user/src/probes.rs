@@ -98,7 +98,12 @@ impl Probes {
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
 
-        for (name, tracepoint) in [("poll_enter", "sys_enter"), ("poll_exit", "sys_exit")] {
+        for (name, tracepoint) in [
+            ("poll_enter", "sys_enter"),
+            ("poll_exit", "sys_exit"),
+            ("process_exec", "sched_process_exec"),
+            ("process_exit", "sched_process_exit"),
+        ] {
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
             prog.load(tracepoint, &btf)
                 .and_then(|()| prog.attach().map(drop))

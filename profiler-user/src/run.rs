@@ -86,7 +86,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let config = Config {
         threshold_ns,
         sample_stacks: u32::from(settings.frequency_hz > 0),
-        _pad: 0,
+        discover: 0,
     };
     let (mut probes, ring) = Probes::attach(config, settings.frequency_hz)?;
     let mut watched = HashMap::new();
@@ -130,6 +130,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         builder: EpisodeBuilder::new(MAX_DISTINCT_STACKS),
         tx: tx.clone(),
         decode_errors: 0,
+        exited: Vec::new(),
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -144,6 +145,16 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
                 let mut guard = guard?;
                 collector.drain(guard.get_inner_mut(), &mut watched);
                 guard.clear_ready();
+                // The kernel saw the main thread exit: no need to wait for the
+                // liveness check (and its up-to-250 ms delay).
+                for pid in std::mem::take(&mut collector.exited) {
+                    if let Some(w) = watched.remove(&pid) {
+                        finish(&mut probes, &mut collector, w, threshold_ns, true);
+                    }
+                }
+                if watched.is_empty() {
+                    break;
+                }
             }
             _ = drain_tick.tick() => {
                 collector.drain(ring.get_mut(), &mut watched);
@@ -218,6 +229,8 @@ struct Collector {
     builder: EpisodeBuilder,
     tx: UnboundedSender<Output>,
     decode_errors: u64,
+    /// Watched processes whose main thread exited, to finish.
+    exited: Vec<u32>,
 }
 
 impl Collector {
@@ -233,6 +246,8 @@ impl Collector {
                 Ok(Record::Episode(e)) => {
                     let _ = self.tx.send(Output::Episode(self.builder.close(&e)));
                 }
+                Ok(Record::Exit { pid, .. }) => self.exited.push(pid),
+                Ok(Record::Exec { .. }) => {}
                 Err(err) => {
                     self.decode_errors += 1;
                     log::debug!("{err}");
