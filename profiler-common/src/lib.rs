@@ -22,6 +22,7 @@ pub const EVENT_EPISODE: u32 = 1;
 pub const EVENT_SAMPLE: u32 = 2;
 pub const EVENT_EXEC: u32 = 3;
 pub const EVENT_EXIT: u32 = 4;
+pub const EVENT_OFF_CPU: u32 = 5;
 
 /// Indexes of the per-CPU `COUNTERS` array: things the kernel side had to drop
 /// or could not do, reported to the user at exit.
@@ -32,6 +33,7 @@ pub const COUNTER_THREADS_FULL: u32 = 3;
 pub const COUNTER_STATS_FULL: u32 = 4;
 pub const COUNTER_SLOTS_RECYCLED: u32 = 5;
 pub const COUNTER_USER_STACK_ERRORS: u32 = 6;
+pub const COUNTER_OFF_CPU_LOST: u32 = 7;
 pub const NUM_COUNTERS: u32 = 8;
 
 /// Runtime settings userspace writes into the one-element `CONFIG` array.
@@ -45,6 +47,13 @@ pub struct Config {
     pub sample_stacks: u32,
     /// Non-zero: report every exec on the host (EVENT_EXEC), for discovery.
     pub discover: u32,
+    /// Byte offsets of `pid` and `tgid` in this kernel's `task_struct` (from
+    /// its BTF): the scheduler hands us other tasks than the current one.
+    pub task_pid_offset: u32,
+    pub task_tgid_offset: u32,
+    /// Off-CPU intervals at least this long inside a busy iteration are sent
+    /// with their stacks; shorter ones only count in the totals.
+    pub off_cpu_min_ns: u64,
 }
 
 /// Value of the `WATCHED` map, keyed by tgid.
@@ -94,6 +103,15 @@ pub struct ThreadLoops {
     /// still open then ended because the program finished (teardown after the
     /// last callback, `process.exit()`), unlike one cut by SIGKILL or a crash.
     pub exit_called_ns: u64,
+    /// When the thread left the CPU inside a busy iteration (0: running, or
+    /// asleep in its own loop's poll, which is idle).
+    pub off_cpu_since_ns: u64,
+    /// When it became runnable again: its wakeup, or its preemption.
+    pub runnable_since_ns: u64,
+    /// Of the open iteration of the outermost loop: time asleep (blocked) and
+    /// time runnable but not running (waiting for a CPU).
+    pub iter_blocked_ns: u64,
+    pub iter_runq_ns: u64,
     pub slots: [LoopSlot; MAX_LOOP_SLOTS],
 }
 
@@ -115,6 +133,9 @@ pub struct LoopStats {
     pub idle_ns: u64,
     pub max_busy_ns: u64,
     pub episodes: u64,
+    /// Of `busy_ns`: asleep, and waiting for a CPU.
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
     pub buckets: [u64; histogram::BUCKETS],
 }
 
@@ -125,6 +146,8 @@ impl LoopStats {
         idle_ns: 0,
         max_busy_ns: 0,
         episodes: 0,
+        blocked_ns: 0,
+        runq_ns: 0,
         buckets: [0; histogram::BUCKETS],
     };
 }
@@ -143,6 +166,36 @@ pub struct EpisodeEvent {
     pub end_ns: u64,
     /// Busy time of the iteration; its busy window is `[end_ns - busy_ns, end_ns]`.
     pub busy_ns: u64,
+    /// Of `busy_ns`: asleep (blocked), and runnable but not running.
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+}
+
+/// Fixed part of an off-CPU interval of a busy loop thread: where it went to
+/// sleep (stacks taken as it left the CPU) and for how long.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OffCpuHeader {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    pub user_bytes: i32,
+    pub kernel_bytes: i32,
+    /// Iteration of the thread's outermost loop (as in samples).
+    pub seq: u64,
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+    /// When it left the CPU.
+    pub time_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OffCpuEvent {
+    pub header: OffCpuHeader,
+    pub user_stack: [u64; MAX_USER_FRAMES],
+    pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
 }
 
 /// A process started a new program (every process, when discovering) or a
@@ -182,15 +235,20 @@ pub struct SampleEvent {
 }
 
 // No implicit padding anywhere: a hole would be uninitialised bytes on one side.
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<WatchedProcess>() == 8);
 const _: () = assert!(core::mem::size_of::<LoopSlot>() == 4 + 4 + 6 * 8 + 4 + 4 + 8);
 const _: () = assert!(
-    core::mem::size_of::<ThreadLoops>() == 16 + MAX_LOOP_SLOTS * core::mem::size_of::<LoopSlot>()
+    core::mem::size_of::<ThreadLoops>() == 48 + MAX_LOOP_SLOTS * core::mem::size_of::<LoopSlot>()
 );
 const _: () = assert!(core::mem::size_of::<LoopKey>() == 8);
-const _: () = assert!(core::mem::size_of::<LoopStats>() == 5 * 8 + histogram::BUCKETS * 8);
-const _: () = assert!(core::mem::size_of::<EpisodeEvent>() == 16 + 3 * 8);
+const _: () = assert!(core::mem::size_of::<LoopStats>() == 7 * 8 + histogram::BUCKETS * 8);
+const _: () = assert!(core::mem::size_of::<EpisodeEvent>() == 16 + 5 * 8);
+const _: () = assert!(core::mem::size_of::<OffCpuHeader>() == 24 + 4 * 8);
+const _: () = assert!(
+    core::mem::size_of::<OffCpuEvent>()
+        == core::mem::size_of::<OffCpuHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
+);
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 24 + 3 * 8);
 const _: () = assert!(
@@ -208,4 +266,5 @@ mod pod {
     unsafe impl aya::Pod for ThreadLoops {}
     unsafe impl aya::Pod for LoopKey {}
     unsafe impl aya::Pod for LoopStats {}
+    unsafe impl aya::Pod for OffCpuEvent {}
 }

@@ -7,6 +7,8 @@
 //! | `sample_stack`    | perf_event `cpu-clock`      | 4.9+, ringbuf 5.8+ |
 //! | `process_exec`    | tp_btf `sched_process_exec` | BTF (5.5+)       |
 //! | `process_exit`    | tp_btf `sched_process_exit` | BTF (5.5+)       |
+//! | `sched_switch`    | tp_btf `sched_switch`       | BTF, prev_state arg (5.18+) |
+//! | `sched_wakeup`    | tp_btf `sched_wakeup`       | BTF (5.5+)       |
 //!
 //! BTF tracepoints attach by name (no tracefs mount needed) and let us read the
 //! syscall registers directly, so the filter every syscall on the host pays is
@@ -19,13 +21,17 @@
 mod poll;
 mod process;
 mod sample;
+mod sched;
+mod unwind;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use profiler_common::{Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess, NUM_COUNTERS};
+use profiler_common::{
+    Config, LoopKey, LoopStats, OffCpuEvent, ThreadLoops, WatchedProcess, NUM_COUNTERS,
+};
 
 /// Settings from userspace (threshold, sampling switch); one element.
 #[map]
@@ -45,6 +51,11 @@ static THREADS: LruHashMap<u32, ThreadLoops> = LruHashMap::with_max_entries(1638
 /// are ~4.5 KiB and only loop threads of watched processes get one.
 #[map]
 static LOOP_STATS: HashMap<LoopKey, LoopStats> = HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+
+/// Stacks of each loop thread as it last left the CPU in a busy iteration,
+/// sent when it runs again. LRU: one entry per thread that ever blocked.
+#[map]
+static OFF_CPU: LruHashMap<u32, OffCpuEvent> = LruHashMap::with_max_entries(4096, 0);
 
 /// Episodes and stack samples to userspace. 8 MiB holds ~5000 samples: several
 /// seconds of every watched thread at 199 Hz between two drains.

@@ -31,6 +31,7 @@ mod nr {
     pub const EPOLL_PWAIT: i64 = 281;
     pub const EPOLL_PWAIT2: i64 = 441;
     pub const EXIT_GROUP: i64 = 231;
+    pub const CLOSE: i64 = 3;
 }
 #[cfg(not(bpf_target_arch = "x86_64"))]
 compile_error!("loopbpf's syscall table covers x86_64 only");
@@ -53,7 +54,10 @@ fn is_epoll_wait(id: i64) -> bool {
 pub fn poll_enter(ctx: BtfTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
     if !is_epoll_wait(id) {
-        if id == nr::EXIT_GROUP {
+        if id == nr::CLOSE {
+            let regs: *const pt_regs = ctx.arg(0);
+            closed(unsafe { (*regs).rdi } as i32);
+        } else if id == nr::EXIT_GROUP {
             exit_group();
         }
         return 0;
@@ -100,6 +104,25 @@ pub fn poll_exit(ctx: BtfTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     exit(pid, pid_tgid as u32, epfd, ret, now);
     0
+}
+
+/// `uv_loop_close` closes a finished nested loop's epoll fd: forget that loop,
+/// so it is never mistaken for the outer loop of what runs next.
+#[inline(always)]
+fn closed(fd: i32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_watched((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let Some(p) = THREADS.get_ptr_mut(pid_tgid as u32) else {
+        return;
+    };
+    let t = unsafe { &mut *p };
+    for j in 0..MAX_LOOP_SLOTS {
+        if t.slots[j].first_seen_ns != 0 && t.slots[j].epfd == fd {
+            t.slots[j] = LoopSlot::default();
+        }
+    }
 }
 
 #[inline(always)]
@@ -198,12 +221,9 @@ fn enter(pid: u32, tid: u32, epfd: i32, maxevents: i32, timeout_ms: i32, now: u6
     s.maxevents = maxevents;
 
     // Samples are tagged with the iterations of the thread's outermost loop.
-    let mut primary = 0;
-    let mut most = 0;
+    let mut primary = i;
     for j in 0..MAX_LOOP_SLOTS {
-        let s = &t.slots[j];
-        if s.first_seen_ns != 0 && s.iterations >= most && !nested(t, j) {
-            most = s.iterations;
+        if t.slots[j].first_seen_ns != 0 && !nested(t, j) {
             primary = j;
         }
     }
@@ -214,11 +234,8 @@ fn enter(pid: u32, tid: u32, epfd: i32, maxevents: i32, timeout_ms: i32, now: u6
 /// Is loop `x` running inside a callback of another loop of the thread? That
 /// loop left its poll before `x` existed and has not polled since: `x` is a
 /// `spawnSync` loop and its iterations are part of the outer one's busy time.
-///
-/// The outer loop must also have at least as many iterations: when loopbpf
-/// attaches in the middle of a nested loop, that loop's slot outlives it and
-/// the real loop, first seen later, would otherwise look nested in it forever.
-/// Counting lets the real loop take over once it has iterated more.
+/// (A finished nested loop cannot pose as an outer one: closing its epoll fd
+/// frees its slot.)
 #[inline(always)]
 fn nested(t: &ThreadLoops, x: usize) -> bool {
     let xs = &t.slots[x & SLOT_MASK];
@@ -230,7 +247,6 @@ fn nested(t: &ThreadLoops, x: usize) -> bool {
             && z.in_poll == 0
             && z.last_exit_ns != 0
             && xs.first_seen_ns > z.last_exit_ns
-            && z.iterations >= xs.iterations
         {
             inside = true;
         }
@@ -280,8 +296,11 @@ fn close_window(t: &mut ThreadLoops, i: usize, pid: u32, tid: u32, timeout_ms: i
     } else {
         let busy = s.accum_busy_ns + gap;
         if !nested(t, i) {
-            record_iteration(pid, tid, &s, busy, now);
+            let off_cpu = (t.iter_blocked_ns, t.iter_runq_ns);
+            record_iteration(pid, tid, &s, busy, off_cpu, now);
             t.slots[i].idle_pending_ns = 0;
+            t.iter_blocked_ns = 0;
+            t.iter_runq_ns = 0;
         }
         t.slots[i].accum_busy_ns = 0;
         t.slots[i].iterations = s.iterations + 1;
@@ -295,7 +314,10 @@ fn close_window(t: &mut ThreadLoops, i: usize, pid: u32, tid: u32, timeout_ms: i
 }
 
 #[inline(always)]
-fn record_iteration(pid: u32, tid: u32, s: &LoopSlot, busy: u64, now: u64) {
+fn record_iteration(pid: u32, tid: u32, s: &LoopSlot, busy: u64, off_cpu: (u64, u64), now: u64) {
+    // Both are parts of the busy window; clamp against clock skew between CPUs.
+    let blocked = off_cpu.0.min(busy);
+    let runq = off_cpu.1.min(busy - blocked);
     let key = LoopKey { pid, tid };
     let stats = match LOOP_STATS.get_ptr_mut(key) {
         Some(p) => p,
@@ -316,6 +338,8 @@ fn record_iteration(pid: u32, tid: u32, s: &LoopSlot, busy: u64, now: u64) {
     stats.iterations += 1;
     stats.busy_ns += busy;
     stats.idle_ns += s.idle_pending_ns;
+    stats.blocked_ns += blocked;
+    stats.runq_ns += runq;
     if busy > stats.max_busy_ns {
         stats.max_busy_ns = busy;
     }
@@ -339,6 +363,8 @@ fn record_iteration(pid: u32, tid: u32, s: &LoopSlot, busy: u64, now: u64) {
         seq: s.iterations,
         end_ns: now,
         busy_ns: busy,
+        blocked_ns: blocked,
+        runq_ns: runq,
     };
     if EVENTS
         .output::<EpisodeEvent>(&event, BPF_RB_FORCE_WAKEUP as u64)

@@ -5,8 +5,8 @@ use std::mem::size_of;
 
 use bytes::Buf;
 use profiler_common::{
-    EpisodeEvent, ProcessEvent, SampleHeader, EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT, EVENT_SAMPLE,
-    MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+    EpisodeEvent, OffCpuHeader, ProcessEvent, SampleHeader, EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT,
+    EVENT_OFF_CPU, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,10 +30,26 @@ pub struct Sample {
     pub kernel: Vec<u64>,
 }
 
+/// A busy loop thread was off the CPU: asleep, then waiting for a CPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffCpu {
+    pub pid: u32,
+    pub tid: u32,
+    pub seq: u64,
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+    /// When it left the CPU.
+    pub time_ns: u64,
+    /// Leaf first, taken as it left the CPU.
+    pub user: Vec<u64>,
+    pub kernel: Vec<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Episode(EpisodeEvent),
     Sample(Sample),
+    OffCpu(OffCpu),
     /// A process started a new program (only when discovering).
     Exec {
         pid: u32,
@@ -64,6 +80,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 seq: buf.get_u64_le(),
                 end_ns: buf.get_u64_le(),
                 busy_ns: buf.get_u64_le(),
+                blocked_ns: buf.get_u64_le(),
+                runq_ns: buf.get_u64_le(),
             }))
         }
         EVENT_SAMPLE => {
@@ -91,6 +109,33 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 time_ns: h.time_ns,
                 user,
                 kernel,
+            }))
+        }
+        EVENT_OFF_CPU => {
+            if len < size_of::<OffCpuHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8 {
+                return Err(DecodeError::Short(len));
+            }
+            let h = OffCpuHeader {
+                kind: buf.get_u32_le(),
+                pid: buf.get_u32_le(),
+                tid: buf.get_u32_le(),
+                _pad: buf.get_u32_le(),
+                user_bytes: buf.get_i32_le(),
+                kernel_bytes: buf.get_i32_le(),
+                seq: buf.get_u64_le(),
+                blocked_ns: buf.get_u64_le(),
+                runq_ns: buf.get_u64_le(),
+                time_ns: buf.get_u64_le(),
+            };
+            Ok(Record::OffCpu(OffCpu {
+                pid: h.pid,
+                tid: h.tid,
+                seq: h.seq,
+                blocked_ns: h.blocked_ns,
+                runq_ns: h.runq_ns,
+                time_ns: h.time_ns,
+                user: frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes),
+                kernel: frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes),
             }))
         }
         kind @ (EVENT_EXEC | EVENT_EXIT) => {
@@ -176,12 +221,14 @@ mod tests {
         b.put_u64_le(42);
         b.put_u64_le(9_000);
         b.put_u64_le(3_000);
+        b.put_u64_le(2_000);
+        b.put_u64_le(500);
         let Record::Episode(e) = decode(&b).unwrap() else {
             panic!("not an episode")
         };
         assert_eq!(
-            (e.pid, e.tid, e.epfd, e.seq, e.end_ns, e.busy_ns),
-            (5, 6, 13, 42, 9_000, 3_000)
+            (e.pid, e.tid, e.epfd, e.seq, e.end_ns, e.busy_ns, e.blocked_ns, e.runq_ns),
+            (5, 6, 13, 42, 9_000, 3_000, 2_000, 500)
         );
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use profiler_common::EpisodeEvent;
 
-use crate::collect::Sample;
+use crate::collect::{OffCpu, Sample};
 
 /// A distinct stack, leaf first, as the kernel captured it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -33,6 +33,13 @@ pub struct Episode {
     /// Samples counted but whose stack was not kept (distinct-stack cap).
     pub samples_without_stack: u64,
     pub stacks: Vec<(RawStack, u64)>,
+    /// Of `busy_ns`: asleep, and runnable but waiting for a CPU (from the
+    /// kernel's scheduler accounting; 0 for an ongoing iteration).
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+    /// Where the thread was when it left the CPU, with `(blocked_ns, runq_ns)`
+    /// summed per distinct stack; longest first.
+    pub off_cpu_stacks: Vec<(RawStack, (u64, u64))>,
     /// The iteration had not ended when loopbpf stopped.
     pub ongoing: bool,
 }
@@ -45,6 +52,22 @@ struct OpenWindow {
     samples: u64,
     samples_without_stack: u64,
     stacks: HashMap<RawStack, u64>,
+    off_cpu: HashMap<RawStack, (u64, u64)>,
+}
+
+impl OpenWindow {
+    fn new(pid: u32, seq: u64, busy_start_ns: u64, time_ns: u64) -> Self {
+        OpenWindow {
+            pid,
+            seq,
+            busy_start_ns,
+            last_sample_ns: time_ns,
+            samples: 0,
+            samples_without_stack: 0,
+            stacks: HashMap::new(),
+            off_cpu: HashMap::new(),
+        }
+    }
 }
 
 /// An iteration that has samples but no end yet.
@@ -72,47 +95,56 @@ impl EpisodeBuilder {
         }
     }
 
-    pub fn add_sample(&mut self, s: Sample) {
-        let w = self.open.entry(s.tid).or_insert_with(|| OpenWindow {
-            pid: s.pid,
-            seq: s.seq,
-            busy_start_ns: s.busy_start_ns,
-            last_sample_ns: s.time_ns,
-            samples: 0,
-            samples_without_stack: 0,
-            stacks: HashMap::new(),
-        });
-        if w.pid != s.pid || w.seq != s.seq {
-            *w = OpenWindow {
-                pid: s.pid,
-                seq: s.seq,
-                busy_start_ns: s.busy_start_ns,
-                last_sample_ns: s.time_ns,
-                samples: 0,
-                samples_without_stack: 0,
-                stacks: HashMap::new(),
-            };
+    /// The open window of `tid` for iteration `seq`, a new one if the thread
+    /// has moved on to another iteration (the old one was short).
+    fn window(&mut self, pid: u32, tid: u32, seq: u64, busy_start_ns: u64, time_ns: u64) -> &mut OpenWindow {
+        let w = self.open.entry(tid).or_insert_with(|| OpenWindow::new(pid, seq, busy_start_ns, time_ns));
+        if w.pid != pid || w.seq != seq {
+            *w = OpenWindow::new(pid, seq, busy_start_ns, time_ns);
+        } else if w.busy_start_ns == 0 {
+            w.busy_start_ns = busy_start_ns;
         }
+        w
+    }
+
+    pub fn add_sample(&mut self, s: Sample) {
+        let max = self.max_distinct_stacks;
+        let w = self.window(s.pid, s.tid, s.seq, s.busy_start_ns, s.time_ns);
         w.samples += 1;
         w.last_sample_ns = w.last_sample_ns.max(s.time_ns);
-        let stack = RawStack {
-            user: s.user.into(),
-            kernel: s.kernel.into(),
-        };
+        let stack = RawStack { user: s.user.into(), kernel: s.kernel.into() };
         let kept = w.stacks.len();
         match w.stacks.get_mut(&stack) {
             Some(n) => *n += 1,
-            None if kept < self.max_distinct_stacks => {
+            None if kept < max => {
                 w.stacks.insert(stack, 1);
             }
             None => w.samples_without_stack += 1,
         }
     }
 
+    /// Off-CPU time of a busy iteration. Its busy start is unknown here; a
+    /// window it opens takes the start from the first sample or episode.
+    pub fn add_off_cpu(&mut self, o: OffCpu) {
+        let max = self.max_distinct_stacks;
+        let w = self.window(o.pid, o.tid, o.seq, 0, o.time_ns);
+        let stack = RawStack { user: o.user.into(), kernel: o.kernel.into() };
+        let kept = w.off_cpu.len();
+        if let Some(t) = w.off_cpu.get_mut(&stack) {
+            t.0 += o.blocked_ns;
+            t.1 += o.runq_ns;
+        } else if kept < max {
+            w.off_cpu.insert(stack, (o.blocked_ns, o.runq_ns));
+        }
+    }
+
     /// The kernel closed iteration `e.seq` of `e.tid` above the threshold.
     pub fn close(&mut self, e: &EpisodeEvent) -> Episode {
         let start_ns = e.end_ns.saturating_sub(e.busy_ns);
-        self.take(e.pid, e.tid, e.seq, start_ns, e.end_ns, e.busy_ns, false)
+        let mut episode = self.take(e.pid, e.tid, e.seq, start_ns, e.end_ns, e.busy_ns, false);
+        episode.blocked_ns = e.blocked_ns;
+        episode.runq_ns = e.runq_ns;
+        episode
     }
 
     /// An iteration still open when loopbpf stops (read from the kernel's
@@ -133,7 +165,8 @@ impl EpisodeBuilder {
     pub fn open_iterations(&self, pid: u32) -> Vec<OpenIteration> {
         self.open
             .iter()
-            .filter(|(_, w)| w.pid == pid)
+            // Only samples carry the busy start; off-CPU time alone does not.
+            .filter(|(_, w)| w.pid == pid && w.busy_start_ns != 0)
             .map(|(&tid, w)| OpenIteration {
                 pid,
                 tid,
@@ -163,15 +196,20 @@ impl EpisodeBuilder {
             Some(w) if w.pid == pid && w.seq == seq => self.open.remove(&tid),
             _ => None,
         };
-        let (samples, samples_without_stack, mut stacks) = match window {
+        let (samples, samples_without_stack, mut stacks, mut off_cpu_stacks) = match window {
             Some(w) => (
                 w.samples,
                 w.samples_without_stack,
                 w.stacks.into_iter().collect::<Vec<_>>(),
+                w.off_cpu.into_iter().collect::<Vec<_>>(),
             ),
-            None => (0, 0, Vec::new()),
+            None => (0, 0, Vec::new(), Vec::new()),
         };
         stacks.sort_by_key(|s| std::cmp::Reverse(s.1));
+        off_cpu_stacks.sort_by_key(|s| std::cmp::Reverse(s.1 .0 + s.1 .1));
+        // An ongoing iteration has no kernel totals yet: what was sent so far.
+        let blocked_ns = off_cpu_stacks.iter().map(|s| s.1 .0).sum();
+        let runq_ns = off_cpu_stacks.iter().map(|s| s.1 .1).sum();
         Episode {
             pid,
             tid,
@@ -182,6 +220,9 @@ impl EpisodeBuilder {
             samples,
             samples_without_stack,
             stacks,
+            blocked_ns,
+            runq_ns,
+            off_cpu_stacks,
             ongoing,
         }
     }
@@ -212,6 +253,8 @@ mod tests {
             seq,
             end_ns: 10_000,
             busy_ns: 4_000,
+            blocked_ns: 0,
+            runq_ns: 0,
         }
     }
 
@@ -259,6 +302,37 @@ mod tests {
         assert_eq!(e.samples, 6);
         assert_eq!(e.stacks.len(), 2);
         assert_eq!(e.samples_without_stack, 3);
+    }
+
+    fn off_cpu(tid: u32, seq: u64, leaf: u64, blocked_ns: u64, runq_ns: u64) -> OffCpu {
+        OffCpu { pid: 1, tid, seq, blocked_ns, runq_ns, time_ns: 3_000, user: vec![leaf], kernel: vec![7] }
+    }
+
+    #[test]
+    fn off_cpu_time_is_summed_per_stack_and_kept_with_the_iteration() {
+        let mut b = EpisodeBuilder::new(100);
+        b.add_off_cpu(off_cpu(1, 4, 10, 999, 1));
+        b.add_off_cpu(off_cpu(1, 5, 10, 100, 10));
+        b.add_sample(sample(1, 5, 11));
+        b.add_off_cpu(off_cpu(1, 5, 10, 200, 20));
+        b.add_off_cpu(off_cpu(1, 5, 12, 1, 1));
+        let mut ev = episode(1, 5);
+        ev.blocked_ns = 301;
+        ev.runq_ns = 31;
+        let e = b.close(&ev);
+        assert_eq!((e.blocked_ns, e.runq_ns), (301, 31), "kernel totals win");
+        assert_eq!(e.off_cpu_stacks.len(), 2);
+        assert_eq!(e.off_cpu_stacks[0].1, (300, 30));
+        assert_eq!(e.samples, 1);
+    }
+
+    #[test]
+    fn off_cpu_alone_does_not_make_an_open_iteration() {
+        let mut b = EpisodeBuilder::new(100);
+        b.add_off_cpu(off_cpu(1, 5, 10, 100, 10));
+        assert!(b.open_iterations(1).is_empty());
+        b.add_sample(sample(1, 5, 11));
+        assert_eq!(b.open_iterations(1)[0].busy_start_ns, 1_000);
     }
 
     #[test]

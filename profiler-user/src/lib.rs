@@ -2,9 +2,11 @@
 //! probes (load and attach) → collect (ring-buffer records) → episode (assembly)
 //! → symbolize (perf maps, blazesym) → report → export (text, JSON lines, folded).
 //! `run` wires one session together; `reporter` is its last, ordered stage.
+pub mod breakdown;
 pub mod cli;
 pub mod collect;
 pub mod episode;
+pub mod kernel_btf;
 pub mod export;
 pub mod loop_stats;
 pub mod privileges;

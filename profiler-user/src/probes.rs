@@ -13,11 +13,33 @@ use aya::{
 };
 use profiler_common::{Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess};
 
+/// Kernel BTF: for the BTF tracepoints, and the struct offsets they need.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Off-CPU intervals shorter than this only count in the totals: their stacks
+/// would cost a record each and say little.
+pub const OFF_CPU_MIN_NS: u64 = 200_000;
+
+/// The kernel side's settings for this kernel: `task_struct` offsets come from
+/// its BTF.
+pub fn kernel_config(threshold_ns: u64, frequency_hz: u64, discover: bool) -> Result<Config, ProbeError> {
+    let task = crate::kernel_btf::task_offsets(std::path::Path::new(VMLINUX_BTF)).map_err(ProbeError::TaskLayout)?;
+    Ok(Config {
+        threshold_ns,
+        sample_stacks: u32::from(frequency_hz > 0),
+        discover: u32::from(discover),
+        task_pid_offset: task.pid,
+        task_tgid_offset: task.tgid,
+        off_cpu_min_ns: OFF_CPU_MIN_NS,
+    })
+}
+
 /// The object profiler-ebpf compiles to, built by build.rs (aya-build).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopbpf-probes"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    #[error("reading task_struct's layout from kernel BTF failed: {0}")]
+    TaskLayout(#[source] crate::kernel_btf::BtfError),
     #[error("kernel BTF not available at /sys/kernel/btf/vmlinux (loopbpf needs a kernel built with CONFIG_DEBUG_INFO_BTF): {0}")]
     Btf(#[source] aya::BtfError),
     #[error("loading the eBPF object failed: {0}")]
@@ -54,6 +76,7 @@ pub struct KernelCounters {
     pub stats_full: u64,
     pub slots_recycled: u64,
     pub user_stack_errors: u64,
+    pub off_cpu_lost: u64,
 }
 
 pub struct Probes {
@@ -103,6 +126,8 @@ impl Probes {
             ("poll_exit", "sys_exit"),
             ("process_exec", "sched_process_exec"),
             ("process_exit", "sched_process_exit"),
+            ("sched_switch", "sched_switch"),
+            ("sched_wakeup", "sched_wakeup"),
         ] {
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
             prog.load(tracepoint, &btf)
@@ -224,6 +249,7 @@ impl Probes {
             stats_full: sum(COUNTER_STATS_FULL),
             slots_recycled: sum(COUNTER_SLOTS_RECYCLED),
             user_stack_errors: sum(COUNTER_USER_STACK_ERRORS),
+            off_cpu_lost: sum(COUNTER_OFF_CPU_LOST),
         }
     }
 

@@ -3,18 +3,20 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use crate::{
+    breakdown::{breakdown, strip_tracing_frames, Breakdown, OffCpuStack},
     episode::Episode,
     loop_stats::LoopFigures,
     probes::KernelCounters,
-    symbolize::{Frame, FrameKind},
-    target::ThreadRole,
+    symbolize::{Frame, FrameKind, PerfMapStatus, StackRequest, SymbolizeError, Symbolizer},
+    target::{thread_name, ThreadRole},
 };
 
 #[derive(Clone, Debug)]
 pub struct HotFrame {
     pub name: String,
     pub kind: FrameKind,
-    /// Samples whose stack contains this frame as its leaf-most JS frame.
+    /// Samples (or, with off-CPU time, nanoseconds) whose stack has this frame
+    /// as its leaf-most JS frame.
     pub samples: u64,
     pub share: f64,
 }
@@ -27,6 +29,9 @@ pub struct EpisodeReport {
     /// Root first, with the number of samples that had this stack.
     pub stacks: Vec<(Vec<Frame>, u64)>,
     pub top_frame: Option<HotFrame>,
+    /// Root first, where the thread left the CPU and for how long.
+    pub off_cpu: Vec<OffCpuStack>,
+    pub breakdown: Breakdown,
     pub folded_path: Option<PathBuf>,
     pub folded_error: Option<String>,
 }
@@ -37,18 +42,80 @@ impl EpisodeReport {
         role: ThreadRole,
         thread_name: Option<String>,
         stacks: Vec<(Vec<Frame>, u64)>,
+        off_cpu: Vec<OffCpuStack>,
     ) -> Self {
-        let top_frame = hottest_frame(&stacks);
+        let on_cpu_top = hottest_frame(&stacks);
+        let breakdown = breakdown(&episode, &stacks, &off_cpu, on_cpu_top.as_ref());
+        // The hottest frame by time: each on-CPU sample stands for its share of
+        // the kernel's on-CPU time, each off-CPU stack for its time asleep or
+        // waiting.
+        let top_frame = if off_cpu.is_empty() {
+            on_cpu_top
+        } else {
+            let samples: u64 = stacks.iter().map(|s| s.1).sum();
+            let per_sample = if samples == 0 { 0 } else { breakdown.on_cpu_ns / samples };
+            let timed: Vec<(Vec<Frame>, u64)> = stacks
+                .iter()
+                .map(|(f, n)| (f.clone(), n * per_sample))
+                .chain(off_cpu.iter().map(|o| (o.frames.clone(), o.blocked_ns + o.runq_ns)))
+                .collect();
+            hottest_frame(&timed)
+        };
         EpisodeReport {
             episode,
             role,
             thread_name,
             stacks,
             top_frame,
+            off_cpu,
+            breakdown,
             folded_path: None,
             folded_error: None,
         }
     }
+}
+
+impl EpisodeReport {
+    /// Names the episode's on-CPU and off-CPU stacks (one request: one
+    /// perf-map refresh, one blazesym call) and builds its report. When
+    /// symbolization fails outright, frames stay as addresses, never dropped.
+    pub async fn symbolize(
+        e: Episode,
+        symbolizer: &Symbolizer,
+    ) -> (Self, Result<PerfMapStatus, SymbolizeError>) {
+        let raw = e.stacks.iter().map(|(s, _)| s).chain(e.off_cpu_stacks.iter().map(|(s, _)| s));
+        let requests: Vec<StackRequest> = raw
+            .clone()
+            .map(|s| StackRequest { user: s.user.to_vec(), kernel: s.kernel.to_vec() })
+            .collect();
+        let (named, status) = match symbolizer.symbolize(e.pid, requests).await {
+            Ok(sym) => (sym.stacks, Ok(sym.perf_map)),
+            Err(err) => (raw.map(|s| unnamed(&s.user, &s.kernel)).collect(), Err(err)),
+        };
+        let mut named = named.into_iter();
+        let stacks: Vec<(Vec<Frame>, u64)> =
+            e.stacks.iter().map(|(_, n)| (named.next().unwrap_or_default(), *n)).collect();
+        let off_cpu: Vec<OffCpuStack> = e
+            .off_cpu_stacks
+            .iter()
+            .map(|(_, (blocked_ns, runq_ns))| {
+                let mut frames = named.next().unwrap_or_default();
+                strip_tracing_frames(&mut frames);
+                OffCpuStack { frames, blocked_ns: *blocked_ns, runq_ns: *runq_ns }
+            })
+            .collect();
+        let role = ThreadRole::of_loop_thread(e.pid, e.tid);
+        let name = thread_name(e.pid, e.tid);
+        (EpisodeReport::new(e, role, name, stacks, off_cpu), status)
+    }
+}
+
+/// Frames for when symbolization failed outright: addresses, root first.
+fn unnamed(user: &[u64], kernel: &[u64]) -> Vec<Frame> {
+    let user = user.iter().rev().map(|a| Frame { name: format!("[unknown] {a:#x}"), kind: FrameKind::Unknown });
+    let kernel =
+        kernel.iter().rev().map(|a| Frame { name: format!("[unknown] [kernel] {a:#x}"), kind: FrameKind::Kernel });
+    user.chain(kernel).collect()
 }
 
 /// The frame most samples were "in": per stack the leaf-most frame of the

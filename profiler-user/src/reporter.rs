@@ -13,8 +13,8 @@ use crate::{
     episode::Episode,
     export::{folded, json, text},
     report::{EpisodeReport, ProcessSummary},
-    symbolize::{Frame, FrameKind, PerfMapStatus, StackRequest, Symbolizer},
-    target::{thread_name, ThreadRole},
+    symbolize::{PerfMapStatus, Symbolizer},
+    target::ThreadRole,
 };
 
 pub enum Output {
@@ -151,41 +151,17 @@ impl Reporter {
     }
 
     async fn episode(&mut self, e: Episode) {
-        let counts: Vec<u64> = e.stacks.iter().map(|(_, n)| *n).collect();
-        let requests: Vec<StackRequest> = e
-            .stacks
-            .iter()
-            .map(|(s, _)| StackRequest {
-                user: s.user.to_vec(),
-                kernel: s.kernel.to_vec(),
-            })
-            .collect();
-        let named = match self.symbolizer.symbolize(e.pid, requests).await {
-            Ok(sym) => {
-                self.perf_map_status(e.pid, &sym.perf_map);
-                sym.stacks
-            }
+        let pid = e.pid;
+        let (mut report, status) = EpisodeReport::symbolize(e, &self.symbolizer).await;
+        match status {
+            Ok(perf_map) => self.perf_map_status(pid, &perf_map),
             Err(err) => {
-                self.warn(
-                    Some(e.pid),
-                    &format!(
-                        "pid {}: symbolization failed ({err}); frames left as addresses",
-                        e.pid
-                    ),
-                );
-                e.stacks
-                    .iter()
-                    .map(|(s, _)| unnamed(&s.user, &s.kernel))
-                    .collect()
+                let message = format!("pid {pid}: symbolization failed ({err}); frames left as addresses");
+                self.warn(Some(pid), &message);
             }
-        };
-        let stacks: Vec<(Vec<Frame>, u64)> = named.into_iter().zip(counts).collect();
-        let role = ThreadRole::of_loop_thread(e.pid, e.tid);
-        let name = thread_name(e.pid, e.tid);
-        let samples = e.samples;
-        let mut report = EpisodeReport::new(e, role, name, stacks);
-        if samples > 0 {
-            match folded::write(&self.output_dir, &report) {
+        }
+        if !report.stacks.is_empty() || !report.off_cpu.is_empty() {
+            match folded::write(&self.output_dir, &report, self.frequency_hz) {
                 Ok(path) => report.folded_path = Some(path),
                 Err(err) => {
                     if !self.write_error_warned {
@@ -203,19 +179,6 @@ impl Reporter {
             stdout_line(&text::episode(&report, &self.clock));
         }
     }
-}
-
-/// Frames for when symbolization failed outright: addresses, never dropped.
-fn unnamed(user: &[u64], kernel: &[u64]) -> Vec<Frame> {
-    let user = user.iter().rev().map(|a| Frame {
-        name: format!("[unknown] {a:#x}"),
-        kind: FrameKind::Unknown,
-    });
-    let kernel = kernel.iter().rev().map(|a| Frame {
-        name: format!("[unknown] [kernel] {a:#x}"),
-        kind: FrameKind::Kernel,
-    });
-    user.chain(kernel).collect()
 }
 
 /// A closed stdout (`loopbpf | head`) must not panic or stop the measurement.

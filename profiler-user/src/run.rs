@@ -7,7 +7,6 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use profiler_common::Config;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -20,7 +19,7 @@ use crate::{
     export::text::monotonic_ns,
     loop_stats::LoopFigures,
     privileges::{self, PrivilegeError},
-    probes::{ProbeError, Probes},
+    probes::{self, ProbeError, Probes},
     report::{LoopSummary, ProcessSummary},
     reporter::{Output, Reporter},
     symbolize::{SymbolizeError, Symbolizer},
@@ -37,6 +36,7 @@ const PERF_MAP_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// A loop still blocked this long (and past the threshold) is announced before
 /// its iteration ends: a wedged process may never end it.
 const STALL_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
 /// An idle Node process may sleep in one epoll call for as long as it likes,
 /// but then its thread has a slot from the poll's return; a process with no
 /// poll at all after this long is probably not running an event loop.
@@ -83,11 +83,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     }
     let threshold_ns = settings.threshold.as_nanos() as u64;
     let symbolizer = Symbolizer::start()?;
-    let config = Config {
-        threshold_ns,
-        sample_stacks: u32::from(settings.frequency_hz > 0),
-        discover: 0,
-    };
+    let config = probes::kernel_config(threshold_ns, settings.frequency_hz, false)?;
     let (mut probes, ring) = Probes::attach(config, settings.frequency_hz)?;
     let mut watched = HashMap::new();
     for t in targets {
@@ -246,6 +242,7 @@ impl Collector {
                 Ok(Record::Episode(e)) => {
                     let _ = self.tx.send(Output::Episode(self.builder.close(&e)));
                 }
+                Ok(Record::OffCpu(o)) => self.builder.add_off_cpu(o),
                 Ok(Record::Exit { pid, .. }) => self.exited.push(pid),
                 Ok(Record::Exec { .. }) => {}
                 Err(err) => {

@@ -22,6 +22,8 @@ pub struct Scenario {
     node_flags: Vec<String>,
     /// SIGKILL Node once loopbpf prints a line of this type.
     kill_node_on: Option<&'static str>,
+    /// Run Node pinned to this CPU (taskset).
+    cpu: Option<u32>,
 }
 
 impl Scenario {
@@ -33,7 +35,20 @@ impl Scenario {
             script,
             node_flags: node_flags.map(String::from).to_vec(),
             kill_node_on: None,
+            cpu: None,
         }
+    }
+
+    /// Add a Node (V8) flag, e.g. `--expose-gc`.
+    pub fn node_flag(mut self, flag: &str) -> Self {
+        self.node_flags.push(flag.to_string());
+        self
+    }
+
+    /// Pin Node (and its children) to one CPU.
+    pub fn pinned_to_cpu(mut self, cpu: u32) -> Self {
+        self.cpu = Some(cpu);
+        self
     }
 
     /// Kill Node with SIGKILL as soon as loopbpf prints a line of type `kind`
@@ -62,7 +77,14 @@ impl Scenario {
         // asked for a perf map.
         let cwd = tempdir("loopbpf-test-node-");
 
-        let mut cmd = Command::new(&node);
+        let mut cmd = match self.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&node);
+                c
+            }
+            None => Command::new(&node),
+        };
         cmd.args(&self.node_flags)
             .arg(&script)
             .current_dir(cwd.path());

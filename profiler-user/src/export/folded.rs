@@ -25,31 +25,48 @@ pub enum FoldedError {
     },
 }
 
-/// Folded text of root-first stacks; stacks with no frames at all are kept as
-/// `[no stack]` so counts still add up to the episode's samples.
-pub fn render(stacks: &[(Vec<Frame>, u64)], samples_without_stack: u64) -> String {
+/// Folded text of an episode. On-CPU stacks count samples; off-CPU stacks are
+/// converted to samples at the sampling frequency (time × Hz) so widths in a
+/// flamegraph are proportional to time, and end in a marker leaf: `[off-cpu]`
+/// for time asleep, `[runqueue]` for time waiting for a CPU. Stacks with no
+/// frames at all are kept as `[no stack]` so counts still add up.
+pub fn render(r: &EpisodeReport, frequency_hz: u64) -> String {
     let mut out = String::new();
-    for (frames, n) in stacks {
-        if frames.is_empty() {
-            out.push_str("[no stack]");
-        }
-        for (i, f) in frames.iter().enumerate() {
-            if i > 0 {
-                out.push(';');
-            }
-            // Frame names are sanitised by the symbolizer; guard the format anyway.
-            out.extend(
-                f.name
-                    .chars()
-                    .map(|c| if c == ';' || c == '\n' { ':' } else { c }),
-            );
-        }
-        out.push_str(&format!(" {n}\n"));
+    for (frames, n) in &r.stacks {
+        line(&mut out, frames, None, *n);
     }
-    if samples_without_stack > 0 {
-        out.push_str(&format!("[stack not kept] {samples_without_stack}\n"));
+    // With sampling off, off-CPU time is written in milliseconds.
+    let per_ns = if frequency_hz == 0 { 1e-6 } else { frequency_hz as f64 / 1e9 };
+    for o in &r.off_cpu {
+        for (marker, ns) in [("[off-cpu]", o.blocked_ns), ("[runqueue]", o.runq_ns)] {
+            let n = (ns as f64 * per_ns).round() as u64;
+            if n > 0 {
+                line(&mut out, &o.frames, Some(marker), n);
+            }
+        }
+    }
+    if r.episode.samples_without_stack > 0 {
+        out.push_str(&format!("[stack not kept] {}\n", r.episode.samples_without_stack));
     }
     out
+}
+
+fn line(out: &mut String, frames: &[Frame], leaf: Option<&str>, n: u64) {
+    if frames.is_empty() {
+        out.push_str("[no stack]");
+    }
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        // Frame names are sanitised by the symbolizer; guard the format anyway.
+        out.extend(f.name.chars().map(|c| if c == ';' || c == '\n' { ':' } else { c }));
+    }
+    if let Some(leaf) = leaf {
+        out.push(';');
+        out.push_str(leaf);
+    }
+    out.push_str(&format!(" {n}\n"));
 }
 
 pub fn file_name(r: &EpisodeReport) -> String {
@@ -57,14 +74,14 @@ pub fn file_name(r: &EpisodeReport) -> String {
     format!("{}-{}-{}.folded", e.pid, e.tid, e.start_ns)
 }
 
-pub fn write(dir: &Path, r: &EpisodeReport) -> Result<PathBuf, FoldedError> {
+pub fn write(dir: &Path, r: &EpisodeReport, frequency_hz: u64) -> Result<PathBuf, FoldedError> {
     fs::create_dir_all(dir).map_err(|source| FoldedError::CreateDir {
         path: dir.to_path_buf(),
         source,
     })?;
     let path = dir.join(file_name(r));
     let tmp = dir.join(format!(".{}.tmp", file_name(r)));
-    let text = render(&r.stacks, r.episode.samples_without_stack);
+    let text = render(r, frequency_hz);
     let written = fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(text.as_bytes())?;
@@ -81,9 +98,9 @@ pub fn write(dir: &Path, r: &EpisodeReport) -> Result<PathBuf, FoldedError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{episode::Episode, symbolize::FrameKind, target::ThreadRole};
+    use crate::{breakdown::OffCpuStack, episode::Episode, symbolize::FrameKind, target::ThreadRole};
 
-    fn report(stacks: Vec<(Vec<Frame>, u64)>) -> EpisodeReport {
+    fn report(stacks: Vec<(Vec<Frame>, u64)>, off_cpu: Vec<OffCpuStack>) -> EpisodeReport {
         let episode = Episode {
             pid: 7,
             tid: 8,
@@ -94,45 +111,50 @@ mod tests {
             samples: stacks.iter().map(|s| s.1).sum(),
             samples_without_stack: 0,
             stacks: vec![],
+            blocked_ns: 0,
+            runq_ns: 0,
+            off_cpu_stacks: vec![],
             ongoing: false,
         };
-        EpisodeReport::new(episode, ThreadRole::Main, None, stacks)
+        EpisodeReport::new(episode, ThreadRole::Main, None, stacks, off_cpu)
     }
 
     fn f(name: &str) -> Frame {
-        Frame {
-            name: name.into(),
-            kind: FrameKind::Js,
-        }
+        Frame { name: name.into(), kind: FrameKind::Js }
     }
 
     #[test]
     fn lines_are_root_first_with_count_last() {
-        let text = render(&[(vec![f("main"), f("spin /a.js:1:1")], 5), (vec![], 1)], 2);
-        assert_eq!(
-            text,
-            "main;spin /a.js:1:1 5\n[no stack] 1\n[stack not kept] 2\n"
-        );
+        let mut r = report(vec![(vec![f("main"), f("spin /a.js:1:1")], 5), (vec![], 1)], vec![]);
+        r.episode.samples_without_stack = 2;
+        assert_eq!(render(&r, 199), "main;spin /a.js:1:1 5\n[no stack] 1\n[stack not kept] 2\n");
+    }
+
+    #[test]
+    fn off_cpu_time_becomes_samples_with_a_marker_leaf() {
+        let off = OffCpuStack { frames: vec![f("main"), f("wait")], blocked_ns: 300_000_000, runq_ns: 10_000_000 };
+        let r = report(vec![], vec![off]);
+        // 300 ms at 100 Hz is 30 samples' worth; 10 ms is 1.
+        assert_eq!(render(&r, 100), "main;wait;[off-cpu] 30\nmain;wait;[runqueue] 1\n");
+        // Without sampling, milliseconds.
+        assert_eq!(render(&r, 0), "main;wait;[off-cpu] 300\nmain;wait;[runqueue] 10\n");
     }
 
     #[test]
     fn separators_in_names_cannot_break_the_format() {
-        assert_eq!(render(&[(vec![f("a;b\nc")], 1)], 0), "a:b:c 1\n");
+        assert_eq!(render(&report(vec![(vec![f("a;b\nc")], 1)], vec![]), 99), "a:b:c 1\n");
     }
 
     #[test]
     fn episodes_get_distinct_files_and_no_temp_file_remains() {
         let dir = tempfile::tempdir().unwrap();
-        let a = write(dir.path(), &report(vec![(vec![f("x")], 1)])).unwrap();
-        let mut r = report(vec![(vec![f("y")], 2)]);
+        let a = write(dir.path(), &report(vec![(vec![f("x")], 1)], vec![]), 99).unwrap();
+        let mut r = report(vec![(vec![f("y")], 2)], vec![]);
         r.episode.start_ns = 101;
-        let b = write(dir.path(), &r).unwrap();
+        let b = write(dir.path(), &r, 99).unwrap();
         assert_ne!(a, b);
         assert_eq!(fs::read_to_string(&b).unwrap(), "y 2\n");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 
@@ -141,7 +163,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blocker = dir.path().join("file");
         fs::write(&blocker, "").unwrap();
-        let err = write(&blocker.join("sub"), &report(vec![])).unwrap_err();
+        let err = write(&blocker.join("sub"), &report(vec![], vec![]), 99).unwrap_err();
         assert!(err.to_string().contains("file/sub"), "{err}");
     }
 }

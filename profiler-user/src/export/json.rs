@@ -46,6 +46,12 @@ pub fn episode(r: &EpisodeReport) -> Value {
         "top_frame": r.top_frame.as_ref().map(|h| h.name.as_str()),
         "top_frame_kind": r.top_frame.as_ref().map(|h| h.kind),
         "top_frame_share": r.top_frame.as_ref().map(|h| (h.share * 1000.0).round() / 1000.0),
+        "verdict": r.breakdown.verdict,
+        "on_cpu_ms": ms(r.breakdown.on_cpu_ns),
+        "off_cpu_ms": ms(r.breakdown.blocked_ns),
+        "runqueue_ms": ms(r.breakdown.runq_ns),
+        "gc_share": (r.breakdown.gc_share * 1000.0).round() / 1000.0,
+        "syscall": r.breakdown.syscall,
         "folded": r.folded_path,
         "folded_error": r.folded_error,
         "ongoing": e.ongoing,
@@ -113,14 +119,15 @@ mod tests {
             samples: 40,
             samples_without_stack: 0,
             stacks: vec![],
+            blocked_ns: 200_000_000,
+            runq_ns: 0,
+            off_cpu_stacks: vec![],
             ongoing: false,
         };
-        let v = episode(&EpisodeReport::new(
-            e,
-            ThreadRole::Main,
-            Some("node".into()),
-            vec![],
-        ));
+        let v = episode(&EpisodeReport::new(e, ThreadRole::Main, Some("node".into()), vec![], vec![]));
+        assert_eq!(v["verdict"], "blocked");
+        assert_eq!(v["off_cpu_ms"], 200.0);
+        assert_eq!(v["on_cpu_ms"], 12.4);
         assert_eq!(v["type"], "episode");
         assert_eq!(v["thread"], "main");
         assert_eq!(v["start_ns"], 1_000_000);

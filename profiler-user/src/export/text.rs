@@ -65,6 +65,19 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
         e.busy_ns as f64 / 1e6,
         e.samples
     );
+    let b = &r.breakdown;
+    let pct = |ns: u64| if e.busy_ns == 0 { 0.0 } else { ns as f64 * 100.0 / e.busy_ns as f64 };
+    line.push_str(&format!(
+        ": {} (on-CPU {:.0}%, asleep {:.0}%, waiting for CPU {:.0}%",
+        b.verdict.describe(b.syscall.as_deref()),
+        pct(b.on_cpu_ns),
+        pct(b.blocked_ns),
+        pct(b.runq_ns)
+    ));
+    if b.gc_share > 0.0 {
+        line.push_str(&format!(", GC {:.0}% of on-CPU samples", b.gc_share * 100.0));
+    }
+    line.push(')');
     if let Some(h) = &r.top_frame {
         line.push_str(&format!(", hottest: {} ({:.0}%)", h.name, h.share * 100.0));
     }

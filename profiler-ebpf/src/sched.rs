@@ -1,0 +1,156 @@
+//! Where a busy iteration's time went when the loop thread was not running:
+//! asleep (blocked in a syscall, a lock, a page fault) or runnable but waiting
+//! for a CPU (contention, cgroup CPU throttling).
+//!
+//! A loop thread leaving the CPU inside a busy iteration has its stacks taken
+//! (it is the current task then); when it gets a CPU again the interval is
+//! split at its wakeup and, if long enough, sent with those stacks. Sleeping
+//! in its own loop's poll is idle and not tracked. Other tasks' pid/tgid are
+//! read at offsets userspace found in the kernel's BTF.
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+    EbpfContext,
+};
+use profiler_common::{
+    Config, OffCpuEvent, ThreadLoops, COUNTER_OFF_CPU_LOST, EVENT_OFF_CPU, MAX_KERNEL_FRAMES,
+    MAX_LOOP_SLOTS, MAX_USER_FRAMES,
+};
+
+use crate::{config, count, is_watched, unwind::recover_user_stack, EVENTS, OFF_CPU, THREADS};
+
+// Too big for the BPF stack: inserted by reference from read-only data.
+static ZERO_OFF_CPU: OffCpuEvent = unsafe { core::mem::zeroed() };
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let Some(c) = config() else {
+        return 0;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let prev_state: u64 = ctx.arg(3);
+    switched_out(&ctx, preempt != 0 || prev_state as u32 == 0, now);
+    let next: u64 = ctx.arg(2);
+    switched_in(next, now, c);
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+    let Some(c) = config() else {
+        return 0;
+    };
+    let task: u64 = ctx.arg(0);
+    let Some((_, t)) = watched_task(task, c) else {
+        return 0;
+    };
+    if t.off_cpu_since_ns != 0 && t.runnable_since_ns == 0 {
+        t.runnable_since_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    0
+}
+
+/// The current task (`prev`) leaves the CPU.
+#[inline(always)]
+fn switched_out(ctx: &BtfTracePointContext, runnable: bool, now: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !is_watched(pid) {
+        return;
+    }
+    let Some(p) = THREADS.get_ptr_mut(tid) else {
+        return;
+    };
+    let t = unsafe { &mut *p };
+    let Some(s) = t.slots.get(t.primary as usize & (MAX_LOOP_SLOTS - 1)) else {
+        return;
+    };
+    if s.in_poll != 0 || s.last_exit_ns == 0 {
+        return;
+    }
+    let seq = s.iterations;
+    t.off_cpu_since_ns = now;
+    t.runnable_since_ns = if runnable { now } else { 0 };
+
+    let e = match OFF_CPU.get_ptr_mut(tid) {
+        Some(e) => e,
+        None => {
+            let _ = OFF_CPU.insert(tid, &ZERO_OFF_CPU, BPF_NOEXIST as u64);
+            match OFF_CPU.get_ptr_mut(tid) {
+                Some(e) => e,
+                None => return,
+            }
+        }
+    };
+    unsafe {
+        let user = bpf_get_stack(
+            ctx.as_ptr(),
+            (*e).user_stack.as_mut_ptr().cast(),
+            (MAX_USER_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+        let kernel = bpf_get_stack(
+            ctx.as_ptr(),
+            (*e).kernel_stack.as_mut_ptr().cast(),
+            (MAX_KERNEL_FRAMES * 8) as u32,
+            0,
+        );
+        let frames = if user > 0 { user as usize / 8 } else { 0 };
+        let recovered = recover_user_stack(&mut (*e).user_stack, frames);
+        (*e).header.user_bytes = if recovered > frames { (recovered * 8) as i32 } else { user as i32 };
+        (*e).header.kernel_bytes = kernel as i32;
+        (*e).header.time_ns = now;
+        (*e).header.seq = seq;
+        (*e).header.pid = pid;
+        (*e).header.tid = tid;
+    }
+}
+
+/// `next` gets the CPU: close its off-CPU interval.
+#[inline(always)]
+fn switched_in(next: u64, now: u64, c: &Config) {
+    let Some((tid, t)) = watched_task(next, c) else {
+        return;
+    };
+    if t.off_cpu_since_ns == 0 {
+        return;
+    }
+    let runnable = if t.runnable_since_ns != 0 { t.runnable_since_ns } else { now };
+    let blocked = runnable.saturating_sub(t.off_cpu_since_ns);
+    let runq = now.saturating_sub(runnable);
+    t.iter_blocked_ns += blocked;
+    t.iter_runq_ns += runq;
+    t.off_cpu_since_ns = 0;
+    t.runnable_since_ns = 0;
+    if blocked + runq < c.off_cpu_min_ns {
+        return;
+    }
+    let Some(e) = OFF_CPU.get_ptr_mut(tid) else {
+        return;
+    };
+    let e = unsafe { &mut *e };
+    e.header.kind = EVENT_OFF_CPU;
+    e.header.blocked_ns = blocked;
+    e.header.runq_ns = runq;
+    if EVENTS.output::<OffCpuEvent>(e, BPF_RB_NO_WAKEUP as u64).is_err() {
+        count(COUNTER_OFF_CPU_LOST);
+    }
+}
+
+/// `(tid, loop state)` of `task` if it is a polling thread of a watched process.
+#[inline(always)]
+fn watched_task(task: u64, c: &Config) -> Option<(u32, &'static mut ThreadLoops)> {
+    if c.task_pid_offset == 0 || task == 0 {
+        return None;
+    }
+    let tid = unsafe { bpf_probe_read_kernel((task + c.task_pid_offset as u64) as *const u32) }.ok()?;
+    let tgid = unsafe { bpf_probe_read_kernel((task + c.task_tgid_offset as u64) as *const u32) }.ok()?;
+    if !is_watched(tgid) {
+        return None;
+    }
+    let t = THREADS.get_ptr_mut(tid)?;
+    Some((tid, unsafe { &mut *t }))
+}

@@ -1,0 +1,105 @@
+//! Frame-pointer unwinding past a libc syscall wrapper.
+//!
+//! The kernel walks user stacks by frame pointer. glibc is built without them
+//! and some wrappers reuse %rbp (the multi-threaded path of `epoll_pwait`
+//! keeps the cancellation state there), so a thread asleep in such a syscall
+//! yields a one-frame stack: `execSync`'s 300 ms would have no JavaScript in
+//! it. Such a wrapper still pushes the caller's %rbp right below its return
+//! address: find that pair in the first words above %rsp and walk on from it.
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+};
+use profiler_common::MAX_USER_FRAMES;
+
+/// Words above %rsp searched for the saved (%rbp, return address) pair, in
+/// chunks that fit the BPF stack. Deep enough for glibc's
+/// pthread_cond_timedwait → futex chain under `Atomics.wait`.
+const CHUNK: usize = 8;
+const CHUNKS: usize = 4;
+/// A saved %rbp points into the stack, not far above %rsp.
+const STACK_SPAN: u64 = 1 << 20;
+/// End of x86_64 user space (47-bit addresses).
+const USER_TOP: u64 = 1 << 47;
+
+#[inline(always)]
+fn in_stack(addr: u64, sp: u64) -> bool {
+    addr > sp && addr - sp < STACK_SPAN
+}
+
+/// A canonical user address, away from the stack: possibly code.
+#[inline(always)]
+fn maybe_code(addr: u64, sp: u64) -> bool {
+    addr > 0x10000 && addr < USER_TOP && !in_stack(addr, sp - STACK_SPAN)
+}
+
+/// Does a frame-pointer chain start at `fp`? Its saved %rbp must point
+/// further up the stack and its return address look like code; locals that
+/// merely look like a (pointer, address) pair rarely pass that.
+#[inline(always)]
+fn chain_starts_at(fp: u64, sp: u64) -> bool {
+    if fp % 8 != 0 || !in_stack(fp, sp) {
+        return false;
+    }
+    match unsafe { read_user::<[u64; 2]>(fp) } {
+        Some([next, ret]) => next > fp && in_stack(next, sp) && maybe_code(ret, sp),
+        None => false,
+    }
+}
+
+/// Recovers `stack` (leaf first) when the kernel's walk stopped after at most
+/// two frames; returns the new number of frames, or `frames` unchanged.
+#[inline(always)]
+pub fn recover_user_stack(stack: &mut [u64; MAX_USER_FRAMES], frames: usize) -> usize {
+    if frames == 0 || frames > 2 {
+        return frames;
+    }
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if regs.is_null() {
+        return frames;
+    }
+    let sp = unsafe { (*regs).rsp };
+    let mut fp = 0;
+    let mut ret = 0;
+    for c in 0..CHUNKS {
+        if fp != 0 {
+            break;
+        }
+        // One word of overlap so a pair across two chunks is seen.
+        let base = sp + (c * (CHUNK - 1) * 8) as u64;
+        let Some(words) = (unsafe { read_user::<[u64; CHUNK]>(base) }) else {
+            break;
+        };
+        for i in 0..CHUNK - 1 {
+            if fp == 0 && maybe_code(words[i + 1], sp) && chain_starts_at(words[i], sp) {
+                fp = words[i];
+                ret = words[i + 1];
+            }
+        }
+    }
+    if fp == 0 {
+        return frames;
+    }
+    // Keep the leaf (the wrapper), then the caller the pair names, then walk on.
+    stack[1] = ret;
+    let mut n = 2;
+    for _ in 0..MAX_USER_FRAMES - 2 {
+        let frame: [u64; 2] = match unsafe { read_user(fp) } {
+            Some(f) => f,
+            None => break,
+        };
+        // Frames grow towards higher addresses; anything else ends the chain.
+        if frame[0] <= fp || frame[1] == 0 || frame[1] >= USER_TOP || n >= MAX_USER_FRAMES {
+            break;
+        }
+        stack[n] = frame[1];
+        n += 1;
+        fp = frame[0];
+    }
+    n
+}
+
+#[inline(always)]
+unsafe fn read_user<T>(addr: u64) -> Option<T> {
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
