@@ -1,7 +1,7 @@
 //! Command line of `loopbpf`.
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Why was my Node.js event loop blocked? Measures every event-loop iteration of
 /// running Node processes from the kernel (no inspector, flag or restart) and,
@@ -15,7 +15,12 @@ use clap::Parser;
 /// Needs root (CAP_BPF and CAP_PERFMON) and a kernel with BTF.
 #[derive(Debug, Parser)]
 #[command(name = "loopbpf", version, after_help = EXAMPLES)]
+// `--pid` is required for a session, not with a subcommand.
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Node process to watch (repeat for several).
     #[arg(long = "pid", short = 'p', required = true, value_name = "PID")]
     pub pids: Vec<u32>,
@@ -51,9 +56,43 @@ pub struct Cli {
     pub force: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Always-on service: watch every Node process on the host (found at start
+    /// and from the kernel's exec events), serve Prometheus metrics and keep
+    /// episodes in a state directory. SIGHUP reloads the config, SIGTERM stops.
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// TOML configuration (see dist/loopbpf.toml); a missing file at the
+    /// default path means all defaults.
+    #[arg(
+        long,
+        short = 'c',
+        default_value = "/etc/loopbpf/loopbpf.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+    /// Overrides `threshold` in the file.
+    #[arg(long, short = 't', value_parser = parse_duration, value_name = "DURATION")]
+    pub threshold: Option<Duration>,
+    /// Overrides `frequency` in the file.
+    #[arg(long, short = 'F', value_name = "HZ")]
+    pub frequency: Option<u64>,
+    /// Overrides `state_dir` in the file.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Overrides `metrics_address` in the file (e.g. 127.0.0.1:9569).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<SocketAddr>,
+}
+
 const EXAMPLES: &str = "Examples:
   sudo loopbpf --pid 4242                      # report stalls over 50ms until Ctrl-C
   sudo loopbpf -p 4242 -t 200ms -d 10m --json  # JSON lines for 10 minutes
+  sudo loopbpf daemon --config /etc/loopbpf/loopbpf.toml  # the always-on service
   inferno-flamegraph < loopbpf-out/4242-4242-123456789.folded > stall.svg
 
 Start node with --perf-basic-prof-only-functions --interpreted-frames-native-stack
@@ -123,5 +162,17 @@ mod tests {
         ] {
             assert!(help.contains(opt), "--help lacks {opt}");
         }
+    }
+
+    #[test]
+    fn pid_is_required_unless_daemon() {
+        assert!(Cli::try_parse_from(["loopbpf"]).is_err());
+        let cli = Cli::try_parse_from(["loopbpf", "-p", "1", "-t", "10ms"]).unwrap();
+        assert_eq!((cli.pids, cli.command.is_none()), (vec![1], true));
+        let cli = Cli::try_parse_from(["loopbpf", "daemon", "--config", "/x.toml"]).unwrap();
+        let Some(Command::Daemon(d)) = cli.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(d.config, PathBuf::from("/x.toml"));
     }
 }

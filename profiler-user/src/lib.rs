@@ -5,14 +5,17 @@
 pub mod breakdown;
 pub mod cli;
 pub mod collect;
+pub mod daemon;
 pub mod episode;
 pub mod kernel_btf;
 pub mod export;
 pub mod loop_stats;
+pub mod metrics;
 pub mod privileges;
 pub mod probes;
 pub mod report;
 pub mod reporter;
 pub mod run;
+pub mod store;
 pub mod symbolize;
 pub mod target;

@@ -14,6 +14,9 @@ pub struct LoopFigures {
     pub p99_ns: u64,
     pub max_ns: u64,
     pub episodes: u64,
+    /// Of `busy_ns`: asleep, and runnable but waiting for a CPU.
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
 }
 
 /// Value at quantile `q` (0..=1): the midpoint of the bucket holding it, which
@@ -58,6 +61,8 @@ impl LoopFigures {
             p99_ns: quantile(&s.buckets, 0.99, s.max_busy_ns),
             max_ns: s.max_busy_ns,
             episodes: s.episodes,
+            blocked_ns: s.blocked_ns,
+            runq_ns: s.runq_ns,
         }
     }
 }

@@ -1,22 +1,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use profiler_user::{cli::Cli, run};
+use profiler_user::{
+    cli::{Cli, Command, DaemonArgs},
+    daemon, run,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .init();
-    let settings = run::Settings {
-        pids: cli.pids,
-        threshold: cli.threshold,
-        frequency_hz: cli.frequency,
-        duration: cli.duration,
-        output: cli.output,
-        json: cli.json,
-        force: cli.force,
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -27,18 +18,63 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run::run(settings)) {
+    let result: Result<(), anyhow::Error> = match cli.command {
+        Some(Command::Daemon(args)) => {
+            daemon::logging::init();
+            // The daemon's errors already name their causes in their message;
+            // one line, so the journal keeps it as one entry (TOML errors are
+            // multi-line drawings).
+            runtime
+                .block_on(daemon::run(daemon_settings(args)))
+                .map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))
+        }
+        None => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .format_timestamp(None)
+                .init();
+            let settings = run::Settings {
+                pids: cli.pids,
+                threshold: cli.threshold,
+                frequency_hz: cli.frequency,
+                duration: cli.duration,
+                output: cli.output,
+                json: cli.json,
+                force: cli.force,
+            };
+            runtime.block_on(run::run(settings)).map_err(Into::into)
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
-                "loopbpf: {}",
-                anyhow::Error::from(e)
-                    .chain()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(": ")
-            );
+            let message = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("loopbpf: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn daemon_settings(a: DaemonArgs) -> daemon::Settings {
+    daemon::Settings {
+        config: a.config,
+        threshold: a.threshold,
+        frequency_hz: a.frequency,
+        state_dir: a.state_dir,
+        metrics_address: a.metrics_address,
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(|l| {
+            l.trim()
+                .trim_start_matches(|c: char| c.is_ascii_digit() || c == '|' || c == ' ')
+        })
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

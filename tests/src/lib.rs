@@ -5,8 +5,10 @@
 //! `cargo xtask test` provides all three. Missing any of them fails the test:
 //! a skipped kernel test would read as a pass.
 
+pub mod daemon;
 mod parse;
 mod process;
+pub mod prometheus;
 mod run;
 
 pub use parse::*;

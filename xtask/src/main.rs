@@ -1,7 +1,9 @@
 //! loopbpf's build tooling: `cargo xtask <setup|build|run|test|lint>`.
 
 mod cmd;
+mod install;
 mod node;
+mod prometheus;
 mod test;
 mod toolchain;
 
@@ -56,6 +58,13 @@ enum Cmd {
     },
     /// rustfmt check and clippy (host crates, and the eBPF crate for its own target).
     Lint,
+    /// Build loopbpf and install the service: /usr/local/bin/loopbpf,
+    /// /etc/systemd/system/loopbpf.service, /etc/loopbpf/loopbpf.toml (kept if present).
+    Install {
+        /// Install under this directory instead of / (packaging, trying it out).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 pub struct Paths {
@@ -94,6 +103,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Cmd::Lint => lint(&paths),
+        Cmd::Install { root } => install::run(&paths, install::Target { root }),
     }
 }
 

@@ -14,6 +14,7 @@ pub fn run(paths: &Paths, majors: &[u32], args: &[String]) -> Result<()> {
     let bin_dir = toolchain::setup(&paths.cache)?;
     let loopbpf = build(paths, &bin_dir, false)?;
     let nodes = node::ensure(&paths.cache, majors)?.env_value();
+    crate::prometheus::ensure()?;
     let path = cmd::path_with(&bin_dir)?;
     let cargo_test = || {
         let mut c = Command::new("cargo");

@@ -67,6 +67,9 @@ fn figures(f: &LoopFigures) -> serde_json::Map<String, Value> {
         "busy_p99_ms": ms(f.p99_ns),
         "busy_max_ms": ms(f.max_ns),
         "episodes": f.episodes,
+        "busy_ms": ms(f.busy_ns),
+        "busy_off_cpu_ms": ms(f.blocked_ns),
+        "busy_runqueue_ms": ms(f.runq_ns),
     });
     match v {
         Value::Object(m) => m,

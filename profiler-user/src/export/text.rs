@@ -123,7 +123,7 @@ pub fn summary(s: &ProcessSummary) -> String {
     for l in &s.loops {
         let f = &l.figures;
         out.push_str(&format!(
-            "\n  {} loop (tid {}): {} iterations, utilization {:.1}%, busy p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.1} ms, {} over threshold",
+            "\n  {} loop (tid {}): {} iterations, utilization {:.1}%, busy p50 {:.3} ms p90 {:.3} ms p99 {:.3} ms max {:.1} ms, {} over threshold",
             l.role.as_str(),
             l.tid,
             f.iterations,
@@ -134,6 +134,13 @@ pub fn summary(s: &ProcessSummary) -> String {
             f.max_ns as f64 / 1e6,
             f.episodes
         ));
+        if f.busy_ns > 0 {
+            out.push_str(&format!(
+                "; of the busy time {:.0}% asleep, {:.0}% waiting for a CPU",
+                f.blocked_ns as f64 * 100.0 / f.busy_ns as f64,
+                f.runq_ns as f64 * 100.0 / f.busy_ns as f64
+            ));
+        }
     }
     let k = &s.kernel;
     if k.samples_lost + k.episodes_lost > 0 {

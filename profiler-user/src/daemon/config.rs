@@ -1,0 +1,259 @@
+//! The daemon's configuration: a TOML file (default /etc/loopbpf/loopbpf.toml),
+//! every key optional with the defaults below; `dist/loopbpf.toml` documents
+//! them. Unknown keys are errors, so a typo is not silently a default.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::{cli::parse_duration, store::Retention};
+
+pub const DEFAULT_PATH: &str = "/etc/loopbpf/loopbpf.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path} failed: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPatterns {
+    #[serde(default)]
+    executables: Vec<String>,
+    #[serde(default)]
+    cmdline: Vec<String>,
+    #[serde(default)]
+    containers: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    threshold: Option<String>,
+    frequency: Option<u64>,
+    state_dir: Option<PathBuf>,
+    metrics_address: Option<String>,
+    retention_max_size_mb: Option<u64>,
+    retention_max_age: Option<String>,
+    /// Only processes that look like Node (node binary, libnode, libuv).
+    node_only: Option<bool>,
+    #[serde(default, rename = "match")]
+    include: RawPatterns,
+    #[serde(default)]
+    exclude: RawPatterns,
+}
+
+/// Regexes per attribute; a list matches when any of its patterns does.
+#[derive(Clone, Debug, Default)]
+pub struct Patterns {
+    pub executables: Vec<Regex>,
+    pub cmdline: Vec<Regex>,
+    pub containers: Vec<Regex>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub threshold: Duration,
+    pub frequency_hz: u64,
+    pub state_dir: PathBuf,
+    pub metrics_address: SocketAddr,
+    pub retention: Retention,
+    pub node_only: bool,
+    pub include: Patterns,
+    pub exclude: Patterns,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            threshold: Duration::from_millis(50),
+            frequency_hz: 199,
+            state_dir: PathBuf::from("/var/lib/loopbpf"),
+            metrics_address: SocketAddr::from(([127, 0, 0, 1], 9569)),
+            retention: Retention {
+                max_bytes: 512 << 20,
+                max_age: Duration::from_secs(7 * 86_400),
+            },
+            node_only: true,
+            include: Patterns::default(),
+            exclude: Patterns::default(),
+        }
+    }
+}
+
+/// Durations as the CLI takes them, plus days (`7d`) for retention.
+fn duration(s: &str) -> Result<Duration, String> {
+    match s.trim().strip_suffix('d') {
+        Some(days) => days
+            .trim()
+            .parse::<f64>()
+            .map(|d| Duration::from_secs_f64(d * 86_400.0))
+            .map_err(|_| format!("'{s}' is not a duration")),
+        None => parse_duration(s),
+    }
+}
+
+fn patterns(path: &Path, key: &'static str, raw: &[String]) -> Result<Vec<Regex>, ConfigError> {
+    raw.iter()
+        .map(|p| {
+            Regex::new(p).map_err(|e| ConfigError::Invalid {
+                path: path.into(),
+                key,
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default path means all defaults,
+    /// anywhere else it is an error (the operator named it).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PATH) =>
+            {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.into(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            message,
+        };
+        let mut c = Config::default();
+        if let Some(t) = raw.threshold {
+            c.threshold = duration(&t).map_err(|m| invalid("threshold", m))?;
+        }
+        if let Some(f) = raw.frequency {
+            c.frequency_hz = f;
+        }
+        if let Some(d) = raw.state_dir {
+            c.state_dir = d;
+        }
+        if let Some(a) = raw.metrics_address {
+            c.metrics_address = a
+                .parse()
+                .map_err(|e| invalid("metrics_address", format!("'{a}': {e}")))?;
+        }
+        if let Some(mb) = raw.retention_max_size_mb {
+            c.retention.max_bytes = mb << 20;
+        }
+        if let Some(a) = raw.retention_max_age {
+            c.retention.max_age = duration(&a).map_err(|m| invalid("retention_max_age", m))?;
+        }
+        c.node_only = raw.node_only.unwrap_or(true);
+        c.include = Patterns {
+            executables: patterns(path, "match.executables", &raw.include.executables)?,
+            cmdline: patterns(path, "match.cmdline", &raw.include.cmdline)?,
+            containers: patterns(path, "match.containers", &raw.include.containers)?,
+        };
+        c.exclude = Patterns {
+            executables: patterns(path, "exclude.executables", &raw.exclude.executables)?,
+            cmdline: patterns(path, "exclude.cmdline", &raw.exclude.cmdline)?,
+            containers: patterns(path, "exclude.containers", &raw.exclude.containers)?,
+        };
+        let includes = &c.include;
+        if !c.node_only
+            && includes.executables.is_empty()
+            && includes.cmdline.is_empty()
+            && includes.containers.is_empty()
+        {
+            // Watching every process on the host is never what anyone wants.
+            return Err(invalid(
+                "node_only",
+                "false needs at least one [match] pattern".into(),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse(Path::new("x.toml"), "").unwrap();
+        assert_eq!(c.threshold, Duration::from_millis(50));
+        assert_eq!(c.metrics_address.to_string(), "127.0.0.1:9569");
+        assert_eq!(c.state_dir, Path::new("/var/lib/loopbpf"));
+        assert!(c.node_only);
+    }
+
+    #[test]
+    fn shipped_config_parses_to_the_defaults() {
+        let text = include_str!("../../../dist/loopbpf.toml");
+        let c = Config::parse(Path::new("dist/loopbpf.toml"), text).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            (c.threshold, c.frequency_hz, c.retention),
+            (d.threshold, d.frequency_hz, d.retention)
+        );
+        assert_eq!(
+            (c.metrics_address, &c.state_dir),
+            (d.metrics_address, &d.state_dir)
+        );
+    }
+
+    #[test]
+    fn values_and_patterns_are_read() {
+        let text = r#"
+            threshold = "100ms"
+            retention_max_age = "2d"
+            metrics_address = "127.0.0.1:1234"
+            [match]
+            cmdline = ["server\\.js"]
+            [exclude]
+            containers = ["^abc"]
+        "#;
+        let c = Config::parse(Path::new("x"), text).unwrap();
+        assert_eq!(c.threshold, Duration::from_millis(100));
+        assert_eq!(c.retention.max_age, Duration::from_secs(2 * 86_400));
+        assert!(c.include.cmdline[0].is_match("node server.js"));
+        assert_eq!(c.exclude.containers.len(), 1);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors_naming_the_key() {
+        assert!(Config::parse(Path::new("x"), "treshold = \"1s\"").is_err());
+        let e = Config::parse(Path::new("x"), "[match]\ncmdline = [\"(\"]").unwrap_err();
+        assert!(e.to_string().contains("match.cmdline"), "{e}");
+        let e = Config::parse(Path::new("x"), "node_only = false").unwrap_err();
+        assert!(e.to_string().contains("node_only"), "{e}");
+    }
+}

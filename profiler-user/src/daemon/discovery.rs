@@ -1,0 +1,214 @@
+//! Which processes the daemon watches. One /proc scan at start; afterwards the
+//! kernel's exec events name each new program, so nothing polls /proc.
+//! A process is watched when it looks like Node (unless `node_only = false`),
+//! every non-empty `[match]` list has a pattern matching it, and no
+//! `[exclude]` pattern does.
+use std::fs;
+
+use super::config::{Config, Patterns};
+use crate::{metrics::ProcessLabels, target::Target};
+
+/// What /proc says about a process, read once when it is considered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    /// Arguments joined by spaces.
+    pub cmdline: String,
+    /// The cgroup v2 path (`0::…` line), or the first hierarchy's on v1.
+    pub cgroup: String,
+    /// Docker/containerd/CRI-O/podman id (first 12 hex digits) found in the cgroup path.
+    pub container_id: Option<String>,
+}
+
+impl Identity {
+    pub fn read(pid: u32) -> Option<Identity> {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let exe = fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                b.split(|&c| c == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|t| cgroup_path(&t))
+            .unwrap_or_default();
+        Some(Identity {
+            pid,
+            comm: comm.trim().to_string(),
+            exe,
+            cmdline,
+            container_id: container_id(&cgroup),
+            cgroup,
+        })
+    }
+
+    /// The `container` label: the container id when there is one, else the
+    /// cgroup path (a systemd unit, a session), which still says whose it is.
+    pub fn container_label(&self) -> String {
+        self.container_id
+            .clone()
+            .unwrap_or_else(|| self.cgroup.clone())
+    }
+
+    pub fn labels(&self) -> ProcessLabels {
+        ProcessLabels {
+            pid: self.pid,
+            comm: self.comm.clone(),
+            exe: self.exe.clone(),
+            container: self.container_label(),
+        }
+    }
+}
+
+fn cgroup_path(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let v2 = lines.iter().find_map(|l| l.strip_prefix("0::"));
+    v2.or_else(|| lines.first().and_then(|l| l.splitn(3, ':').nth(2)))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The last run of 64 hex digits in the path: how docker (`docker-ID.scope`,
+/// `/docker/ID`), containerd (`cri-containerd-ID.scope`), CRI-O (`crio-ID`)
+/// and podman (`libpod-ID.scope`) name a container's cgroup.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    let bytes = cgroup.as_bytes();
+    let mut found = None;
+    let mut run = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if b.is_ascii_hexdigit() && !b.is_ascii_uppercase() {
+            run += 1;
+            let ends = bytes.get(i + 1).is_none_or(|n| !n.is_ascii_hexdigit());
+            if run == 64 && ends {
+                found = Some(cgroup[i + 1 - 64..i + 1 - 52].to_string());
+            }
+        } else {
+            run = 0;
+        }
+    }
+    found
+}
+
+fn any(patterns: &[regex::Regex], value: &str) -> bool {
+    patterns.iter().any(|p| p.is_match(value))
+}
+
+fn matches(p: &Patterns, id: &Identity, empty_means: bool) -> [bool; 3] {
+    let container = |v: &[regex::Regex]| {
+        any(v, &id.cgroup) || id.container_id.as_deref().is_some_and(|c| any(v, c))
+    };
+    let one = |v: &[regex::Regex], hit: bool| if v.is_empty() { empty_means } else { hit };
+    [
+        one(&p.executables, any(&p.executables, &id.exe)),
+        one(&p.cmdline, any(&p.cmdline, &id.cmdline)),
+        one(&p.containers, container(&p.containers)),
+    ]
+}
+
+/// The configuration's patterns alone (no /proc/PID/maps look).
+pub fn selected(config: &Config, id: &Identity) -> bool {
+    matches(&config.include, id, true).iter().all(|&m| m)
+        && !matches(&config.exclude, id, false).iter().any(|&m| m)
+}
+
+/// Should `pid` be watched? `None` when it is gone or not selected.
+pub fn consider(config: &Config, pid: u32) -> Option<Identity> {
+    if pid == std::process::id() {
+        return None;
+    }
+    let id = Identity::read(pid)?;
+    // Another loopbpf (a --pid session, a second daemon) is never a target.
+    if id
+        .exe
+        .rsplit('/')
+        .next()
+        .is_some_and(|f| f.starts_with("loopbpf"))
+        || !selected(config, &id)
+    {
+        return None;
+    }
+    // Kernel threads and zombies have no exe; Target checks Node-ness via maps.
+    if id.exe.is_empty() || Target::inspect(pid, !config.node_only).is_err() {
+        return None;
+    }
+    Some(id)
+}
+
+/// Every pid in /proc, for the scan at start and after a reload.
+pub fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const ID: &str = "4f3c2b1a00112233445566778899aabbccddeeff00112233445566778899aabb";
+
+    #[test]
+    fn container_ids_from_common_runtimes() {
+        for path in [
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/kubepods/burstable/pod1234/cri-containerd-{ID}.scope"),
+            format!("/docker/{ID}"),
+            format!("/machine.slice/libpod-{ID}.scope/container"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(&ID[..12]), "{path}");
+        }
+        assert_eq!(
+            container_id("/user.slice/user-1000.slice/session-2.scope"),
+            None
+        );
+        assert_eq!(
+            cgroup_path("0::/system.slice/app.service\n"),
+            "/system.slice/app.service"
+        );
+    }
+
+    #[test]
+    fn include_lists_and_exclusions() {
+        let id = Identity {
+            pid: 7,
+            exe: "/usr/bin/node".into(),
+            cmdline: "node /srv/api/server.js".into(),
+            cgroup: format!("/system.slice/docker-{ID}.scope"),
+            container_id: Some(ID[..12].into()),
+            ..Identity::default()
+        };
+        let parse = |t: &str| Config::parse(Path::new("x"), t).unwrap();
+        assert!(selected(&parse(""), &id));
+        assert!(selected(&parse("[match]\ncmdline = ['server\\.js']"), &id));
+        assert!(!selected(&parse("[match]\ncmdline = ['worker\\.js']"), &id));
+        assert!(selected(
+            &parse(&format!("[match]\ncontainers = ['^{}']", &ID[..6])),
+            &id
+        ));
+        assert!(!selected(
+            &parse("[exclude]\nexecutables = ['/usr/bin/']"),
+            &id
+        ));
+    }
+
+    #[test]
+    fn this_test_process_is_not_selected_under_node_only() {
+        assert!(consider(&Config::default(), std::process::id()).is_none());
+        let me = Identity::read(std::process::id()).unwrap();
+        assert!(!me.exe.is_empty());
+        assert!(all_pids().contains(&std::process::id()));
+    }
+}

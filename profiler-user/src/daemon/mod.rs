@@ -1,0 +1,227 @@
+//! `loopbpf daemon`: the always-on service. Watches every selected Node
+//! process on the host (one /proc scan at start, then the kernel's exec and
+//! exit events), serves Prometheus metrics and keeps episodes in the state
+//! directory. SIGHUP reloads the configuration; SIGTERM/SIGINT flush what is
+//! open and exit 0.
+pub mod config;
+pub mod discovery;
+pub mod logging;
+pub mod sink;
+pub mod state;
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+    sync::mpsc::unbounded_channel,
+};
+
+use crate::{
+    episode::EpisodeBuilder,
+    metrics::{http, Metrics},
+    privileges::{self, PrivilegeError},
+    probes::{self, ProbeError, Probes},
+    store::{Store, StoreError},
+    symbolize::{SymbolizeError, Symbolizer},
+};
+use config::{Config, ConfigError};
+use sink::{Sink, SinkMsg};
+use state::State;
+
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// Exit events can be lost only when the ring buffer is full: a slow sweep suffices.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+const PERF_MAP_REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// Age-based retention between writes (size is enforced on every write).
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// Command-line settings; `Some` overrides the file, also after a reload.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub config: PathBuf,
+    pub threshold: Option<Duration>,
+    pub frequency_hz: Option<u64>,
+    pub state_dir: Option<PathBuf>,
+    pub metrics_address: Option<SocketAddr>,
+}
+
+impl Settings {
+    fn load(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::load(&self.config)?;
+        c.threshold = self.threshold.unwrap_or(c.threshold);
+        c.frequency_hz = self.frequency_hz.unwrap_or(c.frequency_hz);
+        c.state_dir = self.state_dir.clone().unwrap_or(c.state_dir);
+        c.metrics_address = self.metrics_address.unwrap_or(c.metrics_address);
+        Ok(c)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    #[error(transparent)]
+    Symbolizer(#[from] SymbolizeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Metrics(#[from] http::BindError),
+    #[error("watching the ring buffer or signals failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn kernel_config(c: &Config) -> Result<profiler_common::Config, ProbeError> {
+    probes::kernel_config(c.threshold.as_nanos() as u64, c.frequency_hz, true)
+}
+
+pub async fn run(settings: Settings) -> Result<(), DaemonError> {
+    let config = settings.load()?;
+    privileges::check()?;
+    let store = Store::open(&config.state_dir, config.retention)?;
+    let metrics = Metrics::default();
+    let bound = http::serve(config.metrics_address, metrics.clone()).await?;
+    let symbolizer = Symbolizer::start()?;
+    let (probes, ring) = Probes::attach(kernel_config(&config)?, config.frequency_hz)?;
+    let (tx, rx) = unbounded_channel();
+    let sink = Sink {
+        store,
+        symbolizer: symbolizer.clone(),
+        metrics: metrics.clone(),
+        realtime_minus_monotonic_ns: sink::realtime_offset(),
+        frequency_hz: config.frequency_hz,
+    };
+    let sink = tokio::spawn(sink.run(rx));
+    let mut st = State {
+        probes,
+        config,
+        watched: HashMap::new(),
+        builder: EpisodeBuilder::new(state::MAX_DISTINCT_STACKS),
+        metrics,
+        symbolizer,
+        sink: tx,
+        pending: Vec::new(),
+        decode_errors: 0,
+    };
+    // Attached before the scan: a process started during the scan is caught by its exec event.
+    st.scan();
+    st.refresh_metrics();
+    log::info!(
+        "ready: watching {} processes, threshold {} ms, {} Hz stacks, metrics on http://{bound}/metrics, state in {}",
+        st.watched.len(),
+        st.config.threshold.as_secs_f64() * 1e3,
+        st.config.frequency_hz,
+        st.config.state_dir.display()
+    );
+
+    // SAFETY: the AsyncFd owns the RingBuf, which owns the fd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    let mut last = [tokio::time::Instant::now(); 4];
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                st.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                st.drain(ring.get_mut());
+                st.retry_pending();
+                let due = |i: usize, every: Duration, last: &mut [tokio::time::Instant; 4]| {
+                    let now = tokio::time::Instant::now();
+                    let due = now - last[i] >= every;
+                    if due { last[i] = now; }
+                    due
+                };
+                if due(0, METRICS_EVERY, &mut last) { st.refresh_metrics(); }
+                if due(1, SWEEP_EVERY, &mut last) { st.sweep(); }
+                if due(2, PERF_MAP_REFRESH_EVERY, &mut last) {
+                    for &pid in st.watched.keys() {
+                        let s = st.symbolizer.clone();
+                        tokio::spawn(async move { let _ = s.symbolize(pid, Vec::new()).await; });
+                    }
+                }
+                if due(3, RETENTION_EVERY, &mut last) {
+                    let _ = st.sink.send(SinkMsg::Retention(st.config.retention));
+                }
+            }
+            _ = sighup.recv() => reload(&mut st, &settings),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    log::info!("stopping: flushing {} watched processes", st.watched.len());
+    st.drain(ring.get_mut());
+    let pids: Vec<u32> = st.watched.keys().copied().collect();
+    for pid in pids {
+        st.detach(pid, false, "stopping");
+    }
+    if st.decode_errors > 0 {
+        log::warn!("{} malformed ring-buffer records skipped", st.decode_errors);
+    }
+    drop(st);
+    // The sink drains every episode sent above before it returns.
+    let _ = sink.await;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: re-read the file. Threshold, matching and retention apply at once;
+/// frequency, state directory and metrics address need a restart (the perf
+/// events, store and listener are set up once).
+fn reload(st: &mut State, settings: &Settings) {
+    let new = match settings.load() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("reload failed, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    for (what, changed) in [
+        ("frequency", new.frequency_hz != st.config.frequency_hz),
+        ("state_dir", new.state_dir != st.config.state_dir),
+        (
+            "metrics_address",
+            new.metrics_address != st.config.metrics_address,
+        ),
+    ] {
+        if changed {
+            log::warn!("reload: {what} changed; it takes effect after a restart");
+        }
+    }
+    let mut new = new;
+    new.frequency_hz = st.config.frequency_hz;
+    new.state_dir = st.config.state_dir.clone();
+    new.metrics_address = st.config.metrics_address;
+    if let Err(e) = kernel_config(&new).and_then(|k| st.probes.set_config(k)) {
+        log::error!("reload: setting the threshold failed: {e}");
+    }
+    let _ = st.sink.send(SinkMsg::Retention(new.retention));
+    st.config = new;
+    let unselected: Vec<u32> = st
+        .watched
+        .iter()
+        .filter(|(_, id)| !discovery::selected(&st.config, id))
+        .map(|(&pid, _)| pid)
+        .collect();
+    for pid in unselected {
+        st.detach(pid, false, "no longer selected");
+    }
+    st.scan();
+    log::info!(
+        "reloaded {}: watching {} processes, threshold {} ms",
+        settings.config.display(),
+        st.watched.len(),
+        st.config.threshold.as_secs_f64() * 1e3
+    );
+}

@@ -1,0 +1,111 @@
+//! The daemon's last stage, on its own task so symbolization and disk writes
+//! never hold up draining the ring buffer: name the frames, store the episode
+//! (folded + JSON + index line), log one line.
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::discovery::Identity;
+use crate::{
+    episode::Episode,
+    export::{folded, json, text},
+    metrics::Metrics,
+    report::EpisodeReport,
+    store::{Retention, Store},
+    symbolize::Symbolizer,
+};
+
+// Mostly episodes go through the channel: boxing them would add an allocation
+// per message to save space in the rare small ones.
+#[allow(clippy::large_enum_variant)]
+pub enum SinkMsg {
+    Episode(Episode, Identity),
+    /// The process is gone and its episodes are out: drop its caches.
+    Forget(u32),
+    Retention(Retention),
+}
+
+pub struct Sink {
+    pub store: Store,
+    pub symbolizer: Symbolizer,
+    pub metrics: Metrics,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC at start, to date episodes.
+    pub realtime_minus_monotonic_ns: i128,
+    /// Sampling rate: off-CPU time is written to folded files in samples.
+    pub frequency_hz: u64,
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC now.
+pub fn realtime_offset() -> i128 {
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    real - text::monotonic_ns() as i128
+}
+
+impl Sink {
+    pub async fn run(mut self, mut rx: UnboundedReceiver<SinkMsg>) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                SinkMsg::Episode(e, id) => self.episode(e, id).await,
+                SinkMsg::Forget(pid) => self.symbolizer.forget(pid),
+                SinkMsg::Retention(r) => {
+                    if let Err(e) = self.store.set_retention(r) {
+                        log::warn!("retention: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn episode(&mut self, e: Episode, id: Identity) {
+        let pid = e.pid;
+        let (report, status) = EpisodeReport::symbolize(e, &self.symbolizer).await;
+        if let Err(err) = status {
+            log::warn!("pid {pid}: symbolization failed: {err}");
+        }
+        let role = report.role;
+        let file_id = folded::file_name(&report)
+            .trim_end_matches(".folded")
+            .to_string();
+        let mut record = json::episode(&report);
+        let wall_ms = ((report.episode.start_ns as i128 + self.realtime_minus_monotonic_ns)
+            / 1_000_000)
+            .max(0) as u64;
+        for (k, v) in [
+            ("id", json!(file_id)),
+            ("start_unix_ms", json!(wall_ms)),
+            ("comm", json!(id.comm)),
+            ("exe", json!(id.exe)),
+            ("container", json!(id.container_id)),
+            ("cgroup", json!(id.cgroup)),
+        ] {
+            record[k] = v;
+        }
+        let folded_text =
+            (report.episode.samples > 0).then(|| folded::render(&report, self.frequency_hz));
+        let stored = self.store.put(&file_id, folded_text.as_deref(), record);
+        let e = &report.episode;
+        let hottest = report
+            .top_frame
+            .as_ref()
+            .map(|h| format!("{} ({:.0}%)", h.name, h.share * 100.0))
+            .unwrap_or_else(|| "-".into());
+        match stored {
+            Ok((_, json_path)) => {
+                self.metrics.episode_stored();
+                log::info!(
+                    "episode pid={} tid={} comm={} container={} thread={} busy_ms={:.1} samples={} ongoing={} hottest={hottest} record={}",
+                    e.pid, e.tid, id.comm, id.container_label(), role.as_str(),
+                    e.busy_ns as f64 / 1e6, e.samples, e.ongoing, json_path.display()
+                );
+            }
+            Err(err) => log::error!(
+                "episode pid={} tid={} busy_ms={:.1} hottest={hottest} not stored: {err}",
+                e.pid,
+                e.tid,
+                e.busy_ns as f64 / 1e6
+            ),
+        }
+    }
+}

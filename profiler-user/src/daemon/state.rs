@@ -1,0 +1,213 @@
+//! What the daemon holds while running: the probes, the watched processes and
+//! the episode assembly. Attach and detach live here so that every way a
+//! process leaves (exit event, lost event caught by the sweep, reload, stop)
+//! frees the same things: kernel map entries, samples held, metric series and
+//! the symbolizer's caches.
+use std::collections::HashMap;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{
+    config::Config,
+    discovery::{self, Identity},
+    sink::SinkMsg,
+};
+use crate::{
+    collect::{self, Record},
+    episode::EpisodeBuilder,
+    export::text::monotonic_ns,
+    metrics::{LoopSeries, Metrics},
+    probes::Probes,
+    symbolize::Symbolizer,
+    target::{self, ThreadRole},
+};
+
+/// Distinct stacks kept per open iteration (as in a --pid session).
+pub const MAX_DISTINCT_STACKS: usize = 4096;
+/// Exec events waiting for a second look, at most: an exec storm must not grow memory.
+const MAX_PENDING: usize = 4096;
+
+pub struct State {
+    pub probes: Probes,
+    pub config: Config,
+    pub watched: HashMap<u32, Identity>,
+    pub builder: EpisodeBuilder,
+    pub metrics: Metrics,
+    pub symbolizer: Symbolizer,
+    pub sink: UnboundedSender<SinkMsg>,
+    /// Execs that did not look like Node yet: an embedder maps libnode only
+    /// after exec, so they get one more look on the next tick.
+    pub pending: Vec<u32>,
+    pub decode_errors: u64,
+}
+
+impl State {
+    pub fn threshold_ns(&self) -> u64 {
+        self.config.threshold.as_nanos() as u64
+    }
+
+    /// Looks at `pid` and watches it if the configuration selects it.
+    pub fn consider(&mut self, pid: u32) -> bool {
+        if self.watched.contains_key(&pid) {
+            return true;
+        }
+        let Some(id) = discovery::consider(&self.config, pid) else {
+            return false;
+        };
+        if let Err(e) = self.probes.watch(pid) {
+            log::warn!("pid {pid}: cannot watch: {e}");
+            return false;
+        }
+        log::info!(
+            "watching pid={pid} comm={} exe={} container={}",
+            id.comm,
+            id.exe,
+            id.container_label()
+        );
+        self.metrics.add_process(id.labels());
+        // Read the perf map now: names survive the process's /proc going away.
+        let s = self.symbolizer.clone();
+        tokio::spawn(async move {
+            let _ = s.symbolize(pid, Vec::new()).await;
+        });
+        self.watched.insert(pid, id);
+        true
+    }
+
+    /// Stops watching `pid`. `exited`: its main thread is gone, so an open
+    /// iteration is reported only if the process was cut short (not exit()).
+    pub fn detach(&mut self, pid: u32, exited: bool, why: &str) {
+        let Some(id) = self.watched.remove(&pid) else {
+            return;
+        };
+        let threshold = self.threshold_ns();
+        let loops = self.probes.thread_loops(pid);
+        let exit_called = loops.iter().any(|(_, t)| t.exit_called_ns != 0);
+        if exited && !exit_called {
+            for open in self.builder.open_iterations(pid) {
+                if open.last_sample_ns.saturating_sub(open.busy_start_ns) >= threshold {
+                    let e = self.builder.close_ongoing(
+                        pid,
+                        open.tid,
+                        open.seq,
+                        open.busy_start_ns,
+                        open.last_sample_ns,
+                    );
+                    let _ = self.sink.send(SinkMsg::Episode(e, id.clone()));
+                }
+            }
+        } else if !exited {
+            self.flush_open(pid, &id);
+        }
+        self.probes.unwatch(pid);
+        self.builder.forget_pid(pid);
+        self.metrics.remove_process(pid);
+        let _ = self.sink.send(SinkMsg::Forget(pid));
+        log::info!("unwatched pid={pid} comm={} ({why})", id.comm);
+    }
+
+    /// Reports the open busy windows of a running process that are already
+    /// over the threshold (at stop: they would otherwise be lost).
+    fn flush_open(&mut self, pid: u32, id: &Identity) {
+        let now = monotonic_ns();
+        for (tid, t) in self.probes.thread_loops(pid) {
+            let Some(s) = t.slots.get(t.primary as usize) else {
+                continue;
+            };
+            if s.in_poll != 0 || s.last_exit_ns == 0 {
+                continue;
+            }
+            let start = s.last_exit_ns.saturating_sub(s.accum_busy_ns);
+            if now.saturating_sub(start) >= self.threshold_ns() {
+                let e = self
+                    .builder
+                    .close_ongoing(pid, tid, s.iterations, start, now);
+                let _ = self.sink.send(SinkMsg::Episode(e, id.clone()));
+            }
+        }
+    }
+
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            let record = collect::decode(&item);
+            drop(item);
+            match record {
+                Ok(Record::Sample(s)) if self.watched.contains_key(&s.pid) => {
+                    self.builder.add_sample(s)
+                }
+                Ok(Record::Sample(_)) => {}
+                Ok(Record::OffCpu(o)) if self.watched.contains_key(&o.pid) => {
+                    self.builder.add_off_cpu(o)
+                }
+                Ok(Record::OffCpu(_)) => {}
+                Ok(Record::Episode(e)) => {
+                    if let Some(id) = self.watched.get(&e.pid) {
+                        let episode = self.builder.close(&e);
+                        let _ = self.sink.send(SinkMsg::Episode(episode, id.clone()));
+                    }
+                }
+                Ok(Record::Exec { pid, .. }) => {
+                    // A watched process that runs another program is a new process to us.
+                    if self.watched.contains_key(&pid) {
+                        self.detach(pid, true, "exec");
+                    }
+                    if !self.consider(pid) && self.pending.len() < MAX_PENDING {
+                        self.pending.push(pid);
+                    }
+                }
+                Ok(Record::Exit { pid, .. }) => self.detach(pid, true, "exited"),
+                Err(err) => {
+                    self.decode_errors += 1;
+                    log::debug!("{err}");
+                }
+            }
+        }
+    }
+
+    /// Second look at execs that were not Node-like at exec time.
+    pub fn retry_pending(&mut self) {
+        for pid in std::mem::take(&mut self.pending) {
+            self.consider(pid);
+        }
+    }
+
+    /// Safety net for exit events lost to a full ring buffer: checks only the
+    /// watched pids, never scans /proc.
+    pub fn sweep(&mut self) {
+        let gone: Vec<u32> = self
+            .watched
+            .keys()
+            .copied()
+            .filter(|&p| !target::is_alive(p))
+            .collect();
+        for pid in gone {
+            self.detach(pid, true, "gone (exit event missed)");
+        }
+    }
+
+    pub fn scan(&mut self) {
+        for pid in discovery::all_pids() {
+            self.consider(pid);
+        }
+    }
+
+    /// Copies the kernel's per-loop statistics into the metrics snapshot.
+    pub fn refresh_metrics(&self) {
+        for &pid in self.watched.keys() {
+            let loops = self
+                .probes
+                .loop_stats(pid)
+                .into_iter()
+                .filter(|(_, s)| s.iterations > 0)
+                .map(|(k, stats)| LoopSeries {
+                    tid: k.tid,
+                    role: ThreadRole::of_loop_thread(pid, k.tid),
+                    stats,
+                })
+                .collect();
+            self.metrics.set_loops(pid, loops);
+        }
+        self.metrics.set_kernel(self.probes.counters());
+    }
+}

@@ -1,0 +1,40 @@
+'use strict';
+// A long-running Node process for the daemon tests: idles on a timer (so its
+// loop polls) until told on stdin `block MS` (block the loop that long in
+// daemonBlock, then print {"block":…}) or `exit` (process.exit(0)).
+// Prints {"script":"ready","pid":N} once running.
+
+function daemonBlock(ms) {
+  const until = process.hrtime.bigint() + BigInt(ms) * 1000000n;
+  let spins = 0;
+  while (process.hrtime.bigint() < until) spins++;
+  return spins;
+}
+
+function handle(line) {
+  const [cmd, arg] = line.trim().split(/\s+/);
+  if (cmd === 'block') {
+    // From a timer, so the block is alone in its iteration.
+    setTimeout(() => {
+      const start = process.hrtime.bigint();
+      daemonBlock(Number(arg));
+      const ms = Number(process.hrtime.bigint() - start) / 1e6;
+      process.stdout.write(JSON.stringify({ block: 'daemonBlock', ms }) + '\n');
+    }, 20);
+  } else if (cmd === 'exit') {
+    process.exit(0);
+  }
+}
+
+let pending = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  pending += chunk;
+  let nl;
+  while ((nl = pending.indexOf('\n')) >= 0) {
+    handle(pending.slice(0, nl));
+    pending = pending.slice(nl + 1);
+  }
+});
+setInterval(() => {}, 50);
+process.stdout.write(JSON.stringify({ script: 'ready', pid: process.pid }) + '\n');
