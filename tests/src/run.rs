@@ -24,6 +24,9 @@ pub struct Scenario {
     kill_node_on: Option<&'static str>,
     /// Run Node pinned to this CPU (taskset).
     cpu: Option<u32>,
+    /// Run Node in new pid and mount namespaces with a private /tmp, as in a
+    /// container: its perf map is /tmp/perf-<its own pid>.map inside.
+    contained: bool,
 }
 
 impl Scenario {
@@ -36,7 +39,14 @@ impl Scenario {
             node_flags: node_flags.map(String::from).to_vec(),
             kill_node_on: None,
             cpu: None,
+            contained: false,
         }
+    }
+
+    /// Run Node as in a container (see `contained`).
+    pub fn contained(mut self) -> Self {
+        self.contained = true;
+        self
     }
 
     /// Add a Node (V8) flag, e.g. `--expose-gc`.
@@ -77,19 +87,29 @@ impl Scenario {
         // asked for a perf map.
         let cwd = tempdir("loopbpf-test-node-");
 
-        let mut cmd = match self.cpu {
-            Some(cpu) => {
+        let mut cmd = match (self.cpu, self.contained) {
+            (Some(cpu), _) => {
                 let mut c = Command::new("taskset");
                 c.args(["-c", &cpu.to_string()]).arg(&node);
                 c
             }
-            None => Command::new(&node),
+            (None, true) => {
+                // unshare forks; the child mounts its own /tmp and becomes node.
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--mount", "--fork", "--mount-proc", "--", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs tmpfs /tmp && exec "$0" "$@""#)
+                    .arg(&node);
+                c
+            }
+            (None, false) => Command::new(&node),
         };
         cmd.args(&self.node_flags)
             .arg(&script)
             .current_dir(cwd.path());
         let node = Process::spawn("node", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
-        let perf_map = RemoveOnDrop(PathBuf::from(format!("/tmp/perf-{}.map", node.pid())));
+        // The process to watch: node itself, not the unshare that started it.
+        let target = if self.contained { contained_child(node.pid()) } else { node.pid() };
+        let perf_map = RemoveOnDrop(PathBuf::from(format!("/tmp/perf-{target}.map")));
         let mut session = Session {
             node,
             loopbpf: None,
@@ -106,7 +126,7 @@ impl Scenario {
             let _ = std::fs::remove_file(&perf_map.0);
         }
 
-        let pid = session.node.pid().to_string();
+        let pid = target.to_string();
         let mut cmd = Command::new(&bin);
         cmd.args(["--pid", &pid, "--json", "--duration", "30s"])
             .args(["--threshold", &format!("{THRESHOLD_MS}ms")])
@@ -153,7 +173,7 @@ impl Scenario {
         let Session { mut node, loopbpf } = session;
         let mut loopbpf = loopbpf.expect("started");
         Run {
-            node_pid: node.pid(),
+            node_pid: target,
             script_stdout: node.stdout().to_vec(),
             script_stderr: node.stderr().to_string(),
             loopbpf_argv: loopbpf.argv().to_vec(),
@@ -164,6 +184,21 @@ impl Scenario {
             _perf_map: perf_map,
         }
     }
+}
+
+/// The (only) child of `pid`, once it exists: unshare's forked node.
+fn contained_child(pid: u32) -> u32 {
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    for _ in 0..500 {
+        if let Some(child) = std::fs::read_to_string(&children)
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+        {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("unshare (pid {pid}) started no child in 5 s");
 }
 
 fn is_script_ready(line: &str) -> bool {
