@@ -11,6 +11,7 @@ use aya::{
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
+use crate::target::ThreadRole;
 use profiler_common::{Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess};
 
 /// Kernel BTF: for the BTF tracepoints, and the struct offsets they need.
@@ -216,6 +217,19 @@ impl Probes {
             .filter_map(Result::ok)
             .filter(|(k, _)| k.pid == pid)
             .collect()
+    }
+
+    /// Loops of `pid` that completed at least one iteration, with their
+    /// thread's role, the main loop first.
+    pub fn active_loops(&self, pid: u32) -> Vec<(u32, ThreadRole, LoopStats)> {
+        let mut loops: Vec<_> = self
+            .loop_stats(pid)
+            .into_iter()
+            .filter(|(_, s)| s.iterations > 0)
+            .map(|(k, s)| (k.tid, ThreadRole::of_loop_thread(pid, k.tid), s))
+            .collect();
+        loops.sort_by_key(|&(tid, role, _)| (role != ThreadRole::Main, tid));
+        loops
     }
 
     /// Loop state of every polling thread of `pid` (open iterations included).

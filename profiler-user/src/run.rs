@@ -23,7 +23,7 @@ use crate::{
     report::{LoopSummary, ProcessSummary},
     reporter::{Output, Reporter},
     symbolize::{SymbolizeError, Symbolizer},
-    target::{self, Target, TargetError, ThreadRole},
+    target::{self, Target, TargetError},
 };
 
 /// Distinct stacks kept per open iteration (see `EpisodeBuilder`).
@@ -297,17 +297,11 @@ fn finish(
             }
         }
     }
-    let mut loops: Vec<LoopSummary> = probes
-        .loop_stats(pid)
+    let loops: Vec<LoopSummary> = probes
+        .active_loops(pid)
         .into_iter()
-        .filter(|(_, s)| s.iterations > 0)
-        .map(|(k, s)| LoopSummary {
-            tid: k.tid,
-            role: ThreadRole::of_loop_thread(pid, k.tid),
-            figures: LoopFigures::from_stats(&s),
-        })
+        .map(|(tid, role, s)| LoopSummary { tid, role, figures: LoopFigures::from_stats(&s) })
         .collect();
-    loops.sort_by_key(|l| (l.role != ThreadRole::Main, l.tid));
     if loops.is_empty() && !w.no_poll_warned {
         let message = format!(
             "pid {pid} ({}): no event-loop polling seen while watched",

@@ -20,7 +20,7 @@ use crate::{
     metrics::{LoopSeries, Metrics},
     probes::Probes,
     symbolize::Symbolizer,
-    target::{self, ThreadRole},
+    target,
 };
 
 /// Distinct stacks kept per open iteration (as in a --pid session).
@@ -197,14 +197,9 @@ impl State {
         for &pid in self.watched.keys() {
             let loops = self
                 .probes
-                .loop_stats(pid)
+                .active_loops(pid)
                 .into_iter()
-                .filter(|(_, s)| s.iterations > 0)
-                .map(|(k, stats)| LoopSeries {
-                    tid: k.tid,
-                    role: ThreadRole::of_loop_thread(pid, k.tid),
-                    stats,
-                })
+                .map(|(tid, role, stats)| LoopSeries { tid, role, stats })
                 .collect();
             self.metrics.set_loops(pid, loops);
         }
