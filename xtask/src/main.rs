@@ -1,5 +1,6 @@
 //! loopbpf's build tooling: `cargo xtask <setup|build|run|test|lint>`.
 
+mod bench;
 mod cmd;
 mod install;
 mod node;
@@ -65,6 +66,9 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Benchmarks (not CI; as root): target overhead, agent cost, latency, accuracy,
+    /// symbolization; prints a table and writes BENCHMARKS.md.
+    Bench(bench::Opts),
 }
 
 pub struct Paths {
@@ -104,6 +108,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Lint => lint(&paths),
         Cmd::Install { root } => install::run(&paths, install::Target { root }),
+        Cmd::Bench(opts) => bench::run(&paths, opts),
     }
 }
 
