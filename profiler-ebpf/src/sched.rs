@@ -100,7 +100,11 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool, now: u64) {
         );
         let frames = if user > 0 { user as usize / 8 } else { 0 };
         let recovered = recover_user_stack(&mut (*e).user_stack, frames);
-        (*e).header.user_bytes = if recovered > frames { (recovered * 8) as i32 } else { user as i32 };
+        (*e).header.user_bytes = if recovered > frames {
+            (recovered * 8) as i32
+        } else {
+            user as i32
+        };
         (*e).header.kernel_bytes = kernel as i32;
         (*e).header.time_ns = now;
         (*e).header.seq = seq;
@@ -118,7 +122,11 @@ fn switched_in(next: u64, now: u64, c: &Config) {
     if t.off_cpu_since_ns == 0 {
         return;
     }
-    let runnable = if t.runnable_since_ns != 0 { t.runnable_since_ns } else { now };
+    let runnable = if t.runnable_since_ns != 0 {
+        t.runnable_since_ns
+    } else {
+        now
+    };
     let blocked = runnable.saturating_sub(t.off_cpu_since_ns);
     let runq = now.saturating_sub(runnable);
     t.iter_blocked_ns += blocked;
@@ -135,7 +143,10 @@ fn switched_in(next: u64, now: u64, c: &Config) {
     e.header.kind = EVENT_OFF_CPU;
     e.header.blocked_ns = blocked;
     e.header.runq_ns = runq;
-    if EVENTS.output::<OffCpuEvent>(e, BPF_RB_NO_WAKEUP as u64).is_err() {
+    if EVENTS
+        .output::<OffCpuEvent>(e, BPF_RB_NO_WAKEUP as u64)
+        .is_err()
+    {
         count(COUNTER_OFF_CPU_LOST);
     }
 }
@@ -146,8 +157,10 @@ fn watched_task(task: u64, c: &Config) -> Option<(u32, &'static mut ThreadLoops)
     if c.task_pid_offset == 0 || task == 0 {
         return None;
     }
-    let tid = unsafe { bpf_probe_read_kernel((task + c.task_pid_offset as u64) as *const u32) }.ok()?;
-    let tgid = unsafe { bpf_probe_read_kernel((task + c.task_tgid_offset as u64) as *const u32) }.ok()?;
+    let tid =
+        unsafe { bpf_probe_read_kernel((task + c.task_pid_offset as u64) as *const u32) }.ok()?;
+    let tgid =
+        unsafe { bpf_probe_read_kernel((task + c.task_tgid_offset as u64) as *const u32) }.ok()?;
     if !is_watched(tgid) {
         return None;
     }

@@ -38,7 +38,7 @@ fn maybe_code(addr: u64, sp: u64) -> bool {
 /// merely look like a (pointer, address) pair rarely pass that.
 #[inline(always)]
 fn chain_starts_at(fp: u64, sp: u64) -> bool {
-    if fp % 8 != 0 || !in_stack(fp, sp) {
+    if !fp.is_multiple_of(8) || !in_stack(fp, sp) {
         return false;
     }
     match unsafe { read_user::<[u64; 2]>(fp) } {

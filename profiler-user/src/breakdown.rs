@@ -76,18 +76,29 @@ pub fn is_gc_frame(name: &str) -> bool {
 /// so the leaf is the scheduler, as the thread saw it.
 pub fn strip_tracing_frames(frames: &mut Vec<Frame>) {
     const TRACING: [&str; 4] = ["bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_"];
-    while frames.last().is_some_and(|f| f.kind == FrameKind::Kernel && TRACING.iter().any(|p| f.name.starts_with(p))) {
+    while frames.last().is_some_and(|f| {
+        f.kind == FrameKind::Kernel && TRACING.iter().any(|p| f.name.starts_with(p))
+    }) {
         frames.pop();
     }
 }
 
 /// The syscall a kernel stack is in, from its `__x64_sys_NAME` frame.
 pub fn syscall_of(frames: &[Frame]) -> Option<&str> {
-    frames.iter().filter(|f| f.kind == FrameKind::Kernel).find_map(|f| {
-        ["__x64_sys_", "__ia32_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_"]
+    frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Kernel)
+        .find_map(|f| {
+            [
+                "__x64_sys_",
+                "__ia32_sys_",
+                "__arm64_sys_",
+                "__se_sys_",
+                "__do_sys_",
+            ]
             .iter()
             .find_map(|p| f.name.strip_prefix(p))
-    })
+        })
 }
 
 pub fn breakdown(
@@ -100,8 +111,16 @@ pub fn breakdown(
     let runq_ns = episode.runq_ns.min(episode.busy_ns - blocked_ns);
     let on_cpu_ns = episode.busy_ns - blocked_ns - runq_ns;
     let samples: u64 = stacks.iter().map(|s| s.1).sum();
-    let gc: u64 = stacks.iter().filter(|(f, _)| f.iter().any(|f| is_gc_frame(&f.name))).map(|s| s.1).sum();
-    let gc_share = if samples == 0 { 0.0 } else { gc as f64 / samples as f64 };
+    let gc: u64 = stacks
+        .iter()
+        .filter(|(f, _)| f.iter().any(|f| is_gc_frame(&f.name)))
+        .map(|s| s.1)
+        .sum();
+    let gc_share = if samples == 0 {
+        0.0
+    } else {
+        gc as f64 / samples as f64
+    };
 
     let mut by_syscall: Vec<(&str, u64)> = Vec::new();
     for o in off_cpu {
@@ -112,7 +131,10 @@ pub fn breakdown(
             }
         }
     }
-    let syscall = by_syscall.iter().max_by_key(|(_, t)| *t).map(|(n, _)| n.to_string());
+    let syscall = by_syscall
+        .iter()
+        .max_by_key(|(_, t)| *t)
+        .map(|(n, _)| n.to_string());
 
     let gc_ns = (on_cpu_ns as f64 * gc_share) as u64;
     let running = on_cpu_ns - gc_ns;
@@ -127,7 +149,14 @@ pub fn breakdown(
     } else {
         Verdict::Native
     };
-    Breakdown { on_cpu_ns, blocked_ns, runq_ns, gc_share, syscall, verdict }
+    Breakdown {
+        on_cpu_ns,
+        blocked_ns,
+        runq_ns,
+        gc_share,
+        syscall,
+        verdict,
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +164,10 @@ mod tests {
     use super::*;
 
     fn f(name: &str, kind: FrameKind) -> Frame {
-        Frame { name: name.into(), kind }
+        Frame {
+            name: name.into(),
+            kind,
+        }
     }
 
     fn episode(busy: u64, blocked: u64, runq: u64) -> Episode {
@@ -158,16 +190,33 @@ mod tests {
 
     #[test]
     fn mostly_asleep_names_the_syscall_with_the_most_blocked_time() {
-        let wait4 = vec![f("execSync node:child_process:1:1", FrameKind::Js), f("__x64_sys_wait4", FrameKind::Kernel)];
+        let wait4 = vec![
+            f("execSync node:child_process:1:1", FrameKind::Js),
+            f("__x64_sys_wait4", FrameKind::Kernel),
+        ];
         let futex = vec![f("__x64_sys_futex", FrameKind::Kernel)];
         let off = [
-            OffCpuStack { frames: wait4, blocked_ns: 290, runq_ns: 1 },
-            OffCpuStack { frames: futex, blocked_ns: 5, runq_ns: 0 },
+            OffCpuStack {
+                frames: wait4,
+                blocked_ns: 290,
+                runq_ns: 1,
+            },
+            OffCpuStack {
+                frames: futex,
+                blocked_ns: 5,
+                runq_ns: 0,
+            },
         ];
         let b = breakdown(&episode(310, 295, 1), &[], &off, None);
-        assert_eq!((b.verdict, b.syscall.as_deref()), (Verdict::Blocked, Some("wait4")));
+        assert_eq!(
+            (b.verdict, b.syscall.as_deref()),
+            (Verdict::Blocked, Some("wait4"))
+        );
         assert_eq!((b.on_cpu_ns, b.blocked_ns, b.runq_ns), (14, 295, 1));
-        assert_eq!(b.verdict.describe(b.syscall.as_deref()), "asleep in wait4()");
+        assert_eq!(
+            b.verdict.describe(b.syscall.as_deref()),
+            "asleep in wait4()"
+        );
     }
 
     #[test]
@@ -185,12 +234,18 @@ mod tests {
 
     #[test]
     fn mostly_runnable_is_cpu_starved() {
-        assert_eq!(breakdown(&episode(300, 10, 250), &[], &[], None).verdict, Verdict::CpuStarved);
+        assert_eq!(
+            breakdown(&episode(300, 10, 250), &[], &[], None).verdict,
+            Verdict::CpuStarved
+        );
     }
 
     #[test]
     fn gc_samples_make_the_gc_share() {
-        let gc = vec![f("v8::internal::Heap::CollectGarbage(v8::internal::AllocationSpace)", FrameKind::Native)];
+        let gc = vec![f(
+            "v8::internal::Heap::CollectGarbage(v8::internal::AllocationSpace)",
+            FrameKind::Native,
+        )];
         let js = vec![f("work /a.js:1:1", FrameKind::Js)];
         let b = breakdown(&episode(100, 0, 0), &[(gc, 7), (js, 3)], &[], None);
         assert!((b.gc_share - 0.7).abs() < 1e-9);
@@ -199,10 +254,24 @@ mod tests {
 
     #[test]
     fn on_cpu_js_is_javascript_and_native_leaf_is_native() {
-        let js = HotFrame { name: "spin /a.js:1:1".into(), kind: FrameKind::Js, samples: 1, share: 1.0 };
-        assert_eq!(breakdown(&episode(100, 1, 1), &[], &[], Some(&js)).verdict, Verdict::Javascript);
-        let native = HotFrame { kind: FrameKind::Native, ..js };
-        assert_eq!(breakdown(&episode(100, 1, 1), &[], &[], Some(&native)).verdict, Verdict::Native);
+        let js = HotFrame {
+            name: "spin /a.js:1:1".into(),
+            kind: FrameKind::Js,
+            samples: 1,
+            share: 1.0,
+        };
+        assert_eq!(
+            breakdown(&episode(100, 1, 1), &[], &[], Some(&js)).verdict,
+            Verdict::Javascript
+        );
+        let native = HotFrame {
+            kind: FrameKind::Native,
+            ..js
+        };
+        assert_eq!(
+            breakdown(&episode(100, 1, 1), &[], &[], Some(&native)).verdict,
+            Verdict::Native
+        );
     }
 
     #[test]

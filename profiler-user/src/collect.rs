@@ -227,7 +227,16 @@ mod tests {
             panic!("not an episode")
         };
         assert_eq!(
-            (e.pid, e.tid, e.epfd, e.seq, e.end_ns, e.busy_ns, e.blocked_ns, e.runq_ns),
+            (
+                e.pid,
+                e.tid,
+                e.epfd,
+                e.seq,
+                e.end_ns,
+                e.busy_ns,
+                e.blocked_ns,
+                e.runq_ns
+            ),
             (5, 6, 13, 42, 9_000, 3_000, 2_000, 500)
         );
     }

@@ -97,8 +97,18 @@ impl EpisodeBuilder {
 
     /// The open window of `tid` for iteration `seq`, a new one if the thread
     /// has moved on to another iteration (the old one was short).
-    fn window(&mut self, pid: u32, tid: u32, seq: u64, busy_start_ns: u64, time_ns: u64) -> &mut OpenWindow {
-        let w = self.open.entry(tid).or_insert_with(|| OpenWindow::new(pid, seq, busy_start_ns, time_ns));
+    fn window(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        seq: u64,
+        busy_start_ns: u64,
+        time_ns: u64,
+    ) -> &mut OpenWindow {
+        let w = self
+            .open
+            .entry(tid)
+            .or_insert_with(|| OpenWindow::new(pid, seq, busy_start_ns, time_ns));
         if w.pid != pid || w.seq != seq {
             *w = OpenWindow::new(pid, seq, busy_start_ns, time_ns);
         } else if w.busy_start_ns == 0 {
@@ -112,7 +122,10 @@ impl EpisodeBuilder {
         let w = self.window(s.pid, s.tid, s.seq, s.busy_start_ns, s.time_ns);
         w.samples += 1;
         w.last_sample_ns = w.last_sample_ns.max(s.time_ns);
-        let stack = RawStack { user: s.user.into(), kernel: s.kernel.into() };
+        let stack = RawStack {
+            user: s.user.into(),
+            kernel: s.kernel.into(),
+        };
         let kept = w.stacks.len();
         match w.stacks.get_mut(&stack) {
             Some(n) => *n += 1,
@@ -128,7 +141,10 @@ impl EpisodeBuilder {
     pub fn add_off_cpu(&mut self, o: OffCpu) {
         let max = self.max_distinct_stacks;
         let w = self.window(o.pid, o.tid, o.seq, 0, o.time_ns);
-        let stack = RawStack { user: o.user.into(), kernel: o.kernel.into() };
+        let stack = RawStack {
+            user: o.user.into(),
+            kernel: o.kernel.into(),
+        };
         let kept = w.off_cpu.len();
         if let Some(t) = w.off_cpu.get_mut(&stack) {
             t.0 += o.blocked_ns;
@@ -305,7 +321,16 @@ mod tests {
     }
 
     fn off_cpu(tid: u32, seq: u64, leaf: u64, blocked_ns: u64, runq_ns: u64) -> OffCpu {
-        OffCpu { pid: 1, tid, seq, blocked_ns, runq_ns, time_ns: 3_000, user: vec![leaf], kernel: vec![7] }
+        OffCpu {
+            pid: 1,
+            tid,
+            seq,
+            blocked_ns,
+            runq_ns,
+            time_ns: 3_000,
+            user: vec![leaf],
+            kernel: vec![7],
+        }
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub struct TaskOffsets {
 }
 
 pub fn task_offsets(vmlinux: &Path) -> Result<TaskOffsets, BtfError> {
-    let data = fs::read(vmlinux).map_err(|e| BtfError::Read { path: vmlinux.display().to_string(), reason: e.to_string() })?;
+    let data = fs::read(vmlinux).map_err(|e| BtfError::Read {
+        path: vmlinux.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let btf = Btf::parse(&data)?;
     Ok(TaskOffsets {
         pid: btf.member_offset("task_struct", "pid")?,
@@ -57,8 +60,14 @@ impl<'a> Btf<'a> {
         let hdr_len = u32_at(data, 4)? as usize;
         let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
         let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
-        let section = |off: usize, len: usize| data.get(hdr_len + off..hdr_len + off + len).ok_or(BtfError::Malformed("section out of bounds"));
-        Ok(Btf { types: section(type_off, type_len)?, strings: section(str_off, str_len)? })
+        let section = |off: usize, len: usize| {
+            data.get(hdr_len + off..hdr_len + off + len)
+                .ok_or(BtfError::Malformed("section out of bounds"))
+        };
+        Ok(Btf {
+            types: section(type_off, type_len)?,
+            strings: section(str_off, str_len)?,
+        })
     }
 
     fn name(&self, off: u32) -> &'a [u8] {
@@ -71,7 +80,8 @@ impl<'a> Btf<'a> {
         let mut at = 0;
         while at + 12 <= self.types.len() {
             let (name_off, info) = (u32_at(self.types, at)?, u32_at(self.types, at + 4)?);
-            let (vlen, kind, kind_flag) = ((info & 0xffff) as usize, (info >> 24) & 0x1f, info >> 31);
+            let (vlen, kind, kind_flag) =
+                ((info & 0xffff) as usize, (info >> 24) & 0x1f, info >> 31);
             let body = at + 12;
             if kind == KIND_STRUCT && self.name(name_off) == name.as_bytes() {
                 for m in 0..vlen {
@@ -79,7 +89,11 @@ impl<'a> Btf<'a> {
                     if self.name(u32_at(self.types, m_at)?) == member.as_bytes() {
                         let raw = u32_at(self.types, m_at + 8)?;
                         // With kind_flag the top byte is a bitfield size.
-                        let bits = if kind_flag == 1 { raw & 0x00ff_ffff } else { raw };
+                        let bits = if kind_flag == 1 {
+                            raw & 0x00ff_ffff
+                        } else {
+                            raw
+                        };
                         return Ok(bits / 8);
                     }
                 }
@@ -94,11 +108,11 @@ impl<'a> Btf<'a> {
 /// Bytes that follow a type's 12-byte header, by kind.
 fn extra_len(kind: u32, vlen: usize) -> Result<usize, BtfError> {
     Ok(match kind {
-        1 | 14 | 17 => 4,                    // INT, VAR, DECL_TAG
-        2 | 7..=12 | 16 | 18 => 0,           // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
-        3 => 12,                             // ARRAY
-        4 | 5 | 15 | 19 => 12 * vlen,        // STRUCT, UNION, DATASEC, ENUM64
-        6 | 13 => 8 * vlen,                  // ENUM, FUNC_PROTO
+        1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
+        2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+        3 => 12,                   // ARRAY
+        4 | 5 | 15 | 19 => 12 * vlen, // STRUCT, UNION, DATASEC, ENUM64
+        6 | 13 => 8 * vlen,        // ENUM, FUNC_PROTO
         _ => return Err(BtfError::Malformed("unknown type kind")),
     })
 }
@@ -129,7 +143,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend(types);
@@ -143,8 +163,14 @@ mod tests {
         let btf = Btf::parse(&data).unwrap();
         assert_eq!(btf.member_offset("s", "a"), Ok(0));
         assert_eq!(btf.member_offset("s", "b"), Ok(4));
-        assert_eq!(btf.member_offset("s", "c"), Err(BtfError::NoMember("s".into(), "c".into())));
-        assert_eq!(btf.member_offset("t", "a"), Err(BtfError::NoStruct("t".into())));
+        assert_eq!(
+            btf.member_offset("s", "c"),
+            Err(BtfError::NoMember("s".into(), "c".into()))
+        );
+        assert_eq!(
+            btf.member_offset("t", "a"),
+            Err(BtfError::NoStruct("t".into()))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! naming what failed and, where we know it, why.
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::target::ThreadRole;
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
@@ -11,7 +12,6 @@ use aya::{
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
-use crate::target::ThreadRole;
 use profiler_common::{Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess};
 
 /// Kernel BTF: for the BTF tracepoints, and the struct offsets they need.
@@ -22,8 +22,13 @@ pub const OFF_CPU_MIN_NS: u64 = 200_000;
 
 /// The kernel side's settings for this kernel: `task_struct` offsets come from
 /// its BTF.
-pub fn kernel_config(threshold_ns: u64, frequency_hz: u64, discover: bool) -> Result<Config, ProbeError> {
-    let task = crate::kernel_btf::task_offsets(std::path::Path::new(VMLINUX_BTF)).map_err(ProbeError::TaskLayout)?;
+pub fn kernel_config(
+    threshold_ns: u64,
+    frequency_hz: u64,
+    discover: bool,
+) -> Result<Config, ProbeError> {
+    let task = crate::kernel_btf::task_offsets(std::path::Path::new(VMLINUX_BTF))
+        .map_err(ProbeError::TaskLayout)?;
     Ok(Config {
         threshold_ns,
         sample_stacks: u32::from(frequency_hz > 0),

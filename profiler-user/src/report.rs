@@ -53,11 +53,15 @@ impl EpisodeReport {
             on_cpu_top
         } else {
             let samples: u64 = stacks.iter().map(|s| s.1).sum();
-            let per_sample = if samples == 0 { 0 } else { breakdown.on_cpu_ns / samples };
+            let per_sample = breakdown.on_cpu_ns.checked_div(samples).unwrap_or(0);
             let timed: Vec<(Vec<Frame>, u64)> = stacks
                 .iter()
                 .map(|(f, n)| (f.clone(), n * per_sample))
-                .chain(off_cpu.iter().map(|o| (o.frames.clone(), o.blocked_ns + o.runq_ns)))
+                .chain(
+                    off_cpu
+                        .iter()
+                        .map(|o| (o.frames.clone(), o.blocked_ns + o.runq_ns)),
+                )
                 .collect();
             hottest_frame(&timed)
         };
@@ -83,25 +87,39 @@ impl EpisodeReport {
         e: Episode,
         symbolizer: &Symbolizer,
     ) -> (Self, Result<PerfMapStatus, SymbolizeError>) {
-        let raw = e.stacks.iter().map(|(s, _)| s).chain(e.off_cpu_stacks.iter().map(|(s, _)| s));
+        let raw = e
+            .stacks
+            .iter()
+            .map(|(s, _)| s)
+            .chain(e.off_cpu_stacks.iter().map(|(s, _)| s));
         let requests: Vec<StackRequest> = raw
             .clone()
-            .map(|s| StackRequest { user: s.user.to_vec(), kernel: s.kernel.to_vec() })
+            .map(|s| StackRequest {
+                user: s.user.to_vec(),
+                kernel: s.kernel.to_vec(),
+            })
             .collect();
         let (named, status) = match symbolizer.symbolize(e.pid, requests).await {
             Ok(sym) => (sym.stacks, Ok(sym.perf_map)),
             Err(err) => (raw.map(|s| unnamed(&s.user, &s.kernel)).collect(), Err(err)),
         };
         let mut named = named.into_iter();
-        let stacks: Vec<(Vec<Frame>, u64)> =
-            e.stacks.iter().map(|(_, n)| (named.next().unwrap_or_default(), *n)).collect();
+        let stacks: Vec<(Vec<Frame>, u64)> = e
+            .stacks
+            .iter()
+            .map(|(_, n)| (named.next().unwrap_or_default(), *n))
+            .collect();
         let off_cpu: Vec<OffCpuStack> = e
             .off_cpu_stacks
             .iter()
             .map(|(_, (blocked_ns, runq_ns))| {
                 let mut frames = named.next().unwrap_or_default();
                 strip_tracing_frames(&mut frames);
-                OffCpuStack { frames, blocked_ns: *blocked_ns, runq_ns: *runq_ns }
+                OffCpuStack {
+                    frames,
+                    blocked_ns: *blocked_ns,
+                    runq_ns: *runq_ns,
+                }
             })
             .collect();
         let role = ThreadRole::of_loop_thread(e.pid, e.tid);
@@ -112,9 +130,14 @@ impl EpisodeReport {
 
 /// Frames for when symbolization failed outright: addresses, root first.
 fn unnamed(user: &[u64], kernel: &[u64]) -> Vec<Frame> {
-    let user = user.iter().rev().map(|a| Frame { name: format!("[unknown] {a:#x}"), kind: FrameKind::Unknown });
-    let kernel =
-        kernel.iter().rev().map(|a| Frame { name: format!("[unknown] [kernel] {a:#x}"), kind: FrameKind::Kernel });
+    let user = user.iter().rev().map(|a| Frame {
+        name: format!("[unknown] {a:#x}"),
+        kind: FrameKind::Unknown,
+    });
+    let kernel = kernel.iter().rev().map(|a| Frame {
+        name: format!("[unknown] [kernel] {a:#x}"),
+        kind: FrameKind::Kernel,
+    });
     user.chain(kernel).collect()
 }
 

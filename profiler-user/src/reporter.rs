@@ -156,7 +156,8 @@ impl Reporter {
         match status {
             Ok(perf_map) => self.perf_map_status(pid, &perf_map),
             Err(err) => {
-                let message = format!("pid {pid}: symbolization failed ({err}); frames left as addresses");
+                let message =
+                    format!("pid {pid}: symbolization failed ({err}); frames left as addresses");
                 self.warn(Some(pid), &message);
             }
         }

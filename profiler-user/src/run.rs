@@ -300,7 +300,11 @@ fn finish(
     let loops: Vec<LoopSummary> = probes
         .active_loops(pid)
         .into_iter()
-        .map(|(tid, role, s)| LoopSummary { tid, role, figures: LoopFigures::from_stats(&s) })
+        .map(|(tid, role, s)| LoopSummary {
+            tid,
+            role,
+            figures: LoopFigures::from_stats(&s),
+        })
         .collect();
     if loops.is_empty() && !w.no_poll_warned {
         let message = format!(

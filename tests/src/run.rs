@@ -96,9 +96,17 @@ impl Scenario {
             (None, true) => {
                 // unshare forks; the child mounts its own /tmp and becomes node.
                 let mut c = Command::new("unshare");
-                c.args(["--pid", "--mount", "--fork", "--mount-proc", "--", "sh", "-c"])
-                    .arg(r#"mount -t tmpfs tmpfs /tmp && exec "$0" "$@""#)
-                    .arg(&node);
+                c.args([
+                    "--pid",
+                    "--mount",
+                    "--fork",
+                    "--mount-proc",
+                    "--",
+                    "sh",
+                    "-c",
+                ])
+                .arg(r#"mount -t tmpfs tmpfs /tmp && exec "$0" "$@""#)
+                .arg(&node);
                 c
             }
             (None, false) => Command::new(&node),
@@ -108,7 +116,11 @@ impl Scenario {
             .current_dir(cwd.path());
         let node = Process::spawn("node", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
         // The process to watch: node itself, not the unshare that started it.
-        let target = if self.contained { contained_child(node.pid()) } else { node.pid() };
+        let target = if self.contained {
+            contained_child(node.pid())
+        } else {
+            node.pid()
+        };
         let perf_map = RemoveOnDrop(PathBuf::from(format!("/tmp/perf-{target}.map")));
         let mut session = Session {
             node,

@@ -19,10 +19,15 @@ fn contained_process_gets_js_frame_names(major: u32) {
     for block in run.blocks() {
         let named = run.episodes().into_iter().any(|e| {
             integration_tests::overlaps(e.span(), block.span())
-                && e.top_frame.as_deref().is_some_and(|f| f.starts_with(&block.name))
+                && e.top_frame
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with(&block.name))
         });
         if !named {
-            problems.push(format!("no episode of {} names it as its top frame", block.name));
+            problems.push(format!(
+                "no episode of {} names it as its top frame",
+                block.name
+            ));
         }
     }
     let warnings = run.warnings();

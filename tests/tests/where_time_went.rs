@@ -31,14 +31,21 @@ node_tests!(blocked_worker_is_its_own_loop =>
 fn block_episode(run: &Run, name: &str) -> (Episode, Value) {
     let block = match &run.blocks()[..] {
         [b] if b.name == name => b.clone(),
-        other => run.fail(&format!("want one {name} block from the script, got {other:?}")),
+        other => run.fail(&format!(
+            "want one {name} block from the script, got {other:?}"
+        )),
     };
     let found = run
         .episodes()
         .into_iter()
         .zip(run.events("episode"))
         .find(|(e, _)| contains(e.span(), block.span(), 1_000_000));
-    found.unwrap_or_else(|| run.fail(&format!("no episode contains {name} [{}, {}]", block.start_ns, block.end_ns)))
+    found.unwrap_or_else(|| {
+        run.fail(&format!(
+            "no episode contains {name} [{}, {}]",
+            block.start_ns, block.end_ns
+        ))
+    })
 }
 
 fn ms(v: &Value, key: &str) -> f64 {
@@ -65,7 +72,9 @@ fn exec_sync_is_asleep_with_its_javascript_stack(major: u32) {
     }
     let off = marked_stacks(&run, &e, "[off-cpu]");
     if !off.contains("execSync") && !off.contains("spawnSync") {
-        problems.push(format!("no [off-cpu] stack names execSync/spawnSync:\n{off}"));
+        problems.push(format!(
+            "no [off-cpu] stack names execSync/spawnSync:\n{off}"
+        ));
     }
     run.check(problems);
 }
@@ -89,7 +98,9 @@ fn starved_loop_is_waiting_for_a_cpu(major: u32) {
     let mut problems = Vec::new();
     // The hog spins 300 ms of the 400: most of it runnable, not running.
     if ms(&v, "runqueue_ms") < 150.0 || v["verdict"] != "cpu-starved" {
-        problems.push(format!("want >= 150 ms waiting for a CPU, verdict cpu-starved: {v}"));
+        problems.push(format!(
+            "want >= 150 ms waiting for a CPU, verdict cpu-starved: {v}"
+        ));
     }
     if ms(&v, "runqueue_ms") <= ms(&v, "on_cpu_ms") {
         problems.push(format!("waiting for a CPU should exceed running: {v}"));
@@ -111,7 +122,11 @@ fn major_gc_is_reported_as_gc(major: u32) {
         problems.push(format!("want a GC share >= 0.5 of on-CPU samples: {v}"));
     }
     let stacks = run.folded(&e).unwrap_or_else(|err| run.fail(&err));
-    if !stacks.iter().any(|s| s.frames.iter().any(|f| f.starts_with("v8::internal::Heap::"))) {
+    if !stacks.iter().any(|s| {
+        s.frames
+            .iter()
+            .any(|f| f.starts_with("v8::internal::Heap::"))
+    }) {
         problems.push("no v8::internal::Heap frame in the episode's stacks".into());
     }
     run.check(problems);
@@ -122,19 +137,31 @@ fn blocked_worker_is_its_own_loop(major: u32) {
     let (e, v) = block_episode(&run, "blockInWorker");
     let mut problems = Vec::new();
     if e.thread != "worker" || e.tid == run.node_pid || e.pid != run.node_pid {
-        problems.push(format!("want an episode of a worker thread (tid != pid {}): {v}", run.node_pid));
+        problems.push(format!(
+            "want an episode of a worker thread (tid != pid {}): {v}",
+            run.node_pid
+        ));
     }
     if !(195.0..=210.0).contains(&e.duration_ms) {
         problems.push(format!("want ~200 ms: {v}"));
     }
-    let main: Vec<_> = run.episodes().into_iter().filter(|e| e.thread == "main").collect();
+    let main: Vec<_> = run
+        .episodes()
+        .into_iter()
+        .filter(|e| e.thread == "main")
+        .collect();
     if !main.is_empty() {
         problems.push(format!("the main loop stayed responsive, yet: {main:?}"));
     }
     let summary = run.summary();
     let loops = summary["loops"].as_array().cloned().unwrap_or_default();
-    if !loops.iter().any(|l| l["thread"] == "worker" && l["episodes"] == 1) {
-        problems.push(format!("the summary has no worker loop with its episode: {summary}"));
+    if !loops
+        .iter()
+        .any(|l| l["thread"] == "worker" && l["episodes"] == 1)
+    {
+        problems.push(format!(
+            "the summary has no worker loop with its episode: {summary}"
+        ));
     }
     run.check(problems);
 }

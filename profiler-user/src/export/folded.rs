@@ -36,7 +36,11 @@ pub fn render(r: &EpisodeReport, frequency_hz: u64) -> String {
         line(&mut out, frames, None, *n);
     }
     // With sampling off, off-CPU time is written in milliseconds.
-    let per_ns = if frequency_hz == 0 { 1e-6 } else { frequency_hz as f64 / 1e9 };
+    let per_ns = if frequency_hz == 0 {
+        1e-6
+    } else {
+        frequency_hz as f64 / 1e9
+    };
     for o in &r.off_cpu {
         for (marker, ns) in [("[off-cpu]", o.blocked_ns), ("[runqueue]", o.runq_ns)] {
             let n = (ns as f64 * per_ns).round() as u64;
@@ -46,7 +50,10 @@ pub fn render(r: &EpisodeReport, frequency_hz: u64) -> String {
         }
     }
     if r.episode.samples_without_stack > 0 {
-        out.push_str(&format!("[stack not kept] {}\n", r.episode.samples_without_stack));
+        out.push_str(&format!(
+            "[stack not kept] {}\n",
+            r.episode.samples_without_stack
+        ));
     }
     out
 }
@@ -60,7 +67,11 @@ fn line(out: &mut String, frames: &[Frame], leaf: Option<&str>, n: u64) {
             out.push(';');
         }
         // Frame names are sanitised by the symbolizer; guard the format anyway.
-        out.extend(f.name.chars().map(|c| if c == ';' || c == '\n' { ':' } else { c }));
+        out.extend(
+            f.name
+                .chars()
+                .map(|c| if c == ';' || c == '\n' { ':' } else { c }),
+        );
     }
     if let Some(leaf) = leaf {
         out.push(';');
@@ -98,7 +109,9 @@ pub fn write(dir: &Path, r: &EpisodeReport, frequency_hz: u64) -> Result<PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{breakdown::OffCpuStack, episode::Episode, symbolize::FrameKind, target::ThreadRole};
+    use crate::{
+        breakdown::OffCpuStack, episode::Episode, symbolize::FrameKind, target::ThreadRole,
+    };
 
     fn report(stacks: Vec<(Vec<Frame>, u64)>, off_cpu: Vec<OffCpuStack>) -> EpisodeReport {
         let episode = Episode {
@@ -120,29 +133,51 @@ mod tests {
     }
 
     fn f(name: &str) -> Frame {
-        Frame { name: name.into(), kind: FrameKind::Js }
+        Frame {
+            name: name.into(),
+            kind: FrameKind::Js,
+        }
     }
 
     #[test]
     fn lines_are_root_first_with_count_last() {
-        let mut r = report(vec![(vec![f("main"), f("spin /a.js:1:1")], 5), (vec![], 1)], vec![]);
+        let mut r = report(
+            vec![(vec![f("main"), f("spin /a.js:1:1")], 5), (vec![], 1)],
+            vec![],
+        );
         r.episode.samples_without_stack = 2;
-        assert_eq!(render(&r, 199), "main;spin /a.js:1:1 5\n[no stack] 1\n[stack not kept] 2\n");
+        assert_eq!(
+            render(&r, 199),
+            "main;spin /a.js:1:1 5\n[no stack] 1\n[stack not kept] 2\n"
+        );
     }
 
     #[test]
     fn off_cpu_time_becomes_samples_with_a_marker_leaf() {
-        let off = OffCpuStack { frames: vec![f("main"), f("wait")], blocked_ns: 300_000_000, runq_ns: 10_000_000 };
+        let off = OffCpuStack {
+            frames: vec![f("main"), f("wait")],
+            blocked_ns: 300_000_000,
+            runq_ns: 10_000_000,
+        };
         let r = report(vec![], vec![off]);
         // 300 ms at 100 Hz is 30 samples' worth; 10 ms is 1.
-        assert_eq!(render(&r, 100), "main;wait;[off-cpu] 30\nmain;wait;[runqueue] 1\n");
+        assert_eq!(
+            render(&r, 100),
+            "main;wait;[off-cpu] 30\nmain;wait;[runqueue] 1\n"
+        );
         // Without sampling, milliseconds.
-        assert_eq!(render(&r, 0), "main;wait;[off-cpu] 300\nmain;wait;[runqueue] 10\n");
+        assert_eq!(
+            render(&r, 0),
+            "main;wait;[off-cpu] 300\nmain;wait;[runqueue] 10\n"
+        );
     }
 
     #[test]
     fn separators_in_names_cannot_break_the_format() {
-        assert_eq!(render(&report(vec![(vec![f("a;b\nc")], 1)], vec![]), 99), "a:b:c 1\n");
+        assert_eq!(
+            render(&report(vec![(vec![f("a;b\nc")], 1)], vec![]), 99),
+            "a:b:c 1\n"
+        );
     }
 
     #[test]
@@ -154,7 +189,10 @@ mod tests {
         let b = write(dir.path(), &r, 99).unwrap();
         assert_ne!(a, b);
         assert_eq!(fs::read_to_string(&b).unwrap(), "y 2\n");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 

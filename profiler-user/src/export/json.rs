@@ -127,7 +127,13 @@ mod tests {
             off_cpu_stacks: vec![],
             ongoing: false,
         };
-        let v = episode(&EpisodeReport::new(e, ThreadRole::Main, Some("node".into()), vec![], vec![]));
+        let v = episode(&EpisodeReport::new(
+            e,
+            ThreadRole::Main,
+            Some("node".into()),
+            vec![],
+            vec![],
+        ));
         assert_eq!(v["verdict"], "blocked");
         assert_eq!(v["off_cpu_ms"], 200.0);
         assert_eq!(v["on_cpu_ms"], 12.4);

@@ -66,7 +66,13 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
         e.samples
     );
     let b = &r.breakdown;
-    let pct = |ns: u64| if e.busy_ns == 0 { 0.0 } else { ns as f64 * 100.0 / e.busy_ns as f64 };
+    let pct = |ns: u64| {
+        if e.busy_ns == 0 {
+            0.0
+        } else {
+            ns as f64 * 100.0 / e.busy_ns as f64
+        }
+    };
     line.push_str(&format!(
         ": {} (on-CPU {:.0}%, asleep {:.0}%, waiting for CPU {:.0}%",
         b.verdict.describe(b.syscall.as_deref()),
@@ -75,7 +81,10 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
         pct(b.runq_ns)
     ));
     if b.gc_share > 0.0 {
-        line.push_str(&format!(", GC {:.0}% of on-CPU samples", b.gc_share * 100.0));
+        line.push_str(&format!(
+            ", GC {:.0}% of on-CPU samples",
+            b.gc_share * 100.0
+        ));
     }
     line.push(')');
     if let Some(h) = &r.top_frame {
