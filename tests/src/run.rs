@@ -95,6 +95,14 @@ impl Scenario {
             }
             (None, true) => {
                 // unshare forks; the child mounts its own /tmp and becomes node.
+                // The scripts go in through the working directory: a checkout
+                // under /tmp would be hidden by that mount, but /proc/self/cwd
+                // still reaches the directory underneath.
+                for file in [self.script, "protocol.js"] {
+                    let from = script.with_file_name(file);
+                    std::fs::copy(&from, cwd.path().join(file))
+                        .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+                }
                 let mut c = Command::new("unshare");
                 c.args([
                     "--pid",
@@ -105,14 +113,22 @@ impl Scenario {
                     "sh",
                     "-c",
                 ])
-                .arg(r#"mount -t tmpfs tmpfs /tmp && exec "$0" "$@""#)
+                .arg(concat!(
+                    "mount -t tmpfs tmpfs /tmp && mkdir /tmp/app && ",
+                    "mount --bind /proc/self/cwd /tmp/app && cd /tmp/app && exec \"$0\" \"$@\""
+                ))
                 .arg(&node);
                 c
             }
             (None, false) => Command::new(&node),
         };
+        let script_arg = if self.contained {
+            PathBuf::from("/tmp/app").join(self.script)
+        } else {
+            script.clone()
+        };
         cmd.args(&self.node_flags)
-            .arg(&script)
+            .arg(&script_arg)
             .current_dir(cwd.path());
         let node = Process::spawn("node", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
         // The process to watch: node itself, not the unshare that started it.
