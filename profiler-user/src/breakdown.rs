@@ -163,13 +163,6 @@ pub fn breakdown(
 mod tests {
     use super::*;
 
-    fn f(name: &str, kind: FrameKind) -> Frame {
-        Frame {
-            name: name.into(),
-            kind,
-        }
-    }
-
     fn episode(busy: u64, blocked: u64, runq: u64) -> Episode {
         Episode {
             pid: 1,
@@ -191,10 +184,10 @@ mod tests {
     #[test]
     fn mostly_asleep_names_the_syscall_with_the_most_blocked_time() {
         let wait4 = vec![
-            f("execSync node:child_process:1:1", FrameKind::Js),
-            f("__x64_sys_wait4", FrameKind::Kernel),
+            Frame::new("execSync node:child_process:1:1", FrameKind::Js),
+            Frame::new("__x64_sys_wait4", FrameKind::Kernel),
         ];
-        let futex = vec![f("__x64_sys_futex", FrameKind::Kernel)];
+        let futex = vec![Frame::new("__x64_sys_futex", FrameKind::Kernel)];
         let off = [
             OffCpuStack {
                 frames: wait4,
@@ -222,10 +215,10 @@ mod tests {
     #[test]
     fn tracing_frames_at_the_leaf_are_dropped() {
         let mut frames = vec![
-            f("__x64_sys_futex", FrameKind::Kernel),
-            f("schedule", FrameKind::Kernel),
-            f("bpf_trace_run4", FrameKind::Kernel),
-            f("bpf_prog_2ee3a00383e4af10_sched_switch", FrameKind::Kernel),
+            Frame::new("__x64_sys_futex", FrameKind::Kernel),
+            Frame::new("schedule", FrameKind::Kernel),
+            Frame::new("bpf_trace_run4", FrameKind::Kernel),
+            Frame::new("bpf_prog_2ee3a00383e4af10_sched_switch", FrameKind::Kernel),
         ];
         strip_tracing_frames(&mut frames);
         assert_eq!(frames.last().unwrap().name, "schedule");
@@ -242,11 +235,11 @@ mod tests {
 
     #[test]
     fn gc_samples_make_the_gc_share() {
-        let gc = vec![f(
+        let gc = vec![Frame::new(
             "v8::internal::Heap::CollectGarbage(v8::internal::AllocationSpace)",
             FrameKind::Native,
         )];
-        let js = vec![f("work /a.js:1:1", FrameKind::Js)];
+        let js = vec![Frame::new("work /a.js:1:1", FrameKind::Js)];
         let b = breakdown(&episode(100, 0, 0), &[(gc, 7), (js, 3)], &[], None);
         assert!((b.gc_share - 0.7).abs() < 1e-9);
         assert_eq!(b.verdict, Verdict::Gc);

@@ -209,28 +209,24 @@ pub struct ProcessSummary {
 mod tests {
     use super::*;
 
-    fn f(name: &str, kind: FrameKind) -> Frame {
-        Frame {
-            name: name.into(),
-            kind,
-        }
-    }
-
     #[test]
     fn hottest_frame_is_the_leaf_most_js_frame() {
-        let main = f("main /a.js:1:1", FrameKind::Js);
-        let spin = f("spin /a.js:5:3", FrameKind::Js);
+        let main = Frame::new("main /a.js:1:1", FrameKind::Js);
+        let spin = Frame::new("spin /a.js:5:3", FrameKind::Js);
         let stacks = vec![
             (
                 vec![
-                    f("uv_run", FrameKind::Native),
+                    Frame::new("uv_run", FrameKind::Native),
                     main.clone(),
                     spin.clone(),
-                    f("memcpy", FrameKind::Native),
+                    Frame::new("memcpy", FrameKind::Native),
                 ],
                 8,
             ),
-            (vec![f("uv_run", FrameKind::Native), main.clone()], 2),
+            (
+                vec![Frame::new("uv_run", FrameKind::Native), main.clone()],
+                2,
+            ),
         ];
         let hot = hottest_frame(&stacks).unwrap();
         assert_eq!(hot.name, "spin /a.js:5:3");
@@ -240,18 +236,18 @@ mod tests {
 
     #[test]
     fn application_code_wins_over_node_internals_and_builtins() {
-        let spin = f("spin /a.js:5:3", FrameKind::Js);
+        let spin = Frame::new("spin /a.js:5:3", FrameKind::Js);
         let stacks = vec![(
             vec![
                 spin.clone(),
-                f("get node:internal/bootstrap/node:437:8", FrameKind::Js),
-                f("[builtin] LoadIC", FrameKind::Js),
+                Frame::new("get node:internal/bootstrap/node:437:8", FrameKind::Js),
+                Frame::new("[builtin] LoadIC", FrameKind::Js),
             ],
             4,
         )];
         assert_eq!(hottest_frame(&stacks).unwrap().name, "spin /a.js:5:3");
         let internal_only = vec![(
-            vec![f(
+            vec![Frame::new(
                 "processTimers node:internal/timers:504:25",
                 FrameKind::Js,
             )],
@@ -267,8 +263,8 @@ mod tests {
     fn without_js_frames_the_leaf_is_hottest() {
         let stacks = vec![(
             vec![
-                f("uv_run", FrameKind::Native),
-                f("do_sys_poll", FrameKind::Kernel),
+                Frame::new("uv_run", FrameKind::Native),
+                Frame::new("do_sys_poll", FrameKind::Kernel),
             ],
             3,
         )];

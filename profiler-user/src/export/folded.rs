@@ -133,10 +133,7 @@ mod tests {
     }
 
     fn f(name: &str) -> Frame {
-        Frame {
-            name: name.into(),
-            kind: FrameKind::Js,
-        }
+        Frame::new(name, FrameKind::Js)
     }
 
     #[test]

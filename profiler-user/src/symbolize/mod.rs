@@ -40,6 +40,15 @@ pub struct Frame {
     pub kind: FrameKind,
 }
 
+impl Frame {
+    pub fn new(name: impl Into<String>, kind: FrameKind) -> Self {
+        Frame {
+            name: name.into(),
+            kind,
+        }
+    }
+}
+
 /// What we knew about the process's perf map, so that missing JS names can be
 /// explained (node run without `--perf-basic-prof-only-functions`).
 #[derive(Clone, Debug, PartialEq, Eq)]
