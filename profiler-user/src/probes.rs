@@ -12,7 +12,7 @@ use aya::{
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
-use profiler_common::{Config, LoopKey, LoopStats, ThreadLoops, WatchedProcess};
+use profiler_common::{Config, LoopKey, LoopStats, OffCpuEvent, ThreadLoops, WatchedProcess};
 
 /// Kernel BTF: for the BTF tracepoints, and the struct offsets they need.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -182,16 +182,29 @@ impl Probes {
     /// Stops watching `pid` and frees its kernel state.
     pub fn unwatch(&mut self, pid: u32) {
         let _ = self.watched.remove(&pid);
-        for key in self.loop_keys(pid) {
-            if let Some(map) = self.ebpf.map_mut("LOOP_STATS") {
-                if let Ok(mut stats) = HashMap::<_, LoopKey, LoopStats>::try_from(map) {
-                    let _ = stats.remove(&key);
-                }
-            }
-            if let Some(map) = self.ebpf.map_mut("THREADS") {
-                if let Ok(mut threads) = HashMap::<_, u32, ThreadLoops>::try_from(map) {
-                    let _ = threads.remove(&key.tid);
-                }
+        // Every thread with kernel state: polling threads (THREADS, also those
+        // that never completed an iteration) and loops with statistics.
+        let stats: Vec<LoopKey> = self.loop_stats(pid).into_iter().map(|(k, _)| k).collect();
+        let mut tids: Vec<u32> = self
+            .thread_loops(pid)
+            .into_iter()
+            .map(|(tid, _)| tid)
+            .collect();
+        tids.extend(stats.iter().map(|k| k.tid));
+        tids.sort_unstable();
+        tids.dedup();
+        self.remove_keys::<LoopKey, LoopStats>("LOOP_STATS", &stats);
+        self.remove_keys::<u32, ThreadLoops>("THREADS", &tids);
+        self.remove_keys::<u32, OffCpuEvent>("OFF_CPU", &tids);
+    }
+
+    fn remove_keys<K: aya::Pod, V: aya::Pod>(&mut self, map: &str, keys: &[K]) {
+        let Some(map) = self.ebpf.map_mut(map) else {
+            return;
+        };
+        if let Ok(mut map) = HashMap::<_, K, V>::try_from(map) {
+            for key in keys {
+                let _ = map.remove(key);
             }
         }
     }
@@ -203,10 +216,6 @@ impl Probes {
                 name: "CONFIG",
                 source,
             })
-    }
-
-    fn loop_keys(&self, pid: u32) -> Vec<LoopKey> {
-        self.loop_stats(pid).into_iter().map(|(k, _)| k).collect()
     }
 
     /// In-kernel statistics of every loop thread of `pid`.
