@@ -111,6 +111,22 @@ pub fn metric(samples: &[MetricSample], name: &str, want: &[(&str, &str)]) -> Op
 }
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+/// Waits until `process` answers 200 on `path`; otherwise kills it and
+/// panics with what it printed.
+pub fn wait_until_serving(process: &mut Process, port: u16, path: &str, timeout: Duration) {
+    let ok = poll(timeout, || {
+        http_get(port, path).ok().filter(|(s, _)| *s == 200)
+    });
+    if ok.is_none() {
+        process.kill();
+        panic!(
+            "{path} on :{port} did not answer 200 within {} s:\n{}",
+            timeout.as_secs(),
+            process.describe()
+        );
+    }
+}
+
 pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -154,17 +170,7 @@ impl Daemon {
         let mut process =
             Process::spawn("loopbpf daemon", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
         // The BPF verifier alone can take many seconds on a busy 2-CPU VM.
-        if poll(Duration::from_secs(90), || {
-            http_get(port, "/metrics").ok().filter(|(s, _)| *s == 200)
-        })
-        .is_none()
-        {
-            process.kill();
-            panic!(
-                "loopbpf daemon served no /metrics on :{port} within 90 s:\n{}",
-                process.describe()
-            );
-        }
+        wait_until_serving(&mut process, port, "/metrics", Duration::from_secs(90));
         Daemon {
             process,
             port,

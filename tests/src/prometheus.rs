@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::daemon::{free_port, http_get, poll};
+use crate::daemon::{free_port, http_get, wait_until_serving};
 use crate::Process;
 
 pub const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -40,17 +40,7 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"));
         let mut process = Process::spawn("prometheus", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
-        if poll(Duration::from_secs(30), || {
-            http_get(port, "/-/ready").ok().filter(|(s, _)| *s == 200)
-        })
-        .is_none()
-        {
-            process.kill();
-            panic!(
-                "prometheus not ready on :{port} within 30 s:\n{}",
-                process.describe()
-            );
-        }
+        wait_until_serving(&mut process, port, "/-/ready", Duration::from_secs(30));
         Prometheus {
             process,
             port,
