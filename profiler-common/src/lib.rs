@@ -23,6 +23,10 @@ pub const EVENT_SAMPLE: u32 = 2;
 pub const EVENT_EXEC: u32 = 3;
 pub const EVENT_EXIT: u32 = 4;
 pub const EVENT_OFF_CPU: u32 = 5;
+/// A libuv threadpool worker's busy period that lasted at least the threshold.
+pub const EVENT_POOL_BUSY: u32 = 6;
+/// A `cpu-clock` sample of a busy threadpool worker (layout of `SampleEvent`).
+pub const EVENT_POOL_SAMPLE: u32 = 7;
 
 /// Indexes of the per-CPU `COUNTERS` array: things the kernel side had to drop
 /// or could not do, reported to the user at exit.
@@ -34,7 +38,13 @@ pub const COUNTER_STATS_FULL: u32 = 4;
 pub const COUNTER_SLOTS_RECYCLED: u32 = 5;
 pub const COUNTER_USER_STACK_ERRORS: u32 = 6;
 pub const COUNTER_OFF_CPU_LOST: u32 = 7;
-pub const NUM_COUNTERS: u32 = 8;
+/// A threadpool worker could not get a `POOL_WORKERS` entry.
+pub const COUNTER_POOL_WORKERS_FULL: u32 = 8;
+/// A work item started with no submit time known (submitted before attach,
+/// or its `POOL_PENDING` entry was evicted): its queue wait is not counted.
+pub const COUNTER_POOL_UNMATCHED: u32 = 9;
+pub const COUNTER_POOL_EVENTS_LOST: u32 = 10;
+pub const NUM_COUNTERS: u32 = 11;
 
 /// Runtime settings userspace writes into the one-element `CONFIG` array.
 /// A map rather than load-time globals so a running daemon can change them.
@@ -208,6 +218,74 @@ pub struct ProcessEvent {
     pub time_ns: u64,
 }
 
+/// Value of the `POOL_WORKERS` map, keyed by tid: one libuv threadpool worker,
+/// written only by that worker's own thread (so no update races between CPUs).
+///
+/// A worker is busy from the start of a work item until it waits for more work
+/// (`uv_cond_wait` in libuv's `worker()`), so back-to-back items are one period.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PoolWorker {
+    pub pid: u32,
+    /// 1 while busy.
+    pub busy: u32,
+    pub busy_since_ns: u64,
+    /// End of the last busy period (0: none ended yet).
+    pub last_idle_ns: u64,
+    /// Busy time of closed periods.
+    pub busy_ns: u64,
+    /// Work items started, and of those the ones in the open busy period.
+    pub items: u64,
+    pub period_items: u64,
+    /// Items whose queue wait (submit → start) was measured, its sum and max.
+    pub waited_items: u64,
+    pub queue_wait_ns: u64,
+    pub max_queue_wait_ns: u64,
+    /// Queue-wait histogram (`histogram::bucket`).
+    pub buckets: [u64; histogram::BUCKETS],
+}
+
+impl PoolWorker {
+    pub const ZERO: PoolWorker = PoolWorker {
+        pid: 0,
+        busy: 0,
+        busy_since_ns: 0,
+        last_idle_ns: 0,
+        busy_ns: 0,
+        items: 0,
+        period_items: 0,
+        waited_items: 0,
+        queue_wait_ns: 0,
+        max_queue_wait_ns: 0,
+        buckets: [0; histogram::BUCKETS],
+    };
+}
+
+/// Key of `POOL_PENDING`: a submitted `struct uv__work` not yet started.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PendingWork {
+    pub pid: u32,
+    pub _pad: u32,
+    /// Address of the `struct uv__work` in the process.
+    pub work: u64,
+}
+
+/// A threadpool worker's busy period of at least the threshold, sent when it
+/// ends. Userspace intersects these to find when the whole pool was busy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolBusyEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Work items run in the period.
+    pub items: u64,
+}
+
 /// Fixed part of a `cpu-clock` sample of a loop thread that was busy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -250,6 +328,9 @@ const _: () = assert!(
         == core::mem::size_of::<OffCpuHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
 );
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 16);
+const _: () = assert!(core::mem::size_of::<PoolWorker>() == 8 + 8 * 8 + histogram::BUCKETS * 8);
+const _: () = assert!(core::mem::size_of::<PendingWork>() == 16);
+const _: () = assert!(core::mem::size_of::<PoolBusyEvent>() == 16 + 3 * 8);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 24 + 3 * 8);
 const _: () = assert!(
     core::mem::size_of::<SampleEvent>()
@@ -267,4 +348,6 @@ mod pod {
     unsafe impl aya::Pod for LoopKey {}
     unsafe impl aya::Pod for LoopStats {}
     unsafe impl aya::Pod for OffCpuEvent {}
+    unsafe impl aya::Pod for PoolWorker {}
+    unsafe impl aya::Pod for PendingWork {}
 }

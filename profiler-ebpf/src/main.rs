@@ -9,6 +9,10 @@
 //! | `process_exit`    | tp_btf `sched_process_exit` | BTF (5.5+)       |
 //! | `sched_switch`    | tp_btf `sched_switch`       | BTF, prev_state arg (5.18+) |
 //! | `sched_wakeup`    | tp_btf `sched_wakeup`       | BTF (5.5+)       |
+//! | `pool_submit`     | uprobe `uv__work_submit`    | uprobes (3.5+), node symbols |
+//! | `pool_queue_work` | uprobe `uv_queue_work`      | uprobes, node symbols |
+//! | `pool_work_start` | uprobe `uv__*_work`         | uprobes, node symbols |
+//! | `pool_worker_idle`| uprobe `uv_cond_wait`       | uprobes, node symbols |
 //!
 //! BTF tracepoints attach by name (no tracefs mount needed) and let us read the
 //! syscall registers directly, so the filter every syscall on the host pays is
@@ -22,6 +26,7 @@ mod poll;
 mod process;
 mod sample;
 mod sched;
+mod threadpool;
 mod unwind;
 
 use aya_ebpf::{
@@ -30,7 +35,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use profiler_common::{
-    Config, LoopKey, LoopStats, OffCpuEvent, ThreadLoops, WatchedProcess, NUM_COUNTERS,
+    Config, LoopKey, LoopStats, OffCpuEvent, PendingWork, PoolWorker, ThreadLoops, WatchedProcess,
+    NUM_COUNTERS,
 };
 
 /// Settings from userspace (threshold, sampling switch); one element.
@@ -56,6 +62,16 @@ static LOOP_STATS: HashMap<LoopKey, LoopStats> = HashMap::with_max_entries(8192,
 /// sent when it runs again. LRU: one entry per thread that ever blocked.
 #[map]
 static OFF_CPU: LruHashMap<u32, OffCpuEvent> = LruHashMap::with_max_entries(4096, 0);
+
+/// libuv threadpool workers of watched processes (4 per process by default,
+/// up to 1024). Not preallocated: entries are ~4.5 KiB (queue-wait histogram).
+#[map]
+static POOL_WORKERS: HashMap<u32, PoolWorker> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Submit time of each queued threadpool item, until a worker starts it. Sized
+/// for a deep backlog across all watched processes (24 B each).
+#[map]
+static POOL_PENDING: LruHashMap<PendingWork, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// Episodes and stack samples to userspace. 8 MiB holds ~5000 samples: several
 /// seconds of every watched thread at 199 Hz between two drains.

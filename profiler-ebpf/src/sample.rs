@@ -1,8 +1,8 @@
 //! `cpu-clock` samples of busy loop threads, with user and kernel stacks.
 //!
-//! Only threads that poll (event loops) and only while their loop is busy:
-//! a thread asleep in epoll is never on a CPU to be sampled, and threads that
-//! never poll cost one map lookup. Samples go out without waking userspace;
+//! Only event-loop threads while their loop is busy, and libuv threadpool
+//! workers while they run work items: a thread asleep in epoll is never on a
+//! CPU to be sampled, and other threads of a watched process cost two lookups. Samples go out without waking userspace;
 //! an episode wakes it, and it drains on a timer too.
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP},
@@ -15,10 +15,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     SampleEvent, SampleHeader, COUNTER_SAMPLES_LOST, COUNTER_SAMPLES_SENT,
-    COUNTER_USER_STACK_ERRORS, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS, MAX_USER_FRAMES,
+    COUNTER_USER_STACK_ERRORS, EVENT_POOL_SAMPLE, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS,
+    MAX_USER_FRAMES,
 };
 
-use crate::{config, count, is_watched, EVENTS, THREADS};
+use crate::{config, count, is_watched, EVENTS, POOL_WORKERS, THREADS};
 
 #[perf_event]
 pub fn sample_stack(ctx: PerfEventContext) -> u32 {
@@ -32,25 +33,19 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
         Some(c) if c.sample_stacks != 0 => {}
         _ => return 0,
     }
-    let Some(t) = (unsafe { THREADS.get(tid) }) else {
+    let Some((kind, seq, busy_start_ns)) = busy_window(tid) else {
         return 0;
     };
-    let Some(s) = t.slots.get(t.primary as usize & (MAX_LOOP_SLOTS - 1)) else {
-        return 0;
-    };
-    if s.last_exit_ns == 0 || s.in_poll != 0 {
-        return 0;
-    }
     let now = unsafe { bpf_ktime_get_ns() };
     let header = SampleHeader {
-        kind: EVENT_SAMPLE,
+        kind,
         pid,
         tid,
         cpu: unsafe { bpf_get_smp_processor_id() },
         user_bytes: 0,
         kernel_bytes: 0,
-        seq: s.iterations,
-        busy_start_ns: s.last_exit_ns.saturating_sub(s.accum_busy_ns),
+        seq,
+        busy_start_ns,
         time_ns: now,
     };
     let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) else {
@@ -81,4 +76,23 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     count(COUNTER_SAMPLES_SENT);
     0
+}
+
+/// What the thread is busy with, if anything worth a sample: the open
+/// iteration of its event loop, or a threadpool worker's busy period.
+#[inline(always)]
+fn busy_window(tid: u32) -> Option<(u32, u64, u64)> {
+    if let Some(t) = unsafe { THREADS.get(tid) } {
+        let s = t.slots.get(t.primary as usize & (MAX_LOOP_SLOTS - 1))?;
+        if s.last_exit_ns == 0 || s.in_poll != 0 {
+            return None;
+        }
+        return Some((
+            EVENT_SAMPLE,
+            s.iterations,
+            s.last_exit_ns.saturating_sub(s.accum_busy_ns),
+        ));
+    }
+    let w = unsafe { POOL_WORKERS.get(&tid) }?;
+    (w.busy != 0).then_some((EVENT_POOL_SAMPLE, w.items, w.busy_since_ns))
 }

@@ -5,8 +5,9 @@ use std::mem::size_of;
 
 use bytes::Buf;
 use profiler_common::{
-    EpisodeEvent, OffCpuHeader, ProcessEvent, SampleHeader, EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT,
-    EVENT_OFF_CPU, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+    EpisodeEvent, OffCpuHeader, PoolBusyEvent, ProcessEvent, SampleHeader, EVENT_EPISODE,
+    EVENT_EXEC, EVENT_EXIT, EVENT_OFF_CPU, EVENT_POOL_BUSY, EVENT_POOL_SAMPLE, EVENT_SAMPLE,
+    MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +50,11 @@ pub struct OffCpu {
 pub enum Record {
     Episode(EpisodeEvent),
     Sample(Sample),
+    /// A sample of a busy threadpool worker: `seq` is the worker's item count,
+    /// `busy_start_ns` the start of its busy period.
+    PoolSample(Sample),
+    /// A threadpool worker's busy period of at least the threshold.
+    PoolBusy(PoolBusyEvent),
     OffCpu(OffCpu),
     /// A process started a new program (only when discovering).
     Exec {
@@ -84,7 +90,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 runq_ns: buf.get_u64_le(),
             }))
         }
-        EVENT_SAMPLE => {
+        kind @ (EVENT_SAMPLE | EVENT_POOL_SAMPLE) => {
             if len < size_of::<SampleHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8 {
                 return Err(DecodeError::Short(len));
             }
@@ -101,7 +107,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
             };
             let user = frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes);
             let kernel = frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes);
-            Ok(Record::Sample(Sample {
+            let sample = Sample {
                 pid: h.pid,
                 tid: h.tid,
                 seq: h.seq,
@@ -109,7 +115,12 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 time_ns: h.time_ns,
                 user,
                 kernel,
-            }))
+            };
+            Ok(if kind == EVENT_SAMPLE {
+                Record::Sample(sample)
+            } else {
+                Record::PoolSample(sample)
+            })
         }
         EVENT_OFF_CPU => {
             if len < size_of::<OffCpuHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8 {
@@ -136,6 +147,20 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 time_ns: h.time_ns,
                 user: frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes),
                 kernel: frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes),
+            }))
+        }
+        EVENT_POOL_BUSY => {
+            if len < size_of::<PoolBusyEvent>() {
+                return Err(DecodeError::Short(len));
+            }
+            Ok(Record::PoolBusy(PoolBusyEvent {
+                kind: buf.get_u32_le(),
+                pid: buf.get_u32_le(),
+                tid: buf.get_u32_le(),
+                _pad: buf.get_u32_le(),
+                start_ns: buf.get_u64_le(),
+                end_ns: buf.get_u64_le(),
+                items: buf.get_u64_le(),
             }))
         }
         kind @ (EVENT_EXEC | EVENT_EXIT) => {
@@ -269,6 +294,32 @@ mod tests {
     fn short_and_unknown_records_are_errors() {
         assert_eq!(decode(&[1, 0]), Err(DecodeError::Short(2)));
         assert_eq!(decode(&[2, 0, 0, 0, 1]), Err(DecodeError::Short(5)));
-        assert_eq!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
+        assert_eq!(decode(&[99, 0, 0, 0]), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn pool_records_decode() {
+        let mut b = sample_bytes(&[4], 0);
+        b[..4].copy_from_slice(&EVENT_POOL_SAMPLE.to_le_bytes());
+        let Record::PoolSample(s) = decode(&b).unwrap() else {
+            panic!("not a pool sample")
+        };
+        assert_eq!((s.tid, s.user.as_slice()), (11, &[4][..]));
+        let mut b = Vec::new();
+        b.put_u32_le(EVENT_POOL_BUSY);
+        b.put_u32_le(5);
+        b.put_u32_le(6);
+        b.put_u32_le(0);
+        b.put_u64_le(100);
+        b.put_u64_le(900);
+        b.put_u64_le(8);
+        let Record::PoolBusy(p) = decode(&b).unwrap() else {
+            panic!("not a busy period")
+        };
+        assert_eq!(
+            (p.pid, p.tid, p.start_ns, p.end_ns, p.items),
+            (5, 6, 100, 900, 8)
+        );
+        assert_eq!(decode(&b[..30]), Err(DecodeError::Short(30)));
     }
 }

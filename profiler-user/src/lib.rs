@@ -19,3 +19,5 @@ pub mod run;
 pub mod store;
 pub mod symbolize;
 pub mod target;
+pub mod threadpool;
+pub mod threads;

@@ -83,11 +83,16 @@ pub struct KernelCounters {
     pub slots_recycled: u64,
     pub user_stack_errors: u64,
     pub off_cpu_lost: u64,
+    pub pool_workers_full: u64,
+    pub pool_unmatched: u64,
+    pub pool_events_lost: u64,
 }
 
 pub struct Probes {
     // Dropping `Ebpf` detaches every program: keep it for the life of `Probes`.
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
+    /// Threadpool uprobes per process (attached on demand, see `threadpool`).
+    pub(crate) pool_links: crate::threadpool::uprobes::PoolLinks,
     watched: HashMap<MapData, u32, WatchedProcess>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
@@ -166,6 +171,7 @@ impl Probes {
             config: config_map,
             counters,
             logger,
+            pool_links: Default::default(),
         };
         Ok((probes, events))
     }
@@ -196,6 +202,7 @@ impl Probes {
         self.remove_keys::<LoopKey, LoopStats>("LOOP_STATS", &stats);
         self.remove_keys::<u32, ThreadLoops>("THREADS", &tids);
         self.remove_keys::<u32, OffCpuEvent>("OFF_CPU", &tids);
+        self.detach_threadpool(pid);
     }
 
     fn remove_keys<K: aya::Pod, V: aya::Pod>(&mut self, map: &str, keys: &[K]) {
@@ -278,6 +285,9 @@ impl Probes {
             slots_recycled: sum(COUNTER_SLOTS_RECYCLED),
             user_stack_errors: sum(COUNTER_USER_STACK_ERRORS),
             off_cpu_lost: sum(COUNTER_OFF_CPU_LOST),
+            pool_workers_full: sum(COUNTER_POOL_WORKERS_FULL),
+            pool_unmatched: sum(COUNTER_POOL_UNMATCHED),
+            pool_events_lost: sum(COUNTER_POOL_EVENTS_LOST),
         }
     }
 

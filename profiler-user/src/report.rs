@@ -129,7 +129,7 @@ impl EpisodeReport {
 }
 
 /// Frames for when symbolization failed outright: addresses, root first.
-fn unnamed(user: &[u64], kernel: &[u64]) -> Vec<Frame> {
+pub(crate) fn unnamed(user: &[u64], kernel: &[u64]) -> Vec<Frame> {
     let user = user.iter().rev().map(|a| Frame {
         name: format!("[unknown] {a:#x}"),
         kind: FrameKind::Unknown,
@@ -203,6 +203,11 @@ pub struct ProcessSummary {
     pub episodes_reported: u64,
     pub exited: bool,
     pub kernel: KernelCounters,
+    /// `None` when the threadpool could not be tracked (see the warning).
+    pub threadpool: Option<crate::threadpool::PoolSummary>,
+    /// Every thread with its role (as of the end, or of the start for a
+    /// process that exited).
+    pub threads: Vec<crate::threads::ThreadInfo>,
 }
 
 #[cfg(test)]

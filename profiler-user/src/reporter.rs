@@ -15,6 +15,7 @@ use crate::{
     report::{EpisodeReport, ProcessSummary},
     symbolize::{PerfMapStatus, Symbolizer},
     target::ThreadRole,
+    threadpool::{report::PoolReport, PoolEpisode, PoolOutput},
 };
 
 pub enum Output {
@@ -34,6 +35,8 @@ pub enum Output {
         now_ns: u64,
     },
     Summary(ProcessSummary),
+    /// Threadpool saturation, its notice, or a utilization point.
+    Pool(PoolOutput),
     /// The process is gone and its last report is out: drop its caches.
     Forget(u32),
 }
@@ -121,6 +124,60 @@ impl Reporter {
                 }
             }
             Output::Forget(pid) => self.symbolizer.forget(pid),
+            Output::Pool(PoolOutput::Saturation(e)) => self.pool_saturation(e).await,
+            Output::Pool(PoolOutput::Saturated {
+                pid,
+                since_ns,
+                now_ns,
+                pool_size,
+            }) => {
+                if self.json {
+                    stdout_line(
+                        &json::pool_saturated(pid, pool_size, since_ns, now_ns).to_string(),
+                    );
+                } else {
+                    stdout_line(&text::pool_saturated(
+                        pid,
+                        pool_size,
+                        since_ns,
+                        now_ns,
+                        &self.clock,
+                    ));
+                }
+            }
+            // A line a second per process: for machines, not for a terminal.
+            Output::Pool(PoolOutput::Utilization(p)) => {
+                if self.json {
+                    stdout_line(&json::pool_utilization(&p).to_string());
+                }
+            }
+        }
+    }
+
+    async fn pool_saturation(&mut self, e: PoolEpisode) {
+        let pid = e.pid;
+        let (mut report, err) = PoolReport::symbolize(e, &self.symbolizer).await;
+        if let Some(err) = err {
+            let message =
+                format!("pid {pid}: symbolization failed ({err}); frames left as addresses");
+            self.warn(Some(pid), &message);
+        }
+        if !report.stacks.is_empty() {
+            match folded::write_pool(&self.output_dir, &report) {
+                Ok(path) => report.folded_path = Some(path),
+                Err(err) => {
+                    if !self.write_error_warned {
+                        self.write_error_warned = true;
+                        self.warn(None, &format!("{err}; episodes are still reported here"));
+                    }
+                    report.folded_error = Some(err.to_string());
+                }
+            }
+        }
+        if self.json {
+            stdout_line(&json::pool_saturation(&report).to_string());
+        } else {
+            stdout_line(&text::pool_saturation(&report, &self.clock));
         }
     }
 

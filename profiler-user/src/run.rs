@@ -23,7 +23,9 @@ use crate::{
     report::{LoopSummary, ProcessSummary},
     reporter::{Output, Reporter},
     symbolize::{SymbolizeError, Symbolizer},
-    target::{self, Target, TargetError},
+    target::{self, Target, TargetError, ThreadRole},
+    threadpool::{monitor::PoolMonitor, PoolOutput},
+    threads::{self, ThreadInfo},
 };
 
 /// Distinct stacks kept per open iteration (see `EpisodeBuilder`).
@@ -73,6 +75,10 @@ struct Watched {
     no_poll_warned: bool,
     /// (tid, iteration) of stalls already announced.
     stalls_announced: HashSet<(u32, u64)>,
+    pool: PoolMonitor,
+    /// Roles of its threads when watching began: all that is left to say
+    /// about them once the process has exited.
+    threads: Vec<ThreadInfo>,
 }
 
 pub async fn run(settings: Settings) -> Result<(), RunError> {
@@ -86,14 +92,21 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let config = probes::kernel_config(threshold_ns, settings.frequency_hz, false)?;
     let (mut probes, ring) = Probes::attach(config, settings.frequency_hz)?;
     let mut watched = HashMap::new();
+    let mut pool_notes = Vec::new();
     for t in targets {
         probes.watch(t.pid)?;
+        let attach = probes.attach_threadpool(t.pid);
+        if let Some(note) = attach.note(t.pid) {
+            pool_notes.push((t.pid, note));
+        }
         let w = Watched {
+            pool: PoolMonitor::new(t.pid, attach, threshold_ns, monotonic_ns()),
             target: t,
             since: Instant::now(),
             samples: 0,
             no_poll_warned: false,
             stalls_announced: HashSet::new(),
+            threads: Vec::new(),
         };
         watched.insert(w.target.pid, w);
     }
@@ -112,11 +125,20 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
             reporter.perf_map_status(pid, &sym.perf_map);
         }
     }
+    for (&pid, w) in watched.iter_mut() {
+        w.threads = thread_census(&probes, &symbolizer, pid).await;
+    }
     let (tx, rx) = unbounded_channel();
     let reporter = tokio::spawn(reporter.run(rx));
     let mut pids: Vec<u32> = watched.keys().copied().collect();
     pids.sort_unstable();
     let _ = tx.send(Output::Ready { pids });
+    for (pid, message) in pool_notes {
+        let _ = tx.send(Output::Warning {
+            pid: Some(pid),
+            message,
+        });
+    }
 
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: the fd stays open
     // for as long as it is registered.
@@ -145,7 +167,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
                 // liveness check (and its up-to-250 ms delay).
                 for pid in std::mem::take(&mut collector.exited) {
                     if let Some(w) = watched.remove(&pid) {
-                        finish(&mut probes, &mut collector, w, threshold_ns, true);
+                        finish(&mut probes, &mut collector, &symbolizer, w, threshold_ns, true).await;
                     }
                 }
                 if watched.is_empty() {
@@ -153,7 +175,17 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
                 }
             }
             _ = drain_tick.tick() => {
+                // Worker state is read before draining (see PoolMonitor::tick).
+                let pools: Vec<(u32, Vec<_>)> = watched.keys().map(|&p| (p, probes.pool_workers(p))).collect();
                 collector.drain(ring.get_mut(), &mut watched);
+                let now = monotonic_ns();
+                for (pid, workers) in pools {
+                    if let Some(w) = watched.get_mut(&pid) {
+                        for out in w.pool.tick(&workers, now) {
+                            let _ = tx.send(Output::Pool(out));
+                        }
+                    }
+                }
                 probes.flush_logs();
                 if last_liveness.elapsed() >= LIVENESS_EVERY {
                     last_liveness = Instant::now();
@@ -161,7 +193,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
                     for pid in gone {
                         collector.drain(ring.get_mut(), &mut watched);
                         let w = watched.remove(&pid).expect("pid listed above");
-                        finish(&mut probes, &mut collector, w, threshold_ns, true);
+                        finish(&mut probes, &mut collector, &symbolizer, w, threshold_ns, true).await;
                     }
                     if watched.is_empty() {
                         break;
@@ -187,7 +219,15 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
 
     collector.drain(ring.get_mut(), &mut watched);
     for (_, w) in watched.drain() {
-        finish(&mut probes, &mut collector, w, threshold_ns, false);
+        finish(
+            &mut probes,
+            &mut collector,
+            &symbolizer,
+            w,
+            threshold_ns,
+            false,
+        )
+        .await;
     }
     let k = probes.counters();
     if k.threads_full + k.stats_full > 0 {
@@ -243,6 +283,17 @@ impl Collector {
                     let _ = self.tx.send(Output::Episode(self.builder.close(&e)));
                 }
                 Ok(Record::OffCpu(o)) => self.builder.add_off_cpu(o),
+                Ok(Record::PoolSample(s)) => {
+                    if let Some(w) = watched.get_mut(&s.pid) {
+                        w.samples += 1;
+                        w.pool.add_sample(s);
+                    }
+                }
+                Ok(Record::PoolBusy(e)) => {
+                    if let Some(w) = watched.get_mut(&e.pid) {
+                        w.pool.add_busy_period(&e);
+                    }
+                }
                 Ok(Record::Exit { pid, .. }) => self.exited.push(pid),
                 Ok(Record::Exec { .. }) => {}
                 Err(err) => {
@@ -255,10 +306,11 @@ impl Collector {
 }
 
 /// Reports what is still open for `w`, then its summary, and frees its state.
-fn finish(
+async fn finish(
     probes: &mut Probes,
     collector: &mut Collector,
-    w: Watched,
+    symbolizer: &Symbolizer,
+    mut w: Watched,
     threshold_ns: u64,
     exited: bool,
 ) {
@@ -297,12 +349,31 @@ fn finish(
             }
         }
     }
+    let workers = probes.pool_workers(pid);
+    if let Some(e) = w.pool.finish(&workers, now, exited) {
+        let _ = collector.tx.send(Output::Pool(PoolOutput::Saturation(e)));
+    }
+    let threads = if exited || !target::is_alive(pid) {
+        let (loops, pool) = kernel_roles(probes, pid);
+        threads::update_from_kernel(pid, &mut w.threads, &loops, &pool);
+        std::mem::take(&mut w.threads)
+    } else {
+        thread_census(probes, symbolizer, pid).await
+    };
+    // The census knows a loop thread that is not a Worker (V8's delayed-task
+    // scheduler, on Node 20 only from its stack).
+    let role_of = |tid: u32, polled_as: ThreadRole| {
+        threads
+            .iter()
+            .find(|t| t.tid == tid && t.evidence != threads::Evidence::None)
+            .map_or(polled_as, |t| t.role)
+    };
     let loops: Vec<LoopSummary> = probes
         .active_loops(pid)
         .into_iter()
         .map(|(tid, role, s)| LoopSummary {
             tid,
-            role,
+            role: role_of(tid, role),
             figures: LoopFigures::from_stats(&s),
         })
         .collect();
@@ -324,11 +395,40 @@ fn finish(
         episodes_reported: 0,
         exited,
         kernel: probes.counters(),
+        threadpool: w
+            .pool
+            .attach
+            .busy_tracked
+            .then(|| w.pool.summary(&workers, now)),
+        threads,
     };
     let _ = collector.tx.send(Output::Summary(summary));
     let _ = collector.tx.send(Output::Forget(pid));
     probes.unwatch(pid);
     collector.builder.forget_pid(pid);
+}
+
+/// Loop threads other than main, and threadpool workers, as the kernel saw them.
+fn kernel_roles(probes: &Probes, pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let loops = probes
+        .thread_loops(pid)
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|&t| t != pid)
+        .collect();
+    let pool = probes
+        .pool_workers(pid)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    (loops, pool)
+}
+
+async fn thread_census(probes: &Probes, symbolizer: &Symbolizer, pid: u32) -> Vec<ThreadInfo> {
+    let (loops, pool) = kernel_roles(probes, pid);
+    let mut threads = threads::census(pid, &loops, &pool);
+    threads::classify_by_stack(pid, &mut threads, symbolizer).await;
+    threads
 }
 
 /// Open busy windows of each watched loop thread: `(tid, iteration, busy_start_ns)`.

@@ -31,6 +31,12 @@ pub enum ThreadRole {
     Main,
     /// A `worker_threads` Worker: another thread running its own event loop.
     Worker,
+    /// A libuv threadpool worker (fs, crypto, zlib, dns work).
+    Threadpool,
+    /// One of V8's platform threads (background compilation and GC tasks).
+    V8Platform,
+    /// Anything else (the inspector's signal thread, an addon's threads).
+    Other,
 }
 
 impl ThreadRole {
@@ -38,18 +44,28 @@ impl ThreadRole {
         match self {
             ThreadRole::Main => "main",
             ThreadRole::Worker => "worker",
+            ThreadRole::Threadpool => "threadpool",
+            ThreadRole::V8Platform => "v8-platform",
+            ThreadRole::Other => "other",
         }
     }
 
-    /// Only loop threads produce episodes: the main one, or a worker's.
+    /// Role of a thread that polls an event loop: the main one, a
+    /// `worker_threads` Worker's, or, named so on Node ≥ 22, V8's delayed-task
+    /// scheduler (which runs a libuv loop of its own for its timers).
     pub fn of_loop_thread(pid: u32, tid: u32) -> Self {
         if pid == tid {
             ThreadRole::Main
+        } else if thread_name(pid, tid).as_deref() == Some(DELAYED_TASK_SCHEDULER) {
+            ThreadRole::V8Platform
         } else {
             ThreadRole::Worker
         }
     }
 }
+
+/// `comm` of Node's DelayedTaskScheduler thread (cut at 15 bytes) on Node ≥ 22.
+pub const DELAYED_TASK_SCHEDULER: &str = "DelayedTaskSche";
 
 impl Target {
     /// Checks that `pid` exists and, unless `force`, that it runs Node (or
@@ -113,6 +129,17 @@ pub fn is_alive(pid: u32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// `(tid, comm)` of every thread of `pid` (empty when it is gone).
+pub fn thread_comms(pid: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|tid| Some((tid, thread_name(pid, tid)?)))
+        .collect()
 }
 
 pub fn thread_name(pid: u32, tid: u32) -> Option<String> {

@@ -27,6 +27,8 @@ pub struct Scenario {
     /// Run Node in new pid and mount namespaces with a private /tmp, as in a
     /// container: its perf map is /tmp/perf-<its own pid>.map inside.
     contained: bool,
+    /// Run this node binary instead of the one for `major`.
+    node_binary: Option<PathBuf>,
 }
 
 impl Scenario {
@@ -40,7 +42,14 @@ impl Scenario {
             kill_node_on: None,
             cpu: None,
             contained: false,
+            node_binary: None,
         }
+    }
+
+    /// Run another build of node (e.g. a stripped copy) for `major`.
+    pub fn node_binary(mut self, path: &Path) -> Self {
+        self.node_binary = Some(path.to_path_buf());
+        self
     }
 
     /// Run Node as in a container (see `contained`).
@@ -78,7 +87,10 @@ impl Scenario {
     /// either fails to get through the protocol in time.
     pub fn run(self) -> Run {
         let bin = loopbpf_bin();
-        let node = node_for(self.major);
+        let node = self
+            .node_binary
+            .clone()
+            .unwrap_or_else(|| node_for(self.major));
         let script = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("node")
             .join(self.script);

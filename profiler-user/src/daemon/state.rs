@@ -141,6 +141,8 @@ impl State {
                     self.builder.add_off_cpu(o)
                 }
                 Ok(Record::OffCpu(_)) => {}
+                // Threadpool uprobes are attached only by `loopbpf --pid`.
+                Ok(Record::PoolSample(_) | Record::PoolBusy(_)) => {}
                 Ok(Record::Episode(e)) => {
                     if let Some(id) = self.watched.get(&e.pid) {
                         let episode = self.builder.close(&e);

@@ -7,7 +7,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{report::EpisodeReport, symbolize::Frame};
+use crate::{
+    report::EpisodeReport,
+    symbolize::{Frame, FrameKind},
+    threadpool::report::PoolReport,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FoldedError {
@@ -86,13 +90,40 @@ pub fn file_name(r: &EpisodeReport) -> String {
 }
 
 pub fn write(dir: &Path, r: &EpisodeReport, frequency_hz: u64) -> Result<PathBuf, FoldedError> {
+    write_file(dir, &file_name(r), &render(r, frequency_hz))
+}
+
+/// A threadpool saturation's worker stacks, under a `[threadpool]` root so
+/// they never mix with a loop's in a merged flamegraph.
+pub fn write_pool(dir: &Path, r: &PoolReport) -> Result<PathBuf, FoldedError> {
+    let mut text = String::new();
+    for (frames, n) in &r.stacks {
+        let mut rooted = Vec::with_capacity(frames.len() + 1);
+        rooted.push(Frame::new("[threadpool]", FrameKind::Unknown));
+        rooted.extend(frames.iter().cloned());
+        line(&mut text, &rooted, None, *n);
+    }
+    if r.episode.samples_without_stack > 0 {
+        text.push_str(&format!(
+            "[threadpool];[stack not kept] {}\n",
+            r.episode.samples_without_stack
+        ));
+    }
+    let e = &r.episode;
+    write_file(
+        dir,
+        &format!("{}-threadpool-{}.folded", e.pid, e.start_ns),
+        &text,
+    )
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, FoldedError> {
     fs::create_dir_all(dir).map_err(|source| FoldedError::CreateDir {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join(file_name(r));
-    let tmp = dir.join(format!(".{}.tmp", file_name(r)));
-    let text = render(r, frequency_hz);
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
     let written = fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(text.as_bytes())?;
@@ -109,9 +140,7 @@ pub fn write(dir: &Path, r: &EpisodeReport, frequency_hz: u64) -> Result<PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        breakdown::OffCpuStack, episode::Episode, symbolize::FrameKind, target::ThreadRole,
-    };
+    use crate::{breakdown::OffCpuStack, episode::Episode, target::ThreadRole};
 
     fn report(stacks: Vec<(Vec<Frame>, u64)>, off_cpu: Vec<OffCpuStack>) -> EpisodeReport {
         let episode = Episode {

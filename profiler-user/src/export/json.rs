@@ -6,6 +6,7 @@ use crate::{
     loop_stats::LoopFigures,
     report::{EpisodeReport, ProcessSummary},
     target::ThreadRole,
+    threadpool::{report::PoolReport, PoolSummary, UtilizationPoint},
 };
 
 fn ms(ns: u64) -> f64 {
@@ -102,7 +103,92 @@ pub fn summary(s: &ProcessSummary) -> Value {
         })
         .collect();
     out.insert("loops".into(), loops.into());
+    out.insert(
+        "thread_roles".into(),
+        serde_json::to_value(crate::threads::role_counts(&s.threads)).unwrap_or(Value::Null),
+    );
+    let threads: Vec<Value> = s
+        .threads
+        .iter()
+        .map(|t| json!({"tid": t.tid, "name": t.name, "role": t.role.as_str(), "evidence": t.evidence}))
+        .collect();
+    out.insert("threads".into(), threads.into());
+    out.insert(
+        "threadpool".into(),
+        s.threadpool
+            .as_ref()
+            .map(pool_summary)
+            .unwrap_or(Value::Null),
+    );
     Value::Object(out)
+}
+
+fn share(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+pub fn pool_saturation(r: &PoolReport) -> Value {
+    let e = &r.episode;
+    json!({
+        "type": "threadpool_saturation",
+        "pid": e.pid,
+        "start_ns": e.start_ns,
+        "end_ns": e.end_ns,
+        "duration_ms": ms(e.end_ns.saturating_sub(e.start_ns)),
+        "pool_size": e.pool_size,
+        "workers": e.workers,
+        "items": e.items,
+        "samples": e.samples,
+        "top_work": r.top_work.as_ref().map(|h| h.name.as_str()),
+        "top_work_share": r.top_work.as_ref().map(|h| share(h.share)),
+        "top_frame": r.top_frame.as_ref().map(|h| h.name.as_str()),
+        "top_frame_share": r.top_frame.as_ref().map(|h| share(h.share)),
+        "folded": r.folded_path,
+        "folded_error": r.folded_error,
+        "ongoing": e.ongoing,
+    })
+}
+
+pub fn pool_saturated(pid: u32, pool_size: usize, since_ns: u64, now_ns: u64) -> Value {
+    json!({
+        "type": "threadpool_saturated",
+        "pid": pid,
+        "pool_size": pool_size,
+        "start_ns": since_ns,
+        "saturated_so_far_ms": ms(now_ns.saturating_sub(since_ns)),
+    })
+}
+
+pub fn pool_utilization(p: &UtilizationPoint) -> Value {
+    json!({
+        "type": "threadpool_utilization",
+        "pid": p.pid,
+        "time_ns": p.time_ns,
+        "window_ms": ms(p.window_ns),
+        "utilization": share(p.utilization),
+        "busy_workers": p.busy_workers,
+        "pool_size": p.pool_size,
+    })
+}
+
+fn pool_summary(p: &PoolSummary) -> Value {
+    json!({
+        "pool_size": p.size,
+        "pool_size_source": p.size_source,
+        "workers_seen": p.workers_seen,
+        "items": p.items,
+        "busy_ms": ms(p.busy_ns),
+        "utilization": (p.utilization * 10_000.0).round() / 10_000.0,
+        "peak_utilization": share(p.peak_utilization),
+        "saturations": p.saturations,
+        "saturated_ms": ms(p.saturated_ns),
+        "queue_wait_tracked": p.queue_wait_tracked,
+        "queue_wait_items": p.waited_items,
+        "queue_wait_mean_ms": ms(p.queue_wait_mean_ns),
+        "queue_wait_p50_ms": ms(p.queue_wait_p50_ns),
+        "queue_wait_p99_ms": ms(p.queue_wait_p99_ns),
+        "queue_wait_max_ms": ms(p.queue_wait_max_ns),
+    })
 }
 
 #[cfg(test)]
@@ -164,6 +250,8 @@ mod tests {
             episodes_reported: 0,
             exited: true,
             kernel: Default::default(),
+            threadpool: None,
+            threads: vec![],
         };
         let v = summary(&s);
         assert_eq!(v["iterations"], 10);

@@ -4,6 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::{
     report::{EpisodeReport, ProcessSummary},
     target::ThreadRole,
+    threadpool::{report::PoolReport, PoolSummary},
 };
 
 /// Converts CLOCK_MONOTONIC (the kernel's timestamps) to wall-clock time.
@@ -151,12 +152,93 @@ pub fn summary(s: &ProcessSummary) -> String {
             ));
         }
     }
+    if let Some(p) = &s.threadpool {
+        out.push_str(&pool_summary(p));
+    }
+    if !s.threads.is_empty() {
+        let roles: Vec<String> = crate::threads::role_counts(&s.threads)
+            .into_iter()
+            .map(|(role, n)| format!("{n} {role}"))
+            .collect();
+        out.push_str(&format!("\n  threads: {}", roles.join(", ")));
+    }
     let k = &s.kernel;
     if k.samples_lost + k.episodes_lost > 0 {
         out.push_str(&format!(
             "\n  lost in the kernel (all targets): {} samples, {} episodes (ring buffer full)",
             k.samples_lost, k.episodes_lost
         ));
+    }
+    out
+}
+
+pub fn pool_saturation(r: &PoolReport, clock: &WallClock) -> String {
+    let e = &r.episode;
+    let mut line = format!(
+        "{} pid {} threadpool: {} {:.1} ms, all {} workers busy ({} items, {} samples)",
+        clock.format(e.end_ns),
+        e.pid,
+        if e.ongoing {
+            "still saturated after"
+        } else {
+            "saturated"
+        },
+        e.end_ns.saturating_sub(e.start_ns) as f64 / 1e6,
+        e.pool_size,
+        e.items,
+        e.samples
+    );
+    if let Some(w) = &r.top_work {
+        line.push_str(&format!(", running {} ({:.0}%)", w.name, w.share * 100.0));
+    }
+    if let Some(h) = &r.top_frame {
+        line.push_str(&format!(", hottest: {} ({:.0}%)", h.name, h.share * 100.0));
+    }
+    match (&r.folded_path, &r.folded_error) {
+        (Some(p), _) => line.push_str(&format!(" -> {}", p.display())),
+        (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {err})")),
+        _ => {}
+    }
+    line
+}
+
+pub fn pool_saturated(
+    pid: u32,
+    pool_size: usize,
+    since_ns: u64,
+    now_ns: u64,
+    clock: &WallClock,
+) -> String {
+    format!(
+        "{} pid {} threadpool: STILL SATURATED, all {} workers busy for {:.1} s since {}; new fs/crypto/zlib/dns work waits (the episode follows when it ends)",
+        clock.format(now_ns),
+        pid,
+        pool_size,
+        now_ns.saturating_sub(since_ns) as f64 / 1e9,
+        clock.format(since_ns)
+    )
+}
+
+fn pool_summary(p: &PoolSummary) -> String {
+    let mut out = format!(
+        "\n  threadpool ({} workers, {}): {} items, utilization {:.1}% (peak {:.0}% over 1 s), saturated {} times for {:.1} ms",
+        p.size,
+        p.size_source,
+        p.items,
+        p.utilization * 100.0,
+        p.peak_utilization * 100.0,
+        p.saturations,
+        p.saturated_ns as f64 / 1e6
+    );
+    if p.queue_wait_tracked && p.waited_items > 0 {
+        out.push_str(&format!(
+            ", queue wait p50 {:.3} ms p99 {:.3} ms max {:.1} ms",
+            p.queue_wait_p50_ns as f64 / 1e6,
+            p.queue_wait_p99_ns as f64 / 1e6,
+            p.queue_wait_max_ns as f64 / 1e6
+        ));
+    } else if !p.queue_wait_tracked {
+        out.push_str(", queue wait not measured");
     }
     out
 }

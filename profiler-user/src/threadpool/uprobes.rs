@@ -1,0 +1,239 @@
+//! Attaches the threadpool uprobes to one process's node binary, by symbol
+//! name (official Node binaries keep their symbol table), scoped to that
+//! process so other processes running the same binary never trap.
+use std::{collections::HashMap, num::NonZeroU32, path::PathBuf};
+
+use aya::{
+    maps::HashMap as BpfHashMap,
+    programs::{uprobe::UProbeScope, ProgramError, UProbe},
+};
+use profiler_common::{PendingWork, PoolWorker};
+
+use crate::probes::Probes;
+
+/// Where a work item enters the queue: libuv's internal entry (fs, dns,
+/// random), and `uv_queue_work` (crypto, zlib, addons), which inlines it.
+pub const SUBMIT: &str = "uv__work_submit";
+pub const QUEUE_WORK: &str = "uv_queue_work";
+/// Where an idle worker sleeps; called by libuv's `worker()` only when the
+/// queue is empty.
+pub const IDLE: &str = "uv_cond_wait";
+/// The functions `worker()` calls to run an item, one per kind of work.
+pub const WORK_FUNCTIONS: [&str; 5] = [
+    "uv__fs_work",
+    "uv__queue_work",
+    "uv__getaddrinfo_work",
+    "uv__getnameinfo_work",
+    "uv__random_work",
+];
+
+/// How much of the threadpool a process's binary lets us see.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolAttach {
+    /// Symbols looked for and not found (or not attachable).
+    pub missing: Vec<&'static str>,
+    /// Busy workers and saturation are tracked.
+    pub busy_tracked: bool,
+    /// Queue wait (submit → start) is measured.
+    pub queue_wait_tracked: bool,
+    /// Why nothing could be attached, when nothing was.
+    pub error: Option<String>,
+}
+
+impl PoolAttach {
+    /// One line for the user when something is missing, `None` when complete.
+    pub fn note(&self, pid: u32) -> Option<String> {
+        if let Some(err) = &self.error {
+            return Some(format!(
+                "pid {pid}: threadpool not tracked ({err}): no utilization, saturation or queue wait"
+            ));
+        }
+        if self.missing.is_empty() {
+            return None;
+        }
+        let what = if !self.busy_tracked {
+            "no utilization, saturation or queue wait"
+        } else if !self.queue_wait_tracked {
+            "utilization and saturation only, no queue wait"
+        } else {
+            "work of those kinds is not seen"
+        };
+        Some(format!(
+            "pid {pid}: libuv symbol(s) {} not found in /proc/{pid}/exe (stripped binary?): threadpool figures degraded, {what}",
+            self.missing.join(", ")
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolProbeError {
+    #[error("eBPF program {name} is missing from the object")]
+    MissingProgram { name: &'static str },
+    #[error("loading uprobe program {name} failed: {source}")]
+    Load {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+impl Probes {
+    /// Attaches the threadpool uprobes to `pid`'s executable. Missing symbols
+    /// degrade what is tracked (see `PoolAttach`), they are not errors.
+    pub fn attach_threadpool(&mut self, pid: u32) -> PoolAttach {
+        let mut result = PoolAttach::default();
+        let Some(scope) = NonZeroU32::new(pid).map(UProbeScope::OneProcess) else {
+            result.error = Some("pid 0".into());
+            return result;
+        };
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let mut links = Vec::new();
+        let mut attach =
+            |probes: &mut Probes, prog: &'static str, symbol: &'static str| match probes
+                .attach_uprobe(prog, symbol, &exe, scope)
+            {
+                Ok(link) => {
+                    links.push((prog, link));
+                    Ok(true)
+                }
+                Err(AttachFailure::Symbol(reason)) => {
+                    log::debug!("pid {pid}: uprobe {symbol}: {reason}");
+                    Ok(false)
+                }
+                Err(AttachFailure::Program(e)) => Err(e),
+            };
+        let outcome = (|| -> Result<(), PoolProbeError> {
+            let idle = attach(self, "pool_worker_idle", IDLE)?;
+            let mut any_work = false;
+            for f in WORK_FUNCTIONS {
+                if attach(self, "pool_work_start", f)? {
+                    any_work = true;
+                } else {
+                    result.missing.push(f);
+                }
+            }
+            if !idle {
+                result.missing.push(IDLE);
+            }
+            result.busy_tracked = idle && any_work;
+            if result.busy_tracked {
+                let submit = attach(self, "pool_submit", SUBMIT)?;
+                let queue_work = attach(self, "pool_queue_work", QUEUE_WORK)?;
+                result.queue_wait_tracked = submit || queue_work;
+                if !submit {
+                    result.missing.push(SUBMIT);
+                }
+                if !queue_work {
+                    result.missing.push(QUEUE_WORK);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = outcome {
+            result.error = Some(e.to_string());
+        }
+        if !result.busy_tracked {
+            // Half a set of probes would only mislead: take them all off.
+            self.detach_links(links);
+            return result;
+        }
+        self.pool_links.insert(pid, links);
+        result
+    }
+
+    fn attach_uprobe(
+        &mut self,
+        prog: &'static str,
+        symbol: &'static str,
+        exe: &std::path::Path,
+        scope: UProbeScope,
+    ) -> Result<aya::programs::uprobe::UProbeLinkId, AttachFailure> {
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut(prog)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(AttachFailure::Program(PoolProbeError::MissingProgram {
+                name: prog,
+            }))?;
+        if p.fd().is_err() {
+            p.load().map_err(|source| {
+                AttachFailure::Program(PoolProbeError::Load { name: prog, source })
+            })?;
+        }
+        p.attach(symbol, exe, scope)
+            .map_err(|e| AttachFailure::Symbol(e.to_string()))
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>) {
+        for (prog, link) in links {
+            if let Some(p) = self
+                .ebpf
+                .program_mut(prog)
+                .and_then(|p| <&mut UProbe>::try_from(p).ok())
+            {
+                let _ = p.detach(link);
+            }
+        }
+    }
+
+    /// Takes `pid`'s threadpool uprobes off and frees its kernel state.
+    pub(crate) fn detach_threadpool(&mut self, pid: u32) {
+        if let Some(links) = self.pool_links.remove(&pid) {
+            self.detach_links(links);
+        }
+        let workers: Vec<u32> = self.pool_workers(pid).into_iter().map(|(t, _)| t).collect();
+        if let Some(mut m) = self
+            .ebpf
+            .map_mut("POOL_WORKERS")
+            .and_then(|m| BpfHashMap::<_, u32, PoolWorker>::try_from(m).ok())
+        {
+            for tid in workers {
+                let _ = m.remove(&tid);
+            }
+        }
+        if let Some(mut m) = self
+            .ebpf
+            .map_mut("POOL_PENDING")
+            .and_then(|m| BpfHashMap::<_, PendingWork, u64>::try_from(m).ok())
+        {
+            let keys: Vec<PendingWork> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.pid == pid)
+                .collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
+    }
+
+    /// Threadpool workers of `pid` the kernel has seen run work.
+    pub fn pool_workers(&self, pid: u32) -> Vec<(u32, PoolWorker)> {
+        let Some(map) = self.ebpf.map("POOL_WORKERS") else {
+            return Vec::new();
+        };
+        let Ok(workers) = BpfHashMap::<_, u32, PoolWorker>::try_from(map) else {
+            return Vec::new();
+        };
+        workers
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, w)| w.pid == pid)
+            .collect()
+    }
+
+    /// Processes with threadpool uprobes attached.
+    pub fn pool_tracked(&self, pid: u32) -> bool {
+        self.pool_links.contains_key(&pid)
+    }
+}
+
+enum AttachFailure {
+    /// The symbol is not there (or not attachable): degrade.
+    Symbol(String),
+    /// Our own program is broken: report.
+    Program(PoolProbeError),
+}
+
+/// Links of one process's uprobes, by program name.
+pub type PoolLinks = HashMap<u32, Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>>;
