@@ -54,6 +54,12 @@ pub struct Cli {
     /// Watch the process even if it does not look like Node (any libuv program).
     #[arg(long)]
     pub force: bool,
+
+    /// Do not attach the libuv threadpool uprobes: no threadpool utilization,
+    /// saturation or queue wait, and no uprobe cost on each fs/crypto/zlib/dns
+    /// work item (a few microseconds each; see the README).
+    #[arg(long)]
+    pub no_threadpool: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
                 output: cli.output,
                 json: cli.json,
                 force: cli.force,
+                threadpool: !cli.no_threadpool,
             };
             runtime.block_on(run::run(settings)).map_err(Into::into)
         }

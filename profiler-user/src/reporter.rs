@@ -34,7 +34,7 @@ pub enum Output {
         start_ns: u64,
         now_ns: u64,
     },
-    Summary(ProcessSummary),
+    Summary(Box<ProcessSummary>),
     /// Threadpool saturation, its notice, or a utilization point.
     Pool(PoolOutput),
     /// The process is gone and its last report is out: drop its caches.
@@ -151,6 +151,8 @@ impl Reporter {
                     stdout_line(&json::pool_utilization(&p).to_string());
                 }
             }
+            // The session turns this into a warning as it detaches the uprobes.
+            Output::Pool(PoolOutput::TooBusy { .. }) => {}
         }
     }
 

@@ -24,7 +24,7 @@ use crate::{
     reporter::{Output, Reporter},
     symbolize::{SymbolizeError, Symbolizer},
     target::{self, Target, TargetError, ThreadRole},
-    threadpool::{monitor::PoolMonitor, PoolOutput},
+    threadpool::{monitor::PoolMonitor, uprobes::PoolAttach, PoolOutput},
     threads::{self, ThreadInfo},
 };
 
@@ -52,6 +52,8 @@ pub struct Settings {
     pub output: PathBuf,
     pub json: bool,
     pub force: bool,
+    /// Attach the threadpool uprobes.
+    pub threadpool: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,11 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let mut pool_notes = Vec::new();
     for t in targets {
         probes.watch(t.pid)?;
-        let attach = probes.attach_threadpool(t.pid);
+        let attach = if settings.threadpool {
+            probes.attach_threadpool(t.pid)
+        } else {
+            PoolAttach::default()
+        };
         if let Some(note) = attach.note(t.pid) {
             pool_notes.push((t.pid, note));
         }
@@ -182,7 +188,13 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
                 for (pid, workers) in pools {
                     if let Some(w) = watched.get_mut(&pid) {
                         for out in w.pool.tick(&workers, now) {
-                            let _ = tx.send(Output::Pool(out));
+                            if let PoolOutput::TooBusy { pid, items_per_s } = out {
+                                probes.detach_pool_uprobes(pid);
+                                let message = too_busy_message(pid, items_per_s);
+                                let _ = tx.send(Output::Warning { pid: Some(pid), message });
+                            } else {
+                                let _ = tx.send(Output::Pool(out));
+                            }
                         }
                     }
                 }
@@ -402,10 +414,17 @@ async fn finish(
             .then(|| w.pool.summary(&workers, now)),
         threads,
     };
-    let _ = collector.tx.send(Output::Summary(summary));
+    let _ = collector.tx.send(Output::Summary(Box::new(summary)));
     let _ = collector.tx.send(Output::Forget(pid));
     probes.unwatch(pid);
     collector.builder.forget_pid(pid);
+}
+
+pub fn too_busy_message(pid: u32, items_per_s: f64) -> String {
+    format!(
+        "pid {pid}: threadpool runs {items_per_s:.0} work items/s, over the {:.0}/s at which its uprobes cost more than a profiler should: they are detached, and threadpool figures stop here (--no-threadpool skips them from the start)",
+        crate::threadpool::monitor::MAX_ITEMS_PER_S
+    )
 }
 
 /// Loop threads other than main, and threadpool workers, as the kernel saw them.

@@ -1,7 +1,9 @@
 'use strict';
 // A long-running Node process for the daemon tests: idles on a timer (so its
 // loop polls) until told on stdin `block MS` (block the loop that long in
-// daemonBlock, then print {"block":…}) or `exit` (process.exit(0)).
+// daemonBlock, then print {"block":…}), `pbkdf2 N` (N concurrent async
+// crypto.pbkdf2 calls on the threadpool, then print {"pbkdf2":N,"ms":…}) or
+// `exit` (process.exit(0)).
 // Prints {"script":"ready","pid":N} once running.
 
 function daemonBlock(ms) {
@@ -21,6 +23,17 @@ function handle(line) {
       const ms = Number(process.hrtime.bigint() - start) / 1e6;
       process.stdout.write(JSON.stringify({ block: 'daemonBlock', ms }) + '\n');
     }, 20);
+  } else if (cmd === 'pbkdf2') {
+    const start = process.hrtime.bigint();
+    let left = Number(arg);
+    for (let i = 0; i < Number(arg); i++) {
+      require('crypto').pbkdf2('secret', 'salt' + i, 150000, 64, 'sha512', () => {
+        if (--left === 0) {
+          const ms = Number(process.hrtime.bigint() - start) / 1e6;
+          process.stdout.write(JSON.stringify({ pbkdf2: Number(arg), ms }) + '\n');
+        }
+      });
+    }
   } else if (cmd === 'exit') {
     process.exit(0);
   }

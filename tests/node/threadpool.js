@@ -7,7 +7,7 @@ const crypto = require('crypto');
 const { now, report, waitForGo, done } = require('./protocol');
 
 const CALLS = Number(process.env.POOL_CALLS || 32);
-const ITERATIONS = Number(process.env.PBKDF2_ITERATIONS || 150000);
+const ITERATIONS = Number(process.env.PBKDF2_ITERATIONS || 300000);
 
 waitForGo(() => {
   let maxLagMs = 0;

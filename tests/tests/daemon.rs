@@ -4,7 +4,7 @@
 //! (see daemon_lifetimes.rs and daemon_service.rs for the rest).
 use std::time::{Duration, Instant};
 
-use integration_tests::daemon::{metric, node_target, poll, Daemon, MetricSample};
+use integration_tests::daemon::{metric, node_target, parse_metrics, poll, Daemon, MetricSample};
 use integration_tests::prometheus::Prometheus;
 
 const BLOCK_MS: u64 = 300;
@@ -188,4 +188,85 @@ fn daemon_discovers_measures_and_forgets_node_processes() {
         !log.contains("\x1b["),
         "colours in a log that is not a terminal:\n{log}"
     );
+}
+
+/// The daemon attaches the threadpool uprobes to what it discovers: a
+/// saturated pool shows in the metrics and is stored as an episode.
+#[test]
+fn daemon_exports_threadpool_saturation() {
+    let mut daemon = Daemon::start("threshold = \"50ms\"\n");
+    let mut node = node_target(24);
+    let pid = node.pid();
+    let p = pid.to_string();
+    assert!(
+        poll(Duration::from_secs(5), || daemon.watches(pid).then_some(())).is_some(),
+        "pid {pid} was never watched:\n{}",
+        daemon.process.describe()
+    );
+    let port = daemon.port;
+    let series = |name: &str| {
+        let text = integration_tests::daemon::http_get(port, "/metrics").map(|(_, b)| b);
+        metric(
+            &parse_metrics(&text.unwrap_or_default()),
+            name,
+            &[("pid", &p)],
+        )
+    };
+    // Uprobes go on a second after discovery: wait for the pool's series.
+    let attached = poll(Duration::from_secs(5), || {
+        series("loopbpf_threadpool_size").map(|_| ())
+    });
+    assert!(attached.is_some(), "no threadpool series for pid {pid}");
+    node.write_line("pbkdf2 32").unwrap();
+    node.wait_for_line(Instant::now() + Duration::from_secs(30), "pbkdf2", |l| {
+        l.contains("\"pbkdf2\"")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let settled = poll(Duration::from_secs(5), || {
+        let waited = series("loopbpf_threadpool_queue_wait_seconds_count")?;
+        let saturations = series("loopbpf_threadpool_saturations_total")?;
+        (waited >= 32.0 && saturations >= 1.0).then_some(())
+    });
+    let text = daemon.metrics();
+    let threadpool: Vec<&MetricSample> = text
+        .iter()
+        .filter(|m| m.name.contains("threadpool"))
+        .collect();
+    assert!(
+        settled.is_some(),
+        "want 32 queue waits and a saturation for pid {pid}, got {threadpool:?}\n{}",
+        daemon.process.describe()
+    );
+    assert_eq!(
+        series("loopbpf_threadpool_size"),
+        Some(4.0),
+        "{threadpool:?}"
+    );
+    assert!(
+        series("loopbpf_threadpool_items_total").unwrap_or(0.0) >= 32.0,
+        "{threadpool:?}"
+    );
+    let stored = poll(Duration::from_secs(5), || {
+        daemon
+            .index()
+            .into_iter()
+            .find(|r| r["type"] == "threadpool_saturation" && r["pid"] == pid)
+    });
+    let record = stored.unwrap_or_else(|| {
+        panic!(
+            "no threadpool_saturation record in the index: {:?}\n{}",
+            daemon.index(),
+            daemon.process.describe()
+        )
+    });
+    assert!(
+        record["top_work"].as_str().unwrap_or("").contains("PBKDF2"),
+        "{record}"
+    );
+    node.write_line("exit").unwrap();
+    let gone = poll(Duration::from_secs(5), || {
+        series("loopbpf_threadpool_size").is_none().then_some(())
+    });
+    assert!(gone.is_some(), "threadpool series of pid {pid} outlived it");
+    daemon.terminate(Duration::from_secs(20)).unwrap();
 }

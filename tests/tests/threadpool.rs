@@ -187,3 +187,30 @@ fn stripped_node_degrades_with_a_note() {
     }
     run.check(problems);
 }
+
+/// Past 10 000 items a second the uprobes would cost several percent of a
+/// CPU: they come off with a warning, and the summary says figures stopped.
+#[test]
+fn a_storm_of_small_items_detaches_the_uprobes() {
+    let run = Scenario::new(20, "fs_storm.js").run();
+    let per_s = f(&run.script_result("fs_storm"), "per_s");
+    let mut problems = Vec::new();
+    let detached: Vec<String> = run
+        .warnings()
+        .into_iter()
+        .filter(|w| w.contains("work items/s") && w.contains("detached"))
+        .collect();
+    if detached.len() != 1 {
+        problems.push(format!(
+            "the script ran {per_s:.0} stat calls/s; want one warning that the uprobes came off, got {:?}",
+            run.warnings()
+        ));
+    }
+    let pool = &run.summary()["threadpool"];
+    if pool["stopped_early"] != true || pool["items"].as_u64().unwrap_or(0) < 10_000 {
+        problems.push(format!(
+            "want the figures up to the detach, marked stopped_early: {pool}"
+        ));
+    }
+    run.check(problems);
+}

@@ -107,6 +107,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         sink: tx,
         pending: Vec::new(),
         decode_errors: 0,
+        pools: HashMap::new(),
+        pool_candidates: HashMap::new(),
     };
     // Attached before the scan: a process started during the scan is caught by its exec event.
     st.scan();
@@ -135,7 +137,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                st.drain(ring.get_mut());
+                st.drain_and_tick_pools(ring.get_mut());
                 st.retry_pending();
                 let due = |i: usize, every: Duration, last: &mut [tokio::time::Instant; 4]| {
                     let now = tokio::time::Instant::now();

@@ -12,6 +12,7 @@ use crate::{
     report::EpisodeReport,
     store::{Retention, Store},
     symbolize::Symbolizer,
+    threadpool::{report::PoolReport, PoolEpisode},
 };
 
 // Mostly episodes go through the channel: boxing them would add an allocation
@@ -19,6 +20,7 @@ use crate::{
 #[allow(clippy::large_enum_variant)]
 pub enum SinkMsg {
     Episode(Episode, Identity),
+    PoolSaturation(PoolEpisode, Identity),
     /// The process is gone and its episodes are out: drop its caches.
     Forget(u32),
     Retention(Retention),
@@ -48,6 +50,7 @@ impl Sink {
         while let Some(msg) = rx.recv().await {
             match msg {
                 SinkMsg::Episode(e, id) => self.episode(e, id).await,
+                SinkMsg::PoolSaturation(e, id) => self.pool_saturation(e, id).await,
                 SinkMsg::Forget(pid) => self.symbolizer.forget(pid),
                 SinkMsg::Retention(r) => {
                     if let Err(e) = self.store.set_retention(r) {
@@ -55,6 +58,53 @@ impl Sink {
                     }
                 }
             }
+        }
+    }
+
+    /// Identity and wall-clock fields every stored record carries.
+    fn label(&self, record: &mut serde_json::Value, file_id: &str, start_ns: u64, id: &Identity) {
+        let wall_ms =
+            ((start_ns as i128 + self.realtime_minus_monotonic_ns) / 1_000_000).max(0) as u64;
+        for (k, v) in [
+            ("id", json!(file_id)),
+            ("start_unix_ms", json!(wall_ms)),
+            ("comm", json!(id.comm)),
+            ("exe", json!(id.exe)),
+            ("container", json!(id.container_id)),
+            ("cgroup", json!(id.cgroup)),
+        ] {
+            record[k] = v;
+        }
+    }
+
+    async fn pool_saturation(&mut self, e: PoolEpisode, id: Identity) {
+        let pid = e.pid;
+        let (report, err) = PoolReport::symbolize(e, &self.symbolizer).await;
+        if let Some(err) = err {
+            log::warn!("pid {pid}: symbolization failed: {err}");
+        }
+        let file_id = folded::pool_file_name(&report)
+            .trim_end_matches(".folded")
+            .to_string();
+        let mut record = json::pool_saturation(&report);
+        self.label(&mut record, &file_id, report.episode.start_ns, &id);
+        let folded_text = (!report.stacks.is_empty()).then(|| folded::render_pool(&report));
+        let e = &report.episode;
+        let work = report
+            .top_work
+            .as_ref()
+            .map(|h| format!("{} ({:.0}%)", h.name, h.share * 100.0))
+            .unwrap_or_else(|| "-".into());
+        match self.store.put(&file_id, folded_text.as_deref(), record) {
+            Ok((_, json_path)) => {
+                self.metrics.episode_stored();
+                log::info!(
+                    "threadpool saturated pid={} comm={} container={} ms={:.1} workers={} items={} ongoing={} running={work} record={}",
+                    e.pid, id.comm, id.container_label(), e.end_ns.saturating_sub(e.start_ns) as f64 / 1e6,
+                    e.pool_size, e.items, e.ongoing, json_path.display()
+                );
+            }
+            Err(err) => log::error!("threadpool saturation pid={} not stored: {err}", e.pid),
         }
     }
 
@@ -69,19 +119,7 @@ impl Sink {
             .trim_end_matches(".folded")
             .to_string();
         let mut record = json::episode(&report);
-        let wall_ms = ((report.episode.start_ns as i128 + self.realtime_minus_monotonic_ns)
-            / 1_000_000)
-            .max(0) as u64;
-        for (k, v) in [
-            ("id", json!(file_id)),
-            ("start_unix_ms", json!(wall_ms)),
-            ("comm", json!(id.comm)),
-            ("exe", json!(id.exe)),
-            ("container", json!(id.container_id)),
-            ("cgroup", json!(id.cgroup)),
-        ] {
-            record[k] = v;
-        }
+        self.label(&mut record, &file_id, report.episode.start_ns, &id);
         let folded_text =
             (report.episode.samples > 0).then(|| folded::render(&report, self.frequency_hz));
         let stored = self.store.put(&file_id, folded_text.as_deref(), record);

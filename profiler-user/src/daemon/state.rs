@@ -3,7 +3,10 @@
 //! process leaves (exit event, lost event caught by the sweep, reload, stop)
 //! frees the same things: kernel map entries, samples held, metric series and
 //! the symbolizer's caches.
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc::UnboundedSender;
@@ -19,12 +22,16 @@ use crate::{
     export::text::monotonic_ns,
     metrics::{LoopSeries, Metrics},
     probes::Probes,
+    run::too_busy_message,
     symbolize::Symbolizer,
     target,
+    threadpool::{monitor::PoolMonitor, PoolOutput},
 };
 
 /// Distinct stacks kept per open iteration (as in a --pid session).
 pub const MAX_DISTINCT_STACKS: usize = 4096;
+/// A watched process gets its threadpool uprobes once it has lived this long.
+pub const POOL_ATTACH_AFTER: Duration = Duration::from_secs(1);
 /// Exec events waiting for a second look, at most: an exec storm must not grow memory.
 const MAX_PENDING: usize = 4096;
 
@@ -40,6 +47,10 @@ pub struct State {
     /// after exec, so they get one more look on the next tick.
     pub pending: Vec<u32>,
     pub decode_errors: u64,
+    /// Threadpool of each watched process with uprobes attached.
+    pub pools: HashMap<u32, PoolMonitor>,
+    /// Watched processes waiting for their threadpool uprobes, since when.
+    pub pool_candidates: HashMap<u32, Instant>,
 }
 
 impl State {
@@ -66,6 +77,9 @@ impl State {
             id.container_label()
         );
         self.metrics.add_process(id.labels());
+        if self.config.threadpool {
+            self.pool_candidates.insert(pid, Instant::now());
+        }
         // Read the perf map now: names survive the process's /proc going away.
         let s = self.symbolizer.clone();
         tokio::spawn(async move {
@@ -99,6 +113,13 @@ impl State {
             }
         } else if !exited {
             self.flush_open(pid, &id);
+        }
+        self.pool_candidates.remove(&pid);
+        if let Some(mut pool) = self.pools.remove(&pid) {
+            let workers = self.probes.pool_workers(pid);
+            if let Some(e) = pool.finish(&workers, monotonic_ns(), exited) {
+                let _ = self.sink.send(SinkMsg::PoolSaturation(e, id.clone()));
+            }
         }
         self.probes.unwatch(pid);
         self.builder.forget_pid(pid);
@@ -141,8 +162,16 @@ impl State {
                     self.builder.add_off_cpu(o)
                 }
                 Ok(Record::OffCpu(_)) => {}
-                // Threadpool uprobes are attached only by `loopbpf --pid`.
-                Ok(Record::PoolSample(_) | Record::PoolBusy(_)) => {}
+                Ok(Record::PoolSample(s)) => {
+                    if let Some(m) = self.pools.get_mut(&s.pid) {
+                        m.add_sample(s);
+                    }
+                }
+                Ok(Record::PoolBusy(e)) => {
+                    if let Some(m) = self.pools.get_mut(&e.pid) {
+                        m.add_busy_period(&e);
+                    }
+                }
                 Ok(Record::Episode(e)) => {
                     if let Some(id) = self.watched.get(&e.pid) {
                         let episode = self.builder.close(&e);
@@ -164,6 +193,76 @@ impl State {
                     log::debug!("{err}");
                 }
             }
+        }
+    }
+
+    /// Drains the ring buffer with each pool's worker state read just before
+    /// (see `PoolMonitor::tick`), then acts on what the pools report.
+    pub fn drain_and_tick_pools(&mut self, ring: &mut RingBuf<MapData>) {
+        self.attach_pools();
+        let snapshots: Vec<(u32, Vec<_>)> = self
+            .pools
+            .keys()
+            .map(|&p| (p, self.probes.pool_workers(p)))
+            .collect();
+        self.drain(ring);
+        let now = monotonic_ns();
+        let mut outputs = Vec::new();
+        for (pid, workers) in snapshots {
+            if let Some(m) = self.pools.get_mut(&pid) {
+                outputs.extend(m.tick(&workers, now));
+            }
+        }
+        for out in outputs {
+            match out {
+                PoolOutput::Saturation(e) => {
+                    if let Some(id) = self.watched.get(&e.pid) {
+                        let _ = self.sink.send(SinkMsg::PoolSaturation(e, id.clone()));
+                    }
+                }
+                PoolOutput::Saturated {
+                    pid,
+                    since_ns,
+                    now_ns,
+                    pool_size,
+                } => {
+                    let comm = self.watched.get(&pid).map_or("", |id| id.comm.as_str());
+                    log::warn!(
+                        "threadpool saturated pid={pid} comm={comm}: all {pool_size} workers busy for {:.1} s and counting",
+                        now_ns.saturating_sub(since_ns) as f64 / 1e9
+                    );
+                }
+                PoolOutput::Utilization(_) => {}
+                PoolOutput::TooBusy { pid, items_per_s } => {
+                    self.probes.detach_pool_uprobes(pid);
+                    log::warn!("{}", too_busy_message(pid, items_per_s));
+                }
+            }
+        }
+    }
+
+    /// Threadpool uprobes for processes watched long enough. Not at once:
+    /// attaching them takes ~10 ms a process, and a host that starts many
+    /// short-lived Node processes (scripts, CLIs) must not make discovery
+    /// fall behind for pools that would never matter.
+    fn attach_pools(&mut self) {
+        let due: Vec<u32> = self
+            .pool_candidates
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= POOL_ATTACH_AFTER)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in due {
+            self.pool_candidates.remove(&pid);
+            if !self.watched.contains_key(&pid) {
+                continue;
+            }
+            let attach = self.probes.attach_threadpool(pid);
+            if let Some(note) = attach.note(pid) {
+                log::warn!("{note}");
+            }
+            let monitor = PoolMonitor::new(pid, attach, self.threshold_ns(), monotonic_ns());
+            self.pools.insert(pid, monitor);
         }
     }
 
@@ -204,6 +303,11 @@ impl State {
                 .map(|(tid, role, stats)| LoopSeries { tid, role, stats })
                 .collect();
             self.metrics.set_loops(pid, loops);
+        }
+        let now = monotonic_ns();
+        for (&pid, m) in &self.pools {
+            let workers = self.probes.pool_workers(pid);
+            self.metrics.set_pool(pid, m.summary(&workers, now));
         }
         self.metrics.set_kernel(self.probes.counters());
     }

@@ -95,7 +95,7 @@ pub fn write(dir: &Path, r: &EpisodeReport, frequency_hz: u64) -> Result<PathBuf
 
 /// A threadpool saturation's worker stacks, under a `[threadpool]` root so
 /// they never mix with a loop's in a merged flamegraph.
-pub fn write_pool(dir: &Path, r: &PoolReport) -> Result<PathBuf, FoldedError> {
+pub fn render_pool(r: &PoolReport) -> String {
     let mut text = String::new();
     for (frames, n) in &r.stacks {
         let mut rooted = Vec::with_capacity(frames.len() + 1);
@@ -109,12 +109,15 @@ pub fn write_pool(dir: &Path, r: &PoolReport) -> Result<PathBuf, FoldedError> {
             r.episode.samples_without_stack
         ));
     }
-    let e = &r.episode;
-    write_file(
-        dir,
-        &format!("{}-threadpool-{}.folded", e.pid, e.start_ns),
-        &text,
-    )
+    text
+}
+
+pub fn pool_file_name(r: &PoolReport) -> String {
+    format!("{}-threadpool-{}.folded", r.episode.pid, r.episode.start_ns)
+}
+
+pub fn write_pool(dir: &Path, r: &PoolReport) -> Result<PathBuf, FoldedError> {
+    write_file(dir, &pool_file_name(r), &render_pool(r))
 }
 
 fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, FoldedError> {

@@ -168,6 +168,7 @@ pub fn pool_utilization(p: &UtilizationPoint) -> Value {
         "utilization": share(p.utilization),
         "busy_workers": p.busy_workers,
         "pool_size": p.pool_size,
+        "items_per_s": (p.items_per_s * 10.0).round() / 10.0,
     })
 }
 
@@ -188,6 +189,7 @@ fn pool_summary(p: &PoolSummary) -> Value {
         "queue_wait_p50_ms": ms(p.queue_wait_p50_ns),
         "queue_wait_p99_ms": ms(p.queue_wait_p99_ns),
         "queue_wait_max_ms": ms(p.queue_wait_max_ns),
+        "stopped_early": p.stopped_early,
     })
 }
 

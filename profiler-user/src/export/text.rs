@@ -240,6 +240,9 @@ fn pool_summary(p: &PoolSummary) -> String {
     } else if !p.queue_wait_tracked {
         out.push_str(", queue wait not measured");
     }
+    if p.stopped_early {
+        out.push_str(" (tracking stopped early: too many items a second)");
+    }
     out
 }
 

@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{probes::KernelCounters, target::ThreadRole};
+use crate::{probes::KernelCounters, target::ThreadRole, threadpool::PoolSummary};
 
 /// Who a watched process is, as its labels say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub struct LoopSeries {
 #[derive(Default, Debug)]
 struct Snapshot {
     processes: BTreeMap<u32, (ProcessLabels, Vec<LoopSeries>)>,
+    /// Threadpool figures of processes with its uprobes attached.
+    pools: BTreeMap<u32, PoolSummary>,
     kernel: KernelCounters,
     episodes_stored: u64,
     processes_watched: u64,
@@ -74,9 +76,20 @@ impl Metrics {
         });
     }
 
+    pub fn set_pool(&self, pid: u32, pool: PoolSummary) {
+        self.with(|s| {
+            if s.processes.contains_key(&pid) {
+                s.pools.insert(pid, pool);
+            }
+        });
+    }
+
     /// Drops every series of `pid` (it exited or is no longer watched).
     pub fn remove_process(&self, pid: u32) {
-        self.with(|s| s.processes.remove(&pid));
+        self.with(|s| {
+            s.pools.remove(&pid);
+            s.processes.remove(&pid)
+        });
     }
 
     pub fn set_kernel(&self, k: KernelCounters) {
@@ -88,7 +101,7 @@ impl Metrics {
     }
 
     pub fn series_count(&self) -> usize {
-        self.with(|s| s.processes.values().map(|p| 1 + p.1.len()).sum())
+        self.with(|s| s.processes.values().map(|p| 1 + p.1.len()).sum::<usize>() + s.pools.len())
     }
 
     /// The OpenMetrics text of the current snapshot.
@@ -193,6 +206,7 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
                 .encode_counter::<NoLabelSet, _, u64>(&l.stats.episodes, None)?;
         }
     }
+    encode_pools(s, enc)?;
     let k = &s.kernel;
     counter(
         enc,
@@ -231,6 +245,86 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         MetricType::Gauge,
     )?;
     m.encode_gauge(&(s.processes.len() as i64))
+}
+
+fn pool_labels(p: &ProcessLabels) -> [(&'static str, String); 3] {
+    [
+        ("pid", p.pid.to_string()),
+        ("comm", p.comm.clone()),
+        ("container", p.container.clone()),
+    ]
+}
+
+fn encode_pools(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let pools = || {
+        s.pools
+            .iter()
+            .filter_map(|(pid, pool)| Some((&s.processes.get(pid)?.0, pool)))
+    };
+    type Gauge = fn(&PoolSummary) -> f64;
+    let gauges: [(&str, &str, Gauge); 2] = [
+        (
+            "loopbpf_threadpool_size",
+            "Workers in the libuv threadpool (UV_THREADPOOL_SIZE, or seen running)",
+            |p| p.size as f64,
+        ),
+        (
+            "loopbpf_threadpool_utilization",
+            "Busy share of the threadpool over the last second (busy workers / pool size)",
+            |p| p.last_utilization,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, pool) in pools() {
+            m.encode_family(&pool_labels(labels))?
+                .encode_gauge(&value(pool))?;
+        }
+    }
+    type Count = fn(&PoolSummary) -> f64;
+    let counters: [(&str, &str, Count); 4] = [
+        (
+            "loopbpf_threadpool_busy_seconds",
+            "Time threadpool workers spent running work items, summed over workers",
+            |p| p.busy_ns as f64 / 1e9,
+        ),
+        (
+            "loopbpf_threadpool_items",
+            "Threadpool work items started (fs, crypto, zlib, dns, addons)",
+            |p| p.items as f64,
+        ),
+        (
+            "loopbpf_threadpool_saturations",
+            "Intervals of at least the threshold with every threadpool worker busy",
+            |p| p.saturations as f64,
+        ),
+        (
+            "loopbpf_threadpool_saturated_seconds",
+            "Time in those intervals",
+            |p| p.saturated_ns as f64 / 1e9,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, pool) in pools() {
+            m.encode_family(&pool_labels(labels))?
+                .encode_counter::<NoLabelSet, _, u64>(&value(pool), None)?;
+        }
+    }
+    let help = "Time work items waited in the threadpool queue (submit to start); le mapped conservatively to in-kernel bucket edges";
+    let mut m = enc.encode_descriptor(
+        "loopbpf_threadpool_queue_wait_seconds",
+        help,
+        None,
+        MetricType::Histogram,
+    )?;
+    for (labels, pool) in pools().filter(|(_, p)| p.queue_wait_tracked) {
+        let buckets = buckets::prometheus_buckets(&pool.queue_wait_buckets);
+        let sum = (pool.queue_wait_mean_ns as f64 * pool.waited_items as f64) / 1e9;
+        m.encode_family(&pool_labels(labels))?
+            .encode_histogram::<NoLabelSet>(sum, pool.waited_items, &buckets, None)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -25,6 +25,15 @@ impl ProcessMaps {
         }
     }
 
+    /// The file and file offset behind `addr`, if it is file-backed: enough
+    /// to name it from the file itself once the process is gone.
+    pub(super) fn file_offset(&self, addr: u64) -> Option<(&str, u64)> {
+        let r = self.find(addr)?;
+        r.path
+            .starts_with('/')
+            .then(|| (r.path.as_str(), addr - r.start + r.offset))
+    }
+
     pub(super) fn find(&self, addr: u64) -> Option<&Region> {
         let index = self.regions.partition_point(|region| region.start <= addr);
         let region = self.regions.get(index.checked_sub(1)?)?;

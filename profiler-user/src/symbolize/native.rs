@@ -2,7 +2,7 @@
 //! blazesym. Not `Send`: lives on the symbolizer thread.
 
 use blazesym::symbolize::evict::{Evict, Process as EvictProcess};
-use blazesym::symbolize::source::{Kernel, Process, Source};
+use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
 use blazesym::symbolize::{Input, Reason, Symbolized};
 use blazesym::MaybeDefault;
 
@@ -59,6 +59,29 @@ impl NativeSymbolizer {
             .into_iter()
             .map(Lookup::into_name)
             .collect()
+    }
+
+    /// Names by file offset in the ELF file at `path`: for a process that has
+    /// exited, whose mappings we remember.
+    pub(super) fn file_names(&self, path: &str, offsets: &[u64]) -> Vec<Option<String>> {
+        let mut elf = Elf::new(path);
+        elf.debug_syms = false;
+        match self
+            .blazesym
+            .symbolize(&Source::Elf(elf), Input::FileOffset(offsets))
+        {
+            Ok(symbolized) => symbolized
+                .into_iter()
+                .map(|s| Lookup::from(s).into_name())
+                .collect(),
+            Err(error) => {
+                log::debug!(
+                    "failed to symbolize {} offsets in {path}: {error}",
+                    offsets.len()
+                );
+                vec![None; offsets.len()]
+            }
+        }
     }
 
     pub(super) fn forget(&mut self, pid: u32) {

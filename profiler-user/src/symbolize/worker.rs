@@ -88,6 +88,11 @@ impl Worker {
             maps: ProcessMaps::new(pid),
         });
         let perf_map = refresh_perf_map(&mut process.perf_map);
+        // A refresh (no stacks) also re-reads the mappings, so they are known
+        // if the process exits before its stacks are named.
+        if stacks.is_empty() {
+            process.maps.reload();
+        }
 
         let user_sites: HashSet<Site> = stacks.iter().flat_map(|s| sites(&s.user)).collect();
         let kernel_sites: HashSet<Site> = stacks.iter().flat_map(|s| sites(&s.kernel)).collect();
@@ -154,7 +159,34 @@ impl Worker {
         {
             process.maps.reload();
         }
+        // A process that has exited cannot be asked for its mappings, but we
+        // remember them: name file-backed addresses from the files themselves.
+        let mut by_file: HashMap<String, Vec<Site>> = HashMap::new();
+        let mut still_unknown = Vec::new();
         for site in unknown {
+            match process.maps.file_offset(site.lookup) {
+                Some((path, _)) => by_file.entry(path.to_string()).or_default().push(site),
+                None => still_unknown.push(site),
+            }
+        }
+        for (path, file_sites) in by_file {
+            let offsets: Vec<u64> = file_sites
+                .iter()
+                .filter_map(|s| process.maps.file_offset(s.lookup).map(|(_, o)| o))
+                .collect();
+            for (site, name) in file_sites
+                .into_iter()
+                .zip(native.file_names(&path, &offsets))
+            {
+                match name {
+                    Some(name) => {
+                        frames.insert(site, frame(&name, FrameKind::Native));
+                    }
+                    None => still_unknown.push(site),
+                }
+            }
+        }
+        for site in still_unknown {
             let name = unknown_user_frame(process.maps.find(site.lookup), site.captured);
             frames.insert(site, frame(&name, FrameKind::Unknown));
         }

@@ -8,6 +8,7 @@
 pub mod monitor;
 pub mod report;
 pub mod saturation;
+pub mod symbols;
 pub mod uprobes;
 
 use crate::episode::RawStack;
@@ -42,6 +43,8 @@ pub struct UtilizationPoint {
     /// Workers busy at the end of the window.
     pub busy_workers: usize,
     pub pool_size: usize,
+    /// Work items started per second over the window.
+    pub items_per_s: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +58,12 @@ pub enum PoolOutput {
         pool_size: usize,
     },
     Utilization(UtilizationPoint),
+    /// So many items a second that the uprobes must come off
+    /// (`monitor::MAX_ITEMS_PER_S`); tracking has stopped.
+    TooBusy {
+        pid: u32,
+        items_per_s: f64,
+    },
 }
 
 /// The threadpool's figures at the end of a run.
@@ -73,6 +82,8 @@ pub struct PoolSummary {
     pub utilization: f64,
     /// Highest utilization of one window (`monitor::UTILIZATION_WINDOW_NS`).
     pub peak_utilization: f64,
+    /// Utilization of the last window.
+    pub last_utilization: f64,
     pub saturations: u64,
     pub saturated_ns: u64,
     /// Items whose queue wait was measured.
@@ -81,4 +92,8 @@ pub struct PoolSummary {
     pub queue_wait_p50_ns: u64,
     pub queue_wait_p99_ns: u64,
     pub queue_wait_max_ns: u64,
+    /// Queue-wait histogram (`histogram::bucket`), for Prometheus.
+    pub queue_wait_buckets: Vec<u64>,
+    /// Tracking stopped before the end (`PoolOutput::TooBusy`).
+    pub stopped_early: bool,
 }

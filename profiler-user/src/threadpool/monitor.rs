@@ -16,6 +16,10 @@ use crate::{collect::Sample, episode::RawStack, loop_stats::quantile};
 pub const UTILIZATION_WINDOW_NS: u64 = 1_000_000_000;
 /// A saturation still going on this long is announced before it ends.
 pub const SATURATION_NOTICE_NS: u64 = 1_000_000_000;
+/// Above this many work items a second, the uprobes (a few microseconds per
+/// item, see the README) would cost more than a profiler may: they are
+/// detached and the figures so far kept.
+pub const MAX_ITEMS_PER_S: f64 = 10_000.0;
 /// Busy periods and samples are kept this long to assemble saturations.
 const KEEP_NS: u64 = 120_000_000_000;
 /// Bounds the samples held per process (a pool of 1024 busy workers at 999 Hz
@@ -34,8 +38,12 @@ pub struct PoolMonitor {
     samples: VecDeque<Sample>,
     reported_until_ns: u64,
     announced_since: Option<u64>,
-    window: Option<(u64, u64)>,
+    /// Start of the open utilization window: (time, busy ns, items).
+    window: Option<(u64, u64, u64)>,
+    /// When tracking stopped (too many items a second); figures end there.
+    stopped_ns: Option<u64>,
     peak_utilization: f64,
+    last_utilization: f64,
     busy_workers_now: usize,
     saturations: u64,
     saturated_ns: u64,
@@ -56,7 +64,9 @@ impl PoolMonitor {
             reported_until_ns: 0,
             announced_since: None,
             window: None,
+            stopped_ns: None,
             peak_utilization: 0.0,
+            last_utilization: 0.0,
             busy_workers_now: 0,
             saturations: 0,
             saturated_ns: 0,
@@ -84,7 +94,7 @@ impl PoolMonitor {
     /// among the busy periods already added.
     pub fn tick(&mut self, workers: &[(u32, PoolWorker)], now_ns: u64) -> Vec<PoolOutput> {
         let mut out = Vec::new();
-        if !self.attach.busy_tracked {
+        if !self.attach.busy_tracked || self.stopped_ns.is_some() {
             return out;
         }
         self.size = self.size.max(workers.len()).max(named_workers(self.pid));
@@ -95,6 +105,14 @@ impl PoolMonitor {
             .filter(|_| !workers.is_empty())
         {
             out.push(PoolOutput::Utilization(p));
+            if p.items_per_s > MAX_ITEMS_PER_S {
+                self.stopped_ns = Some(now_ns);
+                out.push(PoolOutput::TooBusy {
+                    pid: self.pid,
+                    items_per_s: p.items_per_s,
+                });
+                return out;
+            }
         }
         let mut periods = self.periods.clone();
         for (tid, w) in workers.iter().filter(|(_, w)| w.busy != 0) {
@@ -155,7 +173,7 @@ impl PoolMonitor {
         now_ns: u64,
         exited: bool,
     ) -> Option<PoolEpisode> {
-        if !self.attach.busy_tracked {
+        if !self.attach.busy_tracked || self.stopped_ns.is_some() {
             return None;
         }
         let mut periods = self.periods.clone();
@@ -238,30 +256,22 @@ impl PoolMonitor {
         workers: &[(u32, PoolWorker)],
         now_ns: u64,
     ) -> Option<UtilizationPoint> {
-        let busy: u64 = workers
-            .iter()
-            .map(|(_, w)| {
-                w.busy_ns
-                    + if w.busy != 0 {
-                        now_ns.saturating_sub(w.busy_since_ns)
-                    } else {
-                        0
-                    }
-            })
-            .sum();
-        let Some((t0, busy0)) = self.window else {
-            self.window = Some((now_ns, busy));
+        let busy: u64 = workers.iter().map(|(_, w)| busy_until(w, now_ns)).sum();
+        let items: u64 = workers.iter().map(|(_, w)| w.items).sum();
+        let Some((t0, busy0, items0)) = self.window else {
+            self.window = Some((now_ns, busy, items));
             return None;
         };
         let elapsed = now_ns.saturating_sub(t0);
         if elapsed < UTILIZATION_WINDOW_NS {
             return None;
         }
-        self.window = Some((now_ns, busy));
+        self.window = Some((now_ns, busy, items));
         let utilization = (busy.saturating_sub(busy0) as f64
             / (elapsed as f64 * self.size.max(1) as f64))
             .min(1.0);
         self.peak_utilization = self.peak_utilization.max(utilization);
+        self.last_utilization = utilization;
         Some(UtilizationPoint {
             pid: self.pid,
             time_ns: now_ns,
@@ -269,10 +279,12 @@ impl PoolMonitor {
             utilization,
             busy_workers: self.busy_workers_now,
             pool_size: self.size,
+            items_per_s: items.saturating_sub(items0) as f64 * 1e9 / elapsed as f64,
         })
     }
 
     pub fn summary(&self, workers: &[(u32, PoolWorker)], now_ns: u64) -> PoolSummary {
+        let now_ns = self.stopped_ns.unwrap_or(now_ns);
         let mut buckets = vec![0u64; profiler_common::histogram::BUCKETS];
         let (mut items, mut waited, mut wait_sum, mut wait_max, mut busy) = (0, 0, 0, 0, 0);
         for (_, w) in workers {
@@ -280,12 +292,7 @@ impl PoolMonitor {
             waited += w.waited_items;
             wait_sum += w.queue_wait_ns;
             wait_max = wait_max.max(w.max_queue_wait_ns);
-            busy += w.busy_ns
-                + if w.busy != 0 {
-                    now_ns.saturating_sub(w.busy_since_ns)
-                } else {
-                    0
-                };
+            busy += busy_until(w, now_ns);
             for (b, n) in buckets.iter_mut().zip(w.buckets.iter()) {
                 *b += n;
             }
@@ -302,6 +309,7 @@ impl PoolMonitor {
             busy_ns: busy,
             utilization: (busy as f64 / (observed as f64 * size.max(1) as f64)).min(1.0),
             peak_utilization: self.peak_utilization,
+            last_utilization: self.last_utilization,
             saturations: self.saturations,
             saturated_ns: self.saturated_ns,
             waited_items: waited,
@@ -309,8 +317,20 @@ impl PoolMonitor {
             queue_wait_p50_ns: quantile(&buckets, 0.50, wait_max),
             queue_wait_p99_ns: quantile(&buckets, 0.99, wait_max),
             queue_wait_max_ns: wait_max,
+            queue_wait_buckets: buckets,
+            stopped_early: self.stopped_ns.is_some(),
         }
     }
+}
+
+/// A worker's busy time up to `now_ns`, its open period included.
+fn busy_until(w: &PoolWorker, now_ns: u64) -> u64 {
+    w.busy_ns
+        + if w.busy != 0 {
+            now_ns.saturating_sub(w.busy_since_ns)
+        } else {
+            0
+        }
 }
 
 /// The pool size libuv will use: `UV_THREADPOOL_SIZE` from the process's

@@ -5,10 +5,14 @@ use std::{collections::HashMap, num::NonZeroU32, path::PathBuf};
 
 use aya::{
     maps::HashMap as BpfHashMap,
-    programs::{uprobe::UProbeScope, ProgramError, UProbe},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        ProgramError, UProbe,
+    },
 };
 use profiler_common::{PendingWork, PoolWorker};
 
+use super::symbols::SymbolCache;
 use crate::probes::Probes;
 
 /// Where a work item enters the queue: libuv's internal entry (fs, dns,
@@ -75,6 +79,12 @@ pub enum PoolProbeError {
         #[source]
         source: ProgramError,
     },
+    #[error("attaching {name} failed: {source}")]
+    Attach {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
 }
 
 impl Probes {
@@ -87,84 +97,101 @@ impl Probes {
             return result;
         };
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let names: Vec<&'static str> = [IDLE, SUBMIT, QUEUE_WORK]
+            .into_iter()
+            .chain(WORK_FUNCTIONS)
+            .collect();
+        let offsets = match self.pool_links.symbols.offsets(&exe, &names) {
+            Ok(o) => o,
+            // Gone already (the daemon meets many short-lived processes):
+            // nothing to say about a binary nobody runs any more.
+            Err(_) if !crate::target::is_alive(pid) => return result,
+            Err(e) => {
+                result.error = Some(e.to_string());
+                return result;
+            }
+        };
         let mut links = Vec::new();
-        let mut attach =
-            |probes: &mut Probes, prog: &'static str, symbol: &'static str| match probes
-                .attach_uprobe(prog, symbol, &exe, scope)
-            {
+        let mut failure = None;
+        let mut attach = |probes: &mut Probes, prog: &'static str, symbol: &'static str| {
+            let Some(&offset) = offsets.get(symbol) else {
+                return false;
+            };
+            match probes.attach_uprobe(prog, offset, &exe, scope) {
                 Ok(link) => {
                     links.push((prog, link));
-                    Ok(true)
+                    true
                 }
-                Err(AttachFailure::Symbol(reason)) => {
-                    log::debug!("pid {pid}: uprobe {symbol}: {reason}");
-                    Ok(false)
-                }
-                Err(AttachFailure::Program(e)) => Err(e),
-            };
-        let outcome = (|| -> Result<(), PoolProbeError> {
-            let idle = attach(self, "pool_worker_idle", IDLE)?;
-            let mut any_work = false;
-            for f in WORK_FUNCTIONS {
-                if attach(self, "pool_work_start", f)? {
-                    any_work = true;
-                } else {
-                    result.missing.push(f);
+                Err(e) => {
+                    failure.get_or_insert(format!("uprobe on {symbol}: {e}"));
+                    false
                 }
             }
-            if !idle {
-                result.missing.push(IDLE);
+        };
+        let idle = attach(self, "pool_worker_idle", IDLE);
+        let mut any_work = false;
+        for f in WORK_FUNCTIONS {
+            if attach(self, "pool_work_start", f) {
+                any_work = true;
+            } else {
+                result.missing.push(f);
             }
-            result.busy_tracked = idle && any_work;
-            if result.busy_tracked {
-                let submit = attach(self, "pool_submit", SUBMIT)?;
-                let queue_work = attach(self, "pool_queue_work", QUEUE_WORK)?;
-                result.queue_wait_tracked = submit || queue_work;
-                if !submit {
-                    result.missing.push(SUBMIT);
-                }
-                if !queue_work {
-                    result.missing.push(QUEUE_WORK);
-                }
+        }
+        if !idle {
+            result.missing.push(IDLE);
+        }
+        result.busy_tracked = idle && any_work;
+        if result.busy_tracked {
+            let submit = attach(self, "pool_submit", SUBMIT);
+            let queue_work = attach(self, "pool_queue_work", QUEUE_WORK);
+            result.queue_wait_tracked = submit || queue_work;
+            if !submit {
+                result.missing.push(SUBMIT);
             }
-            Ok(())
-        })();
-        if let Err(e) = outcome {
-            result.error = Some(e.to_string());
+            if !queue_work {
+                result.missing.push(QUEUE_WORK);
+            }
+        }
+        if let Some(f) = failure {
+            if !crate::target::is_alive(pid) {
+                result = PoolAttach::default();
+            } else {
+                // Present but not attachable: say why, not "not found".
+                result.missing.retain(|m| !offsets.contains_key(m));
+                result.error = Some(f);
+                result.busy_tracked = false;
+            }
         }
         if !result.busy_tracked {
             // Half a set of probes would only mislead: take them all off.
             self.detach_links(links);
             return result;
         }
-        self.pool_links.insert(pid, links);
+        self.pool_links.links.insert(pid, links);
         result
     }
 
     fn attach_uprobe(
         &mut self,
         prog: &'static str,
-        symbol: &'static str,
+        offset: u64,
         exe: &std::path::Path,
         scope: UProbeScope,
-    ) -> Result<aya::programs::uprobe::UProbeLinkId, AttachFailure> {
+    ) -> Result<UProbeLinkId, PoolProbeError> {
         let p: &mut UProbe = self
             .ebpf
             .program_mut(prog)
             .and_then(|p| p.try_into().ok())
-            .ok_or(AttachFailure::Program(PoolProbeError::MissingProgram {
-                name: prog,
-            }))?;
+            .ok_or(PoolProbeError::MissingProgram { name: prog })?;
         if p.fd().is_err() {
-            p.load().map_err(|source| {
-                AttachFailure::Program(PoolProbeError::Load { name: prog, source })
-            })?;
+            p.load()
+                .map_err(|source| PoolProbeError::Load { name: prog, source })?;
         }
-        p.attach(symbol, exe, scope)
-            .map_err(|e| AttachFailure::Symbol(e.to_string()))
+        p.attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, scope)
+            .map_err(|source| PoolProbeError::Attach { name: prog, source })
     }
 
-    fn detach_links(&mut self, links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>) {
+    fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
         for (prog, link) in links {
             if let Some(p) = self
                 .ebpf
@@ -176,11 +203,17 @@ impl Probes {
         }
     }
 
-    /// Takes `pid`'s threadpool uprobes off and frees its kernel state.
-    pub(crate) fn detach_threadpool(&mut self, pid: u32) {
-        if let Some(links) = self.pool_links.remove(&pid) {
+    /// Takes `pid`'s threadpool uprobes off; the workers' state stays
+    /// readable (frozen) until `unwatch`.
+    pub fn detach_pool_uprobes(&mut self, pid: u32) {
+        if let Some(links) = self.pool_links.links.remove(&pid) {
             self.detach_links(links);
         }
+    }
+
+    /// Takes `pid`'s threadpool uprobes off and frees its kernel state.
+    pub(crate) fn detach_threadpool(&mut self, pid: u32) {
+        self.detach_pool_uprobes(pid);
         let workers: Vec<u32> = self.pool_workers(pid).into_iter().map(|(t, _)| t).collect();
         if let Some(mut m) = self
             .ebpf
@@ -224,16 +257,13 @@ impl Probes {
 
     /// Processes with threadpool uprobes attached.
     pub fn pool_tracked(&self, pid: u32) -> bool {
-        self.pool_links.contains_key(&pid)
+        self.pool_links.links.contains_key(&pid)
     }
 }
 
-enum AttachFailure {
-    /// The symbol is not there (or not attachable): degrade.
-    Symbol(String),
-    /// Our own program is broken: report.
-    Program(PoolProbeError),
+/// Threadpool uprobes per process, and the symbol offsets per binary.
+#[derive(Default)]
+pub struct PoolLinks {
+    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    symbols: SymbolCache,
 }
-
-/// Links of one process's uprobes, by program name.
-pub type PoolLinks = HashMap<u32, Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>>;
