@@ -19,7 +19,7 @@ use crate::{
     export::text::monotonic_ns,
     loop_stats::LoopFigures,
     privileges::{self, PrivilegeError},
-    probes::{self, ProbeError, Probes},
+    probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
     report::{LoopSummary, ProcessSummary},
     reporter::{Output, Reporter},
     symbolize::{SymbolizeError, Symbolizer},
@@ -76,6 +76,7 @@ struct Watched {
 }
 
 pub async fn run(settings: Settings) -> Result<(), RunError> {
+    let syscall_probes = SyscallProbesChoice::from_env()?;
     privileges::check()?;
     let mut targets = Vec::new();
     for &pid in &settings.pids {
@@ -84,7 +85,9 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let threshold_ns = settings.threshold.as_nanos() as u64;
     let symbolizer = Symbolizer::start()?;
     let config = probes::kernel_config(threshold_ns, settings.frequency_hz, false)?;
-    let (mut probes, ring) = Probes::attach(config, settings.frequency_hz)?;
+    let (mut probes, ring) = Probes::attach(config, settings.frequency_hz, syscall_probes)?;
+    let syscall_probes = probes.syscall_probes().clone();
+    log::info!("{}", syscall_probes.describe());
     let mut watched = HashMap::new();
     for t in targets {
         probes.watch(t.pid)?;
@@ -116,7 +119,15 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let reporter = tokio::spawn(reporter.run(rx));
     let mut pids: Vec<u32> = watched.keys().copied().collect();
     pids.sort_unstable();
-    let _ = tx.send(Output::Ready { pids });
+    let _ = tx.send(Output::Ready {
+        pids,
+        syscall_probes: syscall_probes.probes,
+    });
+    if syscall_probes.probes == SyscallProbes::TpBtf {
+        // Users must know they pay the higher cost, and why.
+        let message = syscall_probes.describe();
+        let _ = tx.send(Output::Warning { pid: None, message });
+    }
 
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: the fd stays open
     // for as long as it is registered.
