@@ -138,7 +138,7 @@ impl SyscallProbesInUse {
                 self.reason
             ),
             SyscallProbes::TpBtf => format!(
-                "syscall probes: tp_btf sys_enter/sys_exit, which run on every syscall of the host (about twice what the per-syscall tracepoints add to each syscall: ~140 against ~65 ns on a 2-core VM), because {}",
+                "syscall probes: tp_btf sys_enter/sys_exit, which run on every syscall of the host (about twice what the per-syscall tracepoints add to each syscall: ~155 against ~75 ns on a 2-core VM), because {}",
                 self.reason
             ),
         }
