@@ -1,22 +1,30 @@
 //! loopbpf's kernel side.
 //!
-//! | program           | attach point                | needs            |
-//! |-------------------|-----------------------------|------------------|
-//! | `poll_enter`      | tp_btf `sys_enter`          | BTF (5.5+)       |
-//! | `poll_exit`       | tp_btf `sys_exit`           | BTF (5.5+)       |
-//! | `sample_stack`    | perf_event `cpu-clock`      | 4.9+, ringbuf 5.8+ |
-//! | `process_exec`    | tp_btf `sched_process_exec` | BTF (5.5+)       |
-//! | `process_exit`    | tp_btf `sched_process_exit` | BTF (5.5+)       |
-//! | `sched_switch`    | tp_btf `sched_switch`       | BTF, prev_state arg (5.18+) |
-//! | `sched_wakeup`    | tp_btf `sched_wakeup`       | BTF (5.5+)       |
-//! | `pool_submit`     | uprobe `uv__work_submit`    | uprobes (3.5+), node symbols |
-//! | `pool_queue_work` | uprobe `uv_queue_work`      | uprobes, node symbols |
-//! | `pool_work_start` | uprobe `uv__*_work`         | uprobes, node symbols |
-//! | `pool_worker_idle`| uprobe `uv_cond_wait`       | uprobes, node symbols |
+//! | program            | attach point                          | needs            |
+//! |--------------------|---------------------------------------|------------------|
+//! | `poll_enter`       | tracepoints `syscalls:sys_enter_epoll_wait`, `_epoll_pwait`, `_epoll_pwait2` | tracefs, `CONFIG_FTRACE_SYSCALLS`; `sys_enter_epoll_pwait2` 5.11+ |
+//! | `poll_exit`        | tracepoints `syscalls:sys_exit_epoll_wait`, `_epoll_pwait`, `_epoll_pwait2` | same; `bpf_task_pt_regs` (5.15+) |
+//! | `close_enter`      | tracepoint `syscalls:sys_enter_close` | same             |
+//! | `exit_group_enter` | tracepoint `syscalls:sys_enter_exit_group` | same        |
+//! | `btf_sys_enter`    | tp_btf `sys_enter` (fallback)         | BTF (5.5+)       |
+//! | `btf_sys_exit`     | tp_btf `sys_exit` (fallback)          | BTF (5.5+)       |
+//! | `sample_stack`     | perf_event `cpu-clock`                | 4.9+, ringbuf 5.8+ |
+//! | `process_exec`     | tp_btf `sched_process_exec`           | BTF (5.5+)       |
+//! | `process_exit`     | tp_btf `sched_process_exit`           | BTF (5.5+)       |
+//! | `sched_switch`     | tp_btf `sched_switch`                 | BTF, prev_state arg (5.18+) |
+//! | `sched_wakeup`     | tp_btf `sched_wakeup`                 | BTF (5.5+)       |
+//! | `pool_submit`      | uprobe `uv__work_submit`              | uprobes (3.5+), libuv symbols in node |
+//! | `pool_queue_work`  | uprobe `uv_queue_work`                | same             |
+//! | `pool_work_start`  | uprobe `uv__*_work`                   | same             |
+//! | `pool_worker_idle` | uprobe `uv_cond_wait`                 | same             |
 //!
-//! BTF tracepoints attach by name (no tracefs mount needed) and let us read the
-//! syscall registers directly, so the filter every syscall on the host pays is
-//! three compares on the syscall number.
+//! The syscall probes come in two sets, of which userspace loads one. The
+//! classic per-syscall tracepoints run only on the syscalls they are attached
+//! to; other syscalls pay the kernel's syscall-tracing slow path (~50-90 ns on
+//! the test VM). They are found through tracefs, which userspace mounts if
+//! needed. Without tracefs, `btf_sys_enter`/`btf_sys_exit` attach by name but
+//! run on every syscall of the host (~100-160 ns each) and filter on the
+//! syscall number.
 #![no_std]
 #![no_main]
 // Borrowing the zero-value statics is what keeps them off the BPF stack.

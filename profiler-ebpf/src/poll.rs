@@ -12,9 +12,13 @@
 //!   long iteration.
 use aya_ebpf::{
     bindings::{pt_regs, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_task_pt_regs,
+    },
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use aya_log_ebpf::warn;
 use profiler_common::{
@@ -45,31 +49,119 @@ const _: () = assert!(MAX_LOOP_SLOTS.is_power_of_two());
 static ZERO_LOOPS: ThreadLoops = unsafe { core::mem::zeroed() };
 static ZERO_STATS: LoopStats = LoopStats::ZERO;
 
+// Two ways in, one logic. The classic per-syscall tracepoints
+// (`syscalls:sys_enter_epoll_pwait`, …) run only for the syscalls we watch;
+// the BTF tracepoints `sys_enter`/`sys_exit` run for every syscall on the host
+// and are the fallback when tracefs (where the classic ones are found) cannot
+// be used. Userspace loads one set, never both.
+
+/// A classic `syscalls:sys_enter_*` record (see the event's `format` file):
+/// 8 bytes of common fields, `int __syscall_nr` at 8, then every argument as
+/// an 8-byte word from 16. `sys_exit_*` has `long ret` at 16.
+const TP_SYSCALL_NR: usize = 8;
+const TP_ARGS: usize = 16;
+const TP_RET: usize = 16;
+
+#[inline(always)]
+fn tp_arg(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: a direct, constant-offset load inside the record, which the
+    // verifier checks (no helper call needed).
+    unsafe { *(ctx.as_ptr().add(offset) as *const u64) }
+}
+
+/// `syscalls:sys_enter_epoll_wait`, `sys_enter_epoll_pwait` and
+/// `sys_enter_epoll_pwait2`: this one program is attached to all three.
+#[tracepoint]
+pub fn poll_enter(ctx: TracePointContext) -> u32 {
+    // SAFETY: as in `tp_arg`.
+    let id = unsafe { *(ctx.as_ptr().add(TP_SYSCALL_NR) as *const i32) } as i64;
+    poll_entered(&ctx, id, || {
+        (
+            tp_arg(&ctx, TP_ARGS),
+            tp_arg(&ctx, TP_ARGS + 2 * 8),
+            tp_arg(&ctx, TP_ARGS + 3 * 8),
+        )
+    });
+    0
+}
+
+/// `syscalls:sys_exit_epoll_wait`, `sys_exit_epoll_pwait`, `sys_exit_epoll_pwait2`.
+#[tracepoint]
+pub fn poll_exit(ctx: TracePointContext) -> u32 {
+    let ret = tp_arg(&ctx, TP_RET) as i64;
+    poll_returned(ret, || {
+        // The exit record holds only the result; the argument registers
+        // saved at entry are in the task's pt_regs.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+        // SAFETY: BTF-typed pointer; the verifier turns the load into a checked read.
+        unsafe { (*regs).rdi as i32 }
+    });
+    0
+}
+
+/// `syscalls:sys_enter_close`.
+#[tracepoint]
+pub fn close_enter(ctx: TracePointContext) -> u32 {
+    closed(tp_arg(&ctx, TP_ARGS) as i32);
+    0
+}
+
+/// `syscalls:sys_enter_exit_group`.
+#[tracepoint]
+pub fn exit_group_enter(_ctx: TracePointContext) -> u32 {
+    exit_group();
+    0
+}
+
 #[inline(always)]
 fn is_epoll_wait(id: i64) -> bool {
     id == nr::EPOLL_PWAIT || id == nr::EPOLL_WAIT || id == nr::EPOLL_PWAIT2
 }
 
+/// Fallback: BTF tracepoint `sys_enter`, on every syscall of the host.
 #[btf_tracepoint(function = "sys_enter")]
-pub fn poll_enter(ctx: BtfTracePointContext) -> i32 {
+pub fn btf_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
+    let regs: *const pt_regs = ctx.arg(0);
     if !is_epoll_wait(id) {
         if id == nr::CLOSE {
-            let regs: *const pt_regs = ctx.arg(0);
             closed(unsafe { (*regs).rdi } as i32);
         } else if id == nr::EXIT_GROUP {
             exit_group();
         }
         return 0;
     }
+    // SAFETY: BTF-typed pointer; the verifier turns these loads into checked reads.
+    poll_entered(&ctx, id, || unsafe {
+        ((*regs).rdi, (*regs).rdx, (*regs).r10)
+    });
+    0
+}
+
+/// Fallback: BTF tracepoint `sys_exit`, on every syscall of the host.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    let id = unsafe { (*regs).orig_rax } as i64;
+    if !is_epoll_wait(id) {
+        return 0;
+    }
+    let ret: i64 = ctx.arg(1);
+    // Syscall entry saved the argument registers; only rax carries the result.
+    poll_returned(ret, || unsafe { (*regs).rdi } as i32);
+    0
+}
+
+/// A thread enters epoll wait syscall `id`; `args` reads its (epfd,
+/// maxevents, timeout argument), only for a watched process.
+#[inline(always)]
+fn poll_entered<C: EbpfContext>(ctx: &C, id: i64, args: impl FnOnce() -> (u64, u64, u64)) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     if !is_watched(pid) {
-        return 0;
+        return;
     }
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: BTF-typed pointer; the verifier turns these loads into checked reads.
-    let (epfd, maxevents, arg4) = unsafe { ((*regs).rdi, (*regs).rdx, (*regs).r10) };
+    let (epfd, maxevents, arg4) = args();
     let timeout_ms = if id == nr::EPOLL_PWAIT2 {
         pwait2_timeout(arg4)
     } else {
@@ -79,31 +171,23 @@ pub fn poll_enter(ctx: BtfTracePointContext) -> i32 {
     let tid = pid_tgid as u32;
     if enter(pid, tid, epfd as i32, maxevents as i32, timeout_ms, now) {
         warn!(
-            &ctx,
+            ctx,
             "tid {} polls more than {} epoll loops: recycled the oldest", tid, MAX_LOOP_SLOTS
         );
     }
-    0
 }
 
-#[btf_tracepoint(function = "sys_exit")]
-pub fn poll_exit(ctx: BtfTracePointContext) -> i32 {
-    let regs: *const pt_regs = ctx.arg(0);
-    let id = unsafe { (*regs).orig_rax } as i64;
-    if !is_epoll_wait(id) {
-        return 0;
-    }
+/// An epoll wait syscall returns `ret`; `epfd` reads its fd, needed only
+/// for a poll that was entered before we attached.
+#[inline(always)]
+fn poll_returned(ret: i64, epfd: impl FnOnce() -> i32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     if !is_watched(pid) {
-        return 0;
+        return;
     }
-    let ret: i64 = ctx.arg(1);
-    // Syscall entry saved the argument registers; only rax carries the result.
-    let epfd = unsafe { (*regs).rdi } as i32;
     let now = unsafe { bpf_ktime_get_ns() };
-    exit(pid, pid_tgid as u32, epfd, ret, now);
-    0
+    exit(pid, pid_tgid as u32, ret, now, epfd);
 }
 
 /// `uv_loop_close` closes a finished nested loop's epoll fd: forget that loop,
@@ -375,7 +459,7 @@ fn record_iteration(pid: u32, tid: u32, s: &LoopSlot, busy: u64, off_cpu: (u64, 
 }
 
 #[inline(always)]
-fn exit(pid: u32, tid: u32, epfd: i32, ret: i64, now: u64) {
+fn exit(pid: u32, tid: u32, ret: i64, now: u64, epfd: impl FnOnce() -> i32) {
     let Some(t) = thread_loops(pid, tid) else {
         return;
     };
@@ -395,6 +479,7 @@ fn exit(pid: u32, tid: u32, epfd: i32, ret: i64, now: u64) {
     }
     // A poll entered before we attached (a loop asleep when loopbpf started):
     // its return opens the first window we can measure.
+    let epfd = epfd();
     let mut free = MAX_LOOP_SLOTS;
     for j in 0..MAX_LOOP_SLOTS {
         let s = &t.slots[j];

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::{
     episode::Episode,
     export::{folded, json, text},
+    probes::SyscallProbes,
     report::{EpisodeReport, ProcessSummary},
     symbolize::{PerfMapStatus, Symbolizer},
     target::ThreadRole,
@@ -21,6 +22,8 @@ use crate::{
 pub enum Output {
     Ready {
         pids: Vec<u32>,
+        /// Which syscall probes are attached.
+        syscall_probes: SyscallProbes,
     },
     Warning {
         pid: Option<u32>,
@@ -82,18 +85,22 @@ impl Reporter {
 
     async fn handle(&mut self, output: Output) {
         match output {
-            Output::Ready { pids } => {
+            Output::Ready {
+                pids,
+                syscall_probes,
+            } => {
                 if self.json {
-                    stdout_line(
-                        &json::ready(&pids, self.threshold_ns, self.frequency_hz).to_string(),
-                    );
+                    let ready =
+                        json::ready(&pids, self.threshold_ns, self.frequency_hz, syscall_probes);
+                    stdout_line(&ready.to_string());
                 } else {
                     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                     eprintln!(
-                        "loopbpf: watching pid {} for event-loop iterations busy over {} ms ({} Hz stacks); Ctrl-C to stop",
+                        "loopbpf: watching pid {} for event-loop iterations busy over {} ms ({} Hz stacks, {} syscall probes); Ctrl-C to stop",
                         pids.join(", "),
                         self.threshold_ns as f64 / 1e6,
-                        self.frequency_hz
+                        self.frequency_hz,
+                        syscall_probes.as_str()
                     );
                 }
             }

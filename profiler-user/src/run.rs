@@ -19,7 +19,7 @@ use crate::{
     export::text::monotonic_ns,
     loop_stats::LoopFigures,
     privileges::{self, PrivilegeError},
-    probes::{self, ProbeError, Probes},
+    probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
     report::{LoopSummary, ProcessSummary},
     reporter::{Output, Reporter},
     symbolize::{SymbolizeError, Symbolizer},
@@ -78,12 +78,13 @@ struct Watched {
     /// (tid, iteration) of stalls already announced.
     stalls_announced: HashSet<(u32, u64)>,
     pool: PoolMonitor,
-    /// Roles of its threads when watching began: all that is left to say
-    /// about them once the process has exited.
+    /// Roles of its threads at the last census (at start, then every
+    /// refresh): all that is left to say about them once it has exited.
     threads: Vec<ThreadInfo>,
 }
 
 pub async fn run(settings: Settings) -> Result<(), RunError> {
+    let syscall_probes = SyscallProbesChoice::from_env()?;
     privileges::check()?;
     let mut targets = Vec::new();
     for &pid in &settings.pids {
@@ -92,7 +93,9 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let threshold_ns = settings.threshold.as_nanos() as u64;
     let symbolizer = Symbolizer::start()?;
     let config = probes::kernel_config(threshold_ns, settings.frequency_hz, false)?;
-    let (mut probes, ring) = Probes::attach(config, settings.frequency_hz)?;
+    let (mut probes, ring) = Probes::attach(config, settings.frequency_hz, syscall_probes)?;
+    let syscall_probes = probes.syscall_probes().clone();
+    log::info!("{}", syscall_probes.describe());
     let mut watched = HashMap::new();
     let mut pool_notes = Vec::new();
     for t in targets {
@@ -138,7 +141,15 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let reporter = tokio::spawn(reporter.run(rx));
     let mut pids: Vec<u32> = watched.keys().copied().collect();
     pids.sort_unstable();
-    let _ = tx.send(Output::Ready { pids });
+    let _ = tx.send(Output::Ready {
+        pids,
+        syscall_probes: syscall_probes.probes,
+    });
+    if syscall_probes.probes == SyscallProbes::TpBtf {
+        // Users must know they pay the higher cost, and why.
+        let message = syscall_probes.describe();
+        let _ = tx.send(Output::Warning { pid: None, message });
+    }
     for (pid, message) in pool_notes {
         let _ = tx.send(Output::Warning {
             pid: Some(pid),
@@ -215,6 +226,10 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
                 }
                 if last_refresh.elapsed() >= PERF_MAP_REFRESH_EVERY {
                     last_refresh = Instant::now();
+                    for (&pid, w) in watched.iter_mut() {
+                        let (loops, pool) = kernel_roles(&probes, pid);
+                        w.threads = threads::refresh(pid, &w.threads, &loops, &pool);
+                    }
                     for &pid in watched.keys() {
                         let s = symbolizer.clone();
                         // Reading what the perf map grew by keeps the work small per

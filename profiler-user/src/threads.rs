@@ -52,7 +52,20 @@ pub struct ThreadInfo {
 /// Every thread of `pid` now, classified from the kernel's observations and
 /// names; those still unknown carry their stack words.
 pub fn census(pid: u32, loop_tids: &[u32], pool_tids: &[u32]) -> Vec<ThreadInfo> {
-    let code = executable_ranges(pid);
+    census_with(pid, loop_tids, pool_tids, true)
+}
+
+fn census_with(
+    pid: u32,
+    loop_tids: &[u32],
+    pool_tids: &[u32],
+    read_stacks: bool,
+) -> Vec<ThreadInfo> {
+    let code = if read_stacks {
+        executable_ranges(pid)
+    } else {
+        Vec::new()
+    };
     let mut threads: Vec<ThreadInfo> = crate::target::thread_comms(pid)
         .into_iter()
         .map(|(tid, name)| {
@@ -67,7 +80,7 @@ pub fn census(pid: u32, loop_tids: &[u32], pool_tids: &[u32]) -> Vec<ThreadInfo>
             } else {
                 (ThreadRole::Other, Evidence::None)
             };
-            let stack_words = if evidence == Evidence::None {
+            let stack_words = if read_stacks && evidence == Evidence::None {
                 stack_words(pid, tid, &code)
             } else {
                 Vec::new()
@@ -118,6 +131,30 @@ pub async fn classify_by_stack(pid: u32, threads: &mut [ThreadInfo], symbolizer:
     for t in threads.iter_mut() {
         t.stack_words = Vec::new();
     }
+}
+
+/// A cheap re-take while watching (no stack reads): threads started since
+/// (libuv starts its pool on first use) get in, roles found from stacks
+/// earlier are kept. Once the process is gone, the last census stays.
+pub fn refresh(
+    pid: u32,
+    previous: &[ThreadInfo],
+    loop_tids: &[u32],
+    pool_tids: &[u32],
+) -> Vec<ThreadInfo> {
+    let mut fresh = census_with(pid, loop_tids, pool_tids, false);
+    if fresh.is_empty() {
+        return previous.to_vec();
+    }
+    for t in fresh.iter_mut() {
+        let undecided = matches!(t.evidence, Evidence::None | Evidence::EventLoop);
+        if let Some(old) = previous.iter().find(|o| o.tid == t.tid) {
+            if undecided && old.evidence == Evidence::StackBottom {
+                (t.role, t.evidence) = (old.role, old.evidence);
+            }
+        }
+    }
+    fresh
 }
 
 /// Roles the kernel established since `threads` was taken (a process that

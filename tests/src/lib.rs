@@ -13,7 +13,7 @@ mod run;
 
 pub use parse::*;
 pub use process::{tail, Process};
-pub use run::{Run, Scenario};
+pub use run::{Run, Scenario, Tracefs};
 
 use std::env;
 use std::path::PathBuf;

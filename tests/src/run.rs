@@ -29,6 +29,21 @@ pub struct Scenario {
     contained: bool,
     /// Run this node binary instead of the one for `major`.
     node_binary: Option<PathBuf>,
+    /// Environment of loopbpf beyond ours.
+    loopbpf_env: Vec<(String, String)>,
+    /// Run loopbpf where tracefs is not mounted (see `without_tracefs`).
+    without_tracefs: Option<Tracefs>,
+    /// The `syscall_probes` its ready line must name.
+    syscall_probes: &'static str,
+}
+
+/// What loopbpf may do about a missing tracefs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracefs {
+    /// Root with every capability: it can mount tracefs.
+    Mountable,
+    /// CAP_SYS_ADMIN dropped (as under the systemd unit): it cannot.
+    NotMountable,
 }
 
 impl Scenario {
@@ -43,7 +58,30 @@ impl Scenario {
             cpu: None,
             contained: false,
             node_binary: None,
+            loopbpf_env: Vec::new(),
+            without_tracefs: None,
+            syscall_probes: "tracepoint",
         }
+    }
+
+    /// Set an environment variable of loopbpf (e.g. `LOOPBPF_SYSCALL_PROBES`).
+    pub fn loopbpf_env(mut self, key: &str, value: &str) -> Self {
+        self.loopbpf_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Run loopbpf in a mount namespace of its own where tracefs is
+    /// unmounted (the host's mounts are untouched).
+    pub fn without_tracefs(mut self, tracefs: Tracefs) -> Self {
+        self.without_tracefs = Some(tracefs);
+        self
+    }
+
+    /// The syscall probes loopbpf must report in its ready line; by default
+    /// the per-syscall tracepoints.
+    pub fn expect_syscall_probes(mut self, probes: &'static str) -> Self {
+        self.syscall_probes = probes;
+        self
     }
 
     /// Run another build of node (e.g. a stripped copy) for `major`.
@@ -167,7 +205,26 @@ impl Scenario {
         }
 
         let pid = target.to_string();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match self.without_tracefs {
+            None => Command::new(&bin),
+            Some(tracefs) => {
+                // unshare execs (no fork): the shell, then loopbpf, keep its pid.
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg(UNMOUNT_TRACEFS)
+                    .arg("sh");
+                if tracefs == Tracefs::NotMountable {
+                    c.args(["setpriv", "--bounding-set", "-sys_admin"]).args([
+                        "--inh-caps",
+                        "-sys_admin",
+                        "--",
+                    ]);
+                }
+                c.arg(&bin);
+                c
+            }
+        };
+        cmd.envs(self.loopbpf_env.iter().map(|(k, v)| (k, v)));
         cmd.args(["--pid", &pid, "--json", "--duration", "30s"])
             .args(["--threshold", &format!("{THRESHOLD_MS}ms")])
             .arg("--output")
@@ -221,10 +278,21 @@ impl Scenario {
             loopbpf_stderr: loopbpf.stderr().to_string(),
             loopbpf_status,
             output,
+            syscall_probes: self.syscall_probes,
             _perf_map: perf_map,
         }
     }
 }
+
+/// Unmounts tracefs (in the caller's own mount namespace), makes sure it is
+/// gone from both places loopbpf looks, then runs the rest of the arguments.
+const UNMOUNT_TRACEFS: &str = concat!(
+    "for d in /sys/kernel/tracing /sys/kernel/debug; do ",
+    "if mountpoint -q $d; then umount -R $d || exit 97; fi; done; ",
+    "for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do ",
+    "if [ -n \"$(ls -A $d 2>/dev/null)\" ]; then echo \"tracefs still at $d\" >&2; exit 97; fi; ",
+    "done; exec \"$@\""
+);
 
 /// The (only) child of `pid`, once it exists: unshare's forked node.
 fn contained_child(pid: u32) -> u32 {
@@ -297,6 +365,8 @@ pub struct Run {
     pub loopbpf_stderr: String,
     pub loopbpf_status: ExitStatus,
     pub output: TempDir,
+    /// The syscall probes the ready line must name.
+    pub syscall_probes: &'static str,
     _perf_map: RemoveOnDrop,
 }
 
@@ -383,7 +453,9 @@ impl Run {
 
     /// Panics with `problems` plus the contract every run must keep, if
     /// anything is wrong: loopbpf's stdout is JSON lines, its ready line names
-    /// the target, and it exits 0 once the target has exited.
+    /// the target and the expected syscall probes (the per-syscall
+    /// tracepoints unless the scenario says otherwise), and it exits 0 once
+    /// the target has exited.
     pub fn check(&self, mut problems: Vec<String>) {
         let ready = self.events("ready");
         if !ready.iter().any(|r| {
@@ -394,6 +466,15 @@ impl Run {
             problems.push(format!(
                 "the ready line does not list pid {}: {ready:?}",
                 self.node_pid
+            ));
+        }
+        if !ready
+            .iter()
+            .any(|r| r["syscall_probes"] == self.syscall_probes)
+        {
+            problems.push(format!(
+                "the ready line does not name syscall_probes {:?}: {ready:?}",
+                self.syscall_probes
             ));
         }
         for line in &self.loopbpf_stdout {

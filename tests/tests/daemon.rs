@@ -181,6 +181,8 @@ fn daemon_discovers_measures_and_forgets_node_processes() {
         format!("unwatched pid={b}"),
         format!("unwatched pid={c}"),
         "stopped".to_string(),
+        // The per-syscall tracepoints: this host has tracefs, or lets root mount it.
+        "tracepoint syscall probes".to_string(),
     ] {
         assert!(log.contains(&want), "daemon log lacks `{want}`:\n{log}");
     }

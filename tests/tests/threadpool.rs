@@ -78,7 +78,16 @@ fn saturated_pool_is_reported_with_pbkdf2_stacks(major: u32) {
             "the main loop only dispatched, yet: {main_episodes:?}"
         ));
     }
-    let pool = &run.summary()["threadpool"];
+    let summary = run.summary();
+    // Started after loopbpf attached, and the process is gone at the summary:
+    // the workers are known from the census while it ran.
+    if summary["thread_roles"]["threadpool"] != 4 {
+        problems.push(format!(
+            "want 4 threadpool threads: {}",
+            summary["thread_roles"]
+        ));
+    }
+    let pool = &summary["threadpool"];
     if pool["items"] != CALLS || pool["queue_wait_items"] != CALLS {
         problems.push(format!(
             "want {CALLS} items, each with a queue wait: {pool}"
@@ -206,7 +215,16 @@ fn a_storm_of_small_items_detaches_the_uprobes() {
             run.warnings()
         ));
     }
-    let pool = &run.summary()["threadpool"];
+    let summary = run.summary();
+    // Started after loopbpf attached, and the process is gone at the summary:
+    // the workers are known from the census while it ran.
+    if summary["thread_roles"]["threadpool"] != 4 {
+        problems.push(format!(
+            "want 4 threadpool threads: {}",
+            summary["thread_roles"]
+        ));
+    }
+    let pool = &summary["threadpool"];
     if pool["stopped_early"] != true || pool["items"].as_u64().unwrap_or(0) < 10_000 {
         problems.push(format!(
             "want the figures up to the detach, marked stopped_early: {pool}"

@@ -21,7 +21,7 @@ use crate::{
     episode::EpisodeBuilder,
     metrics::{http, Metrics},
     privileges::{self, PrivilegeError},
-    probes::{self, ProbeError, Probes},
+    probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
     store::{Store, StoreError},
     symbolize::{SymbolizeError, Symbolizer},
 };
@@ -82,12 +82,21 @@ fn kernel_config(c: &Config) -> Result<profiler_common::Config, ProbeError> {
 
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let config = settings.load()?;
+    let syscall_probes = SyscallProbesChoice::from_env()?;
     privileges::check()?;
     let store = Store::open(&config.state_dir, config.retention)?;
     let metrics = Metrics::default();
     let bound = http::serve(config.metrics_address, metrics.clone()).await?;
     let symbolizer = Symbolizer::start()?;
-    let (probes, ring) = Probes::attach(kernel_config(&config)?, config.frequency_hz)?;
+    let (probes, ring) =
+        Probes::attach(kernel_config(&config)?, config.frequency_hz, syscall_probes)?;
+    let syscall_probes = probes.syscall_probes().clone();
+    if syscall_probes.probes == SyscallProbes::TpBtf {
+        // Users must know they pay the higher cost, and why.
+        log::warn!("{}", syscall_probes.describe());
+    } else {
+        log::info!("{}", syscall_probes.describe());
+    }
     let (tx, rx) = unbounded_channel();
     let sink = Sink {
         store,
@@ -114,10 +123,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     st.scan();
     st.refresh_metrics();
     log::info!(
-        "ready: watching {} processes, threshold {} ms, {} Hz stacks, metrics on http://{bound}/metrics, state in {}",
+        "ready: watching {} processes, threshold {} ms, {} Hz stacks, {} syscall probes, metrics on http://{bound}/metrics, state in {}",
         st.watched.len(),
         st.config.threshold.as_secs_f64() * 1e3,
         st.config.frequency_hz,
+        syscall_probes.probes.as_str(),
         st.config.state_dir.display()
     );
 

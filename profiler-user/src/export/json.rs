@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use crate::{
     loop_stats::LoopFigures,
+    probes::SyscallProbes,
     report::{EpisodeReport, ProcessSummary},
     target::ThreadRole,
     threadpool::{report::PoolReport, PoolSummary, UtilizationPoint},
@@ -13,8 +14,19 @@ fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e4).round() / 1e2
 }
 
-pub fn ready(pids: &[u32], threshold_ns: u64, frequency_hz: u64) -> Value {
-    json!({"type": "ready", "pids": pids, "threshold_ms": ms(threshold_ns), "frequency_hz": frequency_hz})
+pub fn ready(
+    pids: &[u32],
+    threshold_ns: u64,
+    frequency_hz: u64,
+    syscall_probes: SyscallProbes,
+) -> Value {
+    json!({
+        "type": "ready",
+        "pids": pids,
+        "threshold_ms": ms(threshold_ns),
+        "frequency_hz": frequency_hz,
+        "syscall_probes": syscall_probes.as_str(),
+    })
 }
 
 pub fn warning(pid: Option<u32>, message: &str) -> Value {

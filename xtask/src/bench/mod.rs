@@ -62,15 +62,36 @@ impl Env {
 
     /// Starts loopbpf --json on `pids` and waits for its `ready` line.
     pub fn loopbpf(&self, kind: &str, pids: &[u32], args: &[&str], out: &Path) -> Result<Proc> {
+        Ok(self.loopbpf_with_env(kind, pids, args, out, &[])?.0)
+    }
+
+    /// `loopbpf` with environment variables; also returns the syscall probes
+    /// its ready line names (`tracepoint` or `tp_btf`).
+    pub fn loopbpf_with_env(
+        &self,
+        kind: &str,
+        pids: &[u32],
+        args: &[&str],
+        out: &Path,
+        vars: &[(&str, &str)],
+    ) -> Result<(Proc, String)> {
         let mut c = Command::new(&self.loopbpf);
+        c.envs(vars.iter().copied());
         for pid in pids {
             c.arg("--pid").arg(pid.to_string());
         }
         c.arg("--json").arg("--output").arg(out).args(args);
         let mut p = Proc::spawn(kind, &mut c)?;
-        p.wait_for("\"type\":\"ready\"", Duration::from_secs(30))
+        let ready = p
+            .wait_for("\"type\":\"ready\"", Duration::from_secs(30))
             .context("loopbpf did not attach")?;
-        Ok(p)
+        let probes = ready
+            .text
+            .split_once("\"syscall_probes\":\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or("unknown", |(probes, _)| probes)
+            .to_string();
+        Ok((p, probes))
     }
 }
 

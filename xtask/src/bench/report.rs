@@ -176,8 +176,12 @@ pub fn render(
     writeln!(
         s,
         "- **Syscall cost**: `perf bench syscall basic` (getppid in a loop, in a process loopbpf \
-         does not watch) without and with loopbpf attached to a `bench/busy.js` process, ABAB: \
-         loopbpf's syscall tracepoints run for every syscall on the host.\n"
+         does not watch) without loopbpf, with loopbpf as it starts by default and with \
+         `LOOPBPF_SYSCALL_PROBES=tp_btf`, attached to a `bench/busy.js` process, interleaved in \
+         rotating order; added = with minus the same round's run without. Any syscall tracepoint \
+         sends every syscall on the host through the kernel's syscall-tracing slow path; the \
+         per-syscall tracepoints (the default where tracefs is mounted or mountable) add only \
+         that, the tp_btf fallback also runs loopbpf's `sys_enter`/`sys_exit` programs on each.\n"
     )?;
     writeln!(s, "## Time\n")?;
     for (name, t) in timings {
