@@ -19,7 +19,7 @@ pub const SATURATION_NOTICE_NS: u64 = 1_000_000_000;
 /// Above this many work items a second, the uprobes (a few microseconds per
 /// item, see the README) would cost more than a profiler may: they are
 /// detached and the figures so far kept.
-pub const MAX_ITEMS_PER_S: f64 = 10_000.0;
+pub const MAX_ITEMS_PER_S: f64 = 2_000.0;
 /// Busy periods and samples are kept this long to assemble saturations.
 const KEEP_NS: u64 = 120_000_000_000;
 /// Bounds the samples held per process (a pool of 1024 busy workers at 999 Hz
@@ -45,6 +45,7 @@ pub struct PoolMonitor {
     peak_utilization: f64,
     last_utilization: f64,
     busy_workers_now: usize,
+    workers_seen: usize,
     saturations: u64,
     saturated_ns: u64,
 }
@@ -68,6 +69,7 @@ impl PoolMonitor {
             peak_utilization: 0.0,
             last_utilization: 0.0,
             busy_workers_now: 0,
+            workers_seen: 0,
             saturations: 0,
             saturated_ns: 0,
         }
@@ -97,7 +99,11 @@ impl PoolMonitor {
         if !self.attach.busy_tracked || self.stopped_ns.is_some() {
             return out;
         }
-        self.size = self.size.max(workers.len()).max(named_workers(self.pid));
+        if workers.len() != self.workers_seen {
+            // New workers: the pool started or grew. /proc is read only then.
+            self.workers_seen = workers.len();
+            self.size = self.size.max(workers.len()).max(named_workers(self.pid));
+        }
         self.busy_workers_now = workers.iter().filter(|(_, w)| w.busy != 0).count();
         // Quiet until the pool has run something (libuv starts it on first use).
         if let Some(p) = self

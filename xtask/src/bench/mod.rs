@@ -11,6 +11,7 @@ mod procs;
 mod report;
 mod symbolization;
 mod syscall_cost;
+mod threadpool_cost;
 
 use crate::{cmd, toolchain, Paths};
 use anyhow::{bail, Context, Result};
@@ -27,7 +28,8 @@ pub struct Opts {
     /// Seconds of each measured wrk run.
     #[arg(long, default_value_t = 4)]
     wrk_secs: u64,
-    /// Only these sections: overhead, agent, syscall, latency, accuracy, symbolization.
+    /// Only these sections: overhead, agent, syscall, latency, accuracy,
+    /// symbolization, threadpool.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not write BENCHMARKS.md (print the table only).
@@ -119,13 +121,14 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     let mut failures = Vec::new();
     // Other work on the machine makes every figure noisier; the report says how much there was.
     let busy_before = wait_for_quiet()?;
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("symbolization", symbolization::run),
         ("latency", latency::run),
         ("accuracy", accuracy::run),
         ("agent", agent_cost::run),
         ("syscall", syscall_cost::run),
         ("overhead", overhead::run),
+        ("threadpool", threadpool_cost::run),
     ];
     let mut timings = Vec::new();
     for (name, section) in sections {

@@ -181,7 +181,11 @@ pub fn render(
          rotating order; added = with minus the same round's run without. Any syscall tracepoint \
          sends every syscall on the host through the kernel's syscall-tracing slow path; the \
          per-syscall tracepoints (the default where tracefs is mounted or mountable) add only \
-         that, the tp_btf fallback also runs loopbpf's `sys_enter`/`sys_exit` programs on each.\n"
+         that, the tp_btf fallback also runs loopbpf's `sys_enter`/`sys_exit` programs on each.\n\
+         - **Threadpool uprobes**: `bench/pool_rate.js` runs `fs.stat` at 1500 items/s for 4 s \
+         and reports its own CPU time (`process.cpuUsage()`, all threads) per item, without \
+         loopbpf, with `loopbpf --no-threadpool` and with loopbpf's default (uprobes on libuv), \
+         3 rounds in rotating order.\n"
     )?;
     writeln!(s, "## Time\n")?;
     for (name, t) in timings {
