@@ -17,6 +17,10 @@ pub const MAX_USER_FRAMES: usize = 127;
 /// Frames kept per kernel stack; deeper kernel stacks are truncated at the leaf side.
 pub const MAX_KERNEL_FRAMES: usize = 64;
 
+/// Size of the `WATCHED_BITMAP` fast-path filter: bit `tgid % WATCHED_BITS`.
+pub const WATCHED_BITS: u32 = 1 << 16;
+pub const WATCHED_BITMAP_WORDS: u32 = WATCHED_BITS / 64;
+
 /// `kind` of a ring-buffer record.
 pub const EVENT_EPISODE: u32 = 1;
 pub const EVENT_SAMPLE: u32 = 2;
@@ -64,6 +68,10 @@ pub struct Config {
     /// Off-CPU intervals at least this long inside a busy iteration are sent
     /// with their stacks; shorter ones only count in the totals.
     pub off_cpu_min_ns: u64,
+    /// Stacks are sampled only once the iteration (or the worker's busy
+    /// period) has been busy this long: samples of anything shorter could
+    /// never be part of an episode, and under load nearly every iteration is.
+    pub sample_after_ns: u64,
 }
 
 /// Value of the `WATCHED` map, keyed by tgid.
@@ -313,7 +321,7 @@ pub struct SampleEvent {
 }
 
 // No implicit padding anywhere: a hole would be uninitialised bytes on one side.
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 const _: () = assert!(core::mem::size_of::<WatchedProcess>() == 8);
 const _: () = assert!(core::mem::size_of::<LoopSlot>() == 4 + 4 + 6 * 8 + 4 + 4 + 8);
 const _: () = assert!(

@@ -44,7 +44,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     Config, LoopKey, LoopStats, OffCpuEvent, PendingWork, PoolWorker, ThreadLoops, WatchedProcess,
-    NUM_COUNTERS,
+    NUM_COUNTERS, WATCHED_BITMAP_WORDS, WATCHED_BITS,
 };
 
 /// Settings from userspace (threshold, sampling switch); one element.
@@ -54,6 +54,13 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Processes to watch, keyed by tgid. Sized for every Node process on a big host.
 #[map]
 static WATCHED: HashMap<u32, WatchedProcess> = HashMap::with_max_entries(4096, 0);
+
+/// One bit per `tgid % WATCHED_BITS`, set for watched tgids: the syscall and
+/// scheduler probes run for every process on the host, and an array lookup
+/// (inlined by the verifier) turns nearly all of them away before the hash
+/// lookup in WATCHED. 64 Ki bits in 8 KiB.
+#[map]
+static WATCHED_BITMAP: Array<u64> = Array::with_max_entries(WATCHED_BITMAP_WORDS, 0);
 
 /// Loop state per polling thread. LRU: a thread that exits without userspace
 /// noticing is evicted instead of filling the map; a live thread evicted loses
@@ -104,7 +111,11 @@ fn config() -> Option<&'static Config> {
 
 #[inline(always)]
 fn is_watched(tgid: u32) -> bool {
-    unsafe { WATCHED.get(tgid) }.is_some()
+    let bit = tgid % WATCHED_BITS;
+    match WATCHED_BITMAP.get(bit / 64) {
+        Some(word) if word & (1 << (bit % 64)) != 0 => unsafe { WATCHED.get(tgid) }.is_some(),
+        _ => false,
+    }
 }
 
 #[cfg(not(test))]

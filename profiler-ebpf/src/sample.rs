@@ -1,8 +1,10 @@
 //! `cpu-clock` samples of busy loop threads, with user and kernel stacks.
 //!
 //! Only event-loop threads while their loop is busy, and libuv threadpool
-//! workers while they run work items: a thread asleep in epoll is never on a
-//! CPU to be sampled, and other threads of a watched process cost two lookups. Samples go out without waking userspace;
+//! workers while they run work items, and only once that has lasted
+//! `sample_after_ns` (a quarter of the threshold): a thread asleep in epoll is
+//! never on a CPU to be sampled, the short iterations of a busy server cost
+//! no stack walk, and other threads of a watched process cost two lookups. Samples go out without waking userspace;
 //! an episode wakes it, and it drains on a timer too.
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP},
@@ -29,14 +31,17 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
     if pid == 0 || !is_watched(pid) {
         return 0;
     }
-    match config() {
-        Some(c) if c.sample_stacks != 0 => {}
+    let sample_after_ns = match config() {
+        Some(c) if c.sample_stacks != 0 => c.sample_after_ns,
         _ => return 0,
-    }
+    };
     let Some((kind, seq, busy_start_ns)) = busy_window(tid) else {
         return 0;
     };
     let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(busy_start_ns) < sample_after_ns {
+        return 0;
+    }
     let header = SampleHeader {
         kind,
         pid,

@@ -29,12 +29,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let Some(c) = config() else {
         return 0;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock is read only for watched threads: this runs on every
+    // context switch of the host, and a clock read is not free in a VM.
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
-    switched_out(&ctx, preempt != 0 || prev_state as u32 == 0, now);
+    switched_out(&ctx, preempt != 0 || prev_state as u32 == 0);
     let next: u64 = ctx.arg(2);
-    switched_in(next, now, c);
+    switched_in(next, c);
     0
 }
 
@@ -55,7 +56,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
 
 /// The current task (`prev`) leaves the CPU.
 #[inline(always)]
-fn switched_out(ctx: &BtfTracePointContext, runnable: bool, now: u64) {
+fn switched_out(ctx: &BtfTracePointContext, runnable: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if !is_watched(pid) {
@@ -71,6 +72,7 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool, now: u64) {
     if s.in_poll != 0 || s.last_exit_ns == 0 {
         return;
     }
+    let now = unsafe { bpf_ktime_get_ns() };
     let seq = s.iterations;
     t.off_cpu_since_ns = now;
     t.runnable_since_ns = if runnable { now } else { 0 };
@@ -115,13 +117,14 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool, now: u64) {
 
 /// `next` gets the CPU: close its off-CPU interval.
 #[inline(always)]
-fn switched_in(next: u64, now: u64, c: &Config) {
+fn switched_in(next: u64, c: &Config) {
     let Some((tid, t)) = watched_task(next, c) else {
         return;
     };
     if t.off_cpu_since_ns == 0 {
         return;
     }
+    let now = unsafe { bpf_ktime_get_ns() };
     let runnable = if t.runnable_since_ns != 0 {
         t.runnable_since_ns
     } else {
@@ -157,13 +160,13 @@ fn watched_task(task: u64, c: &Config) -> Option<(u32, &'static mut ThreadLoops)
     if c.task_pid_offset == 0 || task == 0 {
         return None;
     }
-    let tid =
-        unsafe { bpf_probe_read_kernel((task + c.task_pid_offset as u64) as *const u32) }.ok()?;
     let tgid =
         unsafe { bpf_probe_read_kernel((task + c.task_tgid_offset as u64) as *const u32) }.ok()?;
     if !is_watched(tgid) {
         return None;
     }
+    let tid =
+        unsafe { bpf_probe_read_kernel((task + c.task_pid_offset as u64) as *const u32) }.ok()?;
     let t = THREADS.get_ptr_mut(tid)?;
     Some((tid, unsafe { &mut *t }))
 }

@@ -20,6 +20,11 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// would cost a record each and say little.
 pub const OFF_CPU_MIN_NS: u64 = 200_000;
 
+/// Stacks are taken once an iteration has been busy a quarter of the
+/// threshold: an episode keeps at least 3/4 of its time sampled, and the
+/// short iterations of a busy server (all discarded) cost no stack walks.
+pub const SAMPLE_AFTER_THRESHOLD_DIVISOR: u64 = 4;
+
 /// The kernel side's settings for this kernel: `task_struct` offsets come from
 /// its BTF.
 pub fn kernel_config(
@@ -36,6 +41,7 @@ pub fn kernel_config(
         task_pid_offset: task.pid,
         task_tgid_offset: task.tgid,
         off_cpu_min_ns: OFF_CPU_MIN_NS,
+        sample_after_ns: threshold_ns / SAMPLE_AFTER_THRESHOLD_DIVISOR,
     })
 }
 
@@ -416,12 +422,46 @@ impl Probes {
             .map_err(|source| ProbeError::Map {
                 name: "WATCHED",
                 source,
+            })?;
+        self.update_watched_bitmap(pid)
+    }
+
+    /// Rewrites the `WATCHED_BITMAP` word holding `pid`'s bit from the watched
+    /// set: a bit stays set while any watched tgid maps to it.
+    fn update_watched_bitmap(&mut self, pid: u32) -> Result<(), ProbeError> {
+        use profiler_common::WATCHED_BITS;
+        let word_of = |tgid: u32| (tgid % WATCHED_BITS) / 64;
+        let index = word_of(pid);
+        let word = self
+            .watched
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|&t| word_of(t) == index)
+            .fold(0u64, |w, t| w | 1 << ((t % WATCHED_BITS) % 64));
+        let map = self.ebpf.map_mut("WATCHED_BITMAP").ok_or(ProbeError::Map {
+            name: "WATCHED_BITMAP",
+            source: MapError::InvalidName {
+                name: "WATCHED_BITMAP".into(),
+            },
+        })?;
+        let mut bitmap: Array<_, u64> = Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: "WATCHED_BITMAP",
+            source,
+        })?;
+        bitmap
+            .set(index, word, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "WATCHED_BITMAP",
+                source,
             })
     }
 
     /// Stops watching `pid` and frees its kernel state.
     pub fn unwatch(&mut self, pid: u32) {
         let _ = self.watched.remove(&pid);
+        if let Err(e) = self.update_watched_bitmap(pid) {
+            log::debug!("pid {pid}: {e}");
+        }
         // Every thread with kernel state: polling threads (THREADS, also those
         // that never completed an iteration) and loops with statistics.
         let stats: Vec<LoopKey> = self.loop_stats(pid).into_iter().map(|(k, _)| k).collect();

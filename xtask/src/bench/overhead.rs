@@ -144,7 +144,8 @@ fn one_run(env: &Env, server: &str, condition: Condition) -> Result<Sample> {
         _ => Vec::new(),
     };
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let node = env.node(dir.path(), "server.js", &flags);
+    let mut node = env.node(dir.path(), "server.js", &flags);
+    node.arg(server);
     let mut pinned = Command::new("taskset");
     pinned
         .current_dir(dir.path())
