@@ -7,6 +7,7 @@ mod agent_cost;
 mod blocks;
 mod latency;
 mod overhead;
+mod probe_cost;
 mod procs;
 mod report;
 mod symbolization;
@@ -29,7 +30,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 4)]
     wrk_secs: u64,
     /// Only these sections: overhead, agent, syscall, latency, accuracy,
-    /// symbolization, threadpool.
+    /// symbolization, threadpool, probes.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not write BENCHMARKS.md (print the table only).
@@ -121,7 +122,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     let mut failures = Vec::new();
     // Other work on the machine makes every figure noisier; the report says how much there was.
     let busy_before = wait_for_quiet()?;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("symbolization", symbolization::run),
         ("latency", latency::run),
         ("accuracy", accuracy::run),
@@ -129,6 +130,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
         ("syscall", syscall_cost::run),
         ("overhead", overhead::run),
         ("threadpool", threadpool_cost::run),
+        ("probes", probe_cost::run),
     ];
     let mut timings = Vec::new();
     for (name, section) in sections {

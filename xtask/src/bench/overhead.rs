@@ -144,23 +144,7 @@ fn one_run(env: &Env, server: &str, condition: Condition) -> Result<Sample> {
         _ => Vec::new(),
     };
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut node = env.node(dir.path(), "server.js", &flags);
-    node.arg(server);
-    let mut pinned = Command::new("taskset");
-    pinned
-        .current_dir(dir.path())
-        .args(["-c", "1"])
-        .arg(node.get_program())
-        .args(node.get_args());
-    for (k, v) in node.get_envs() {
-        if let Some(v) = v {
-            pinned.env(k, v);
-        }
-    }
-    let mut srv = Proc::spawn(&format!("overhead: {server} server"), &mut pinned)?;
-    let port =
-        srv.wait_for("listening ", Duration::from_secs(20))?.text["listening ".len()..].to_string();
-    let url = format!("http://127.0.0.1:{port}/");
+    let (mut srv, url) = start_server(env, dir.path(), server, &flags)?;
     wrk(&url, 1, "overhead: wrk warm-up")?;
     let profiler = match condition {
         Condition::Loopbpf => Some(env.loopbpf(
@@ -221,7 +205,29 @@ fn perf(dir: &Path, pid: u32, f199: bool) -> Result<Proc> {
 }
 
 /// req/s, p99 latency (ms) and the number of requests of one wrk run.
-fn wrk(url: &str, secs: u64, kind: &str) -> Result<(f64, f64, f64)> {
+/// bench/server.js of `kind` (http, express) pinned to CPU 1; its URL.
+pub fn start_server(env: &Env, dir: &Path, kind: &str, flags: &[&str]) -> Result<(Proc, String)> {
+    let mut node = env.node(dir, "server.js", flags);
+    node.arg(kind);
+    let mut pinned = Command::new("taskset");
+    pinned
+        .current_dir(dir)
+        .args(["-c", "1"])
+        .arg(node.get_program())
+        .args(node.get_args());
+    for (k, v) in node.get_envs() {
+        if let Some(v) = v {
+            pinned.env(k, v);
+        }
+    }
+    let mut srv = Proc::spawn(&format!("{kind} server"), &mut pinned)?;
+    let port =
+        srv.wait_for("listening ", Duration::from_secs(20))?.text["listening ".len()..].to_string();
+    Ok((srv, format!("http://127.0.0.1:{port}/")))
+}
+
+/// wrk pinned to CPU 0 for `secs`: (req/s, p99 ms, requests).
+pub fn wrk(url: &str, secs: u64, kind: &str) -> Result<(f64, f64, f64)> {
     let mut c = Command::new("taskset");
     c.args([
         "-c",

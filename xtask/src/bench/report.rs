@@ -185,7 +185,11 @@ pub fn render(
          - **Threadpool uprobes**: `bench/pool_rate.js` runs `fs.stat` at 1500 items/s for 4 s \
          and reports its own CPU time (`process.cpuUsage()`, all threads) per item, without \
          loopbpf, with `loopbpf --no-threadpool` and with loopbpf's default (uprobes on libuv), \
-         3 rounds in rotating order.\n"
+         3 rounds in rotating order.\n\
+         - **Probe cost**: with `BPF_ENABLE_STATS` on, the kernel's run count and run time of \
+         each of loopbpf's programs over one wrk run against the http server (loopbpf default, \
+         watching the server); the syscall and scheduler probes also run for wrk and every other \
+         process.\n"
     )?;
     writeln!(s, "## Time\n")?;
     for (name, t) in timings {
