@@ -163,6 +163,24 @@ impl Reporter {
         }
     }
 
+    /// Path of a folded file written, or why not (said once: a full disk
+    /// must not drown the episodes, which are still printed).
+    fn folded_outcome(
+        &mut self,
+        written: Result<std::path::PathBuf, folded::FoldedError>,
+    ) -> (Option<std::path::PathBuf>, Option<String>) {
+        match written {
+            Ok(path) => (Some(path), None),
+            Err(err) => {
+                if !self.write_error_warned {
+                    self.write_error_warned = true;
+                    self.warn(None, &format!("{err}; episodes are still reported here"));
+                }
+                (None, Some(err.to_string()))
+            }
+        }
+    }
+
     async fn pool_saturation(&mut self, e: PoolEpisode) {
         let pid = e.pid;
         let (mut report, err) = PoolReport::symbolize(e, &self.symbolizer).await;
@@ -172,16 +190,8 @@ impl Reporter {
             self.warn(Some(pid), &message);
         }
         if !report.stacks.is_empty() {
-            match folded::write_pool(&self.output_dir, &report) {
-                Ok(path) => report.folded_path = Some(path),
-                Err(err) => {
-                    if !self.write_error_warned {
-                        self.write_error_warned = true;
-                        self.warn(None, &format!("{err}; episodes are still reported here"));
-                    }
-                    report.folded_error = Some(err.to_string());
-                }
-            }
+            let written = folded::write_pool(&self.output_dir, &report);
+            (report.folded_path, report.folded_error) = self.folded_outcome(written);
         }
         if self.json {
             stdout_line(&json::pool_saturation(&report).to_string());
@@ -228,16 +238,8 @@ impl Reporter {
             }
         }
         if !report.stacks.is_empty() || !report.off_cpu.is_empty() {
-            match folded::write(&self.output_dir, &report, self.frequency_hz) {
-                Ok(path) => report.folded_path = Some(path),
-                Err(err) => {
-                    if !self.write_error_warned {
-                        self.write_error_warned = true;
-                        self.warn(None, &format!("{err}; episodes are still reported here"));
-                    }
-                    report.folded_error = Some(err.to_string());
-                }
-            }
+            let written = folded::write(&self.output_dir, &report, self.frequency_hz);
+            (report.folded_path, report.folded_error) = self.folded_outcome(written);
         }
         *self.episodes.entry(report.episode.pid).or_default() += 1;
         if self.json {

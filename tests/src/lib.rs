@@ -5,6 +5,7 @@
 //! `cargo xtask test` provides all three. Missing any of them fails the test:
 //! a skipped kernel test would read as a pass.
 
+pub mod checks;
 pub mod daemon;
 mod parse;
 mod process;

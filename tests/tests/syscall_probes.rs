@@ -4,7 +4,7 @@
 //! when tracefs cannot be had, or when `LOOPBPF_SYSCALL_PROBES=tp_btf` asks.
 //! The fallback shares the loop logic, so one Node major is enough here.
 
-use integration_tests::{contains, overlaps, Run, Scenario, Tracefs};
+use integration_tests::{checks, contains, overlaps, Run, Scenario, Tracefs};
 
 const NODE: u32 = 20;
 const ENV: &str = "LOOPBPF_SYSCALL_PROBES";
@@ -28,26 +28,7 @@ fn forced_tp_btf_keeps_exec_sync_one_episode() {
         .loopbpf_env(ENV, "tp_btf")
         .expect_syscall_probes("tp_btf")
         .run();
-    let call = match &run.blocks()[..] {
-        [call] if call.name == "runChildSync" && call.ms >= 290.0 => call.clone(),
-        _ => run.fail("exec_sync.js did not report one runChildSync of >= 290 ms"),
-    };
-    let episodes = run.episodes();
-    let mut problems = Vec::new();
-    match episodes
-        .iter()
-        .find(|e| contains(e.span(), call.span(), 1_000_000))
-    {
-        None => problems.push(format!(
-            "no episode contains the call ({:.1} ms); episodes: {episodes:#?}",
-            call.ms
-        )),
-        Some(e) if e.duration_ms < 250.0 => problems.push(format!(
-            "the episode lasts {:.1} ms, want >= 250: {e:?}",
-            e.duration_ms
-        )),
-        Some(_) => {}
-    }
+    let problems = checks::exec_sync_is_one_episode(&run);
     run.check(problems);
 }
 

@@ -216,14 +216,6 @@ fn a_storm_of_small_items_detaches_the_uprobes() {
         ));
     }
     let summary = run.summary();
-    // Started after loopbpf attached, and the process is gone at the summary:
-    // the workers are known from the census while it ran.
-    if summary["thread_roles"]["threadpool"] != 4 {
-        problems.push(format!(
-            "want 4 threadpool threads: {}",
-            summary["thread_roles"]
-        ));
-    }
     let pool = &summary["threadpool"];
     if pool["stopped_early"] != true || pool["items"].as_u64().unwrap_or(0) < 2_000 {
         problems.push(format!(

@@ -88,15 +88,30 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
         ));
     }
     line.push(')');
-    if let Some(h) = &r.top_frame {
+    hottest_and_file(
+        &mut line,
+        r.top_frame.as_ref(),
+        &r.folded_path,
+        &r.folded_error,
+    );
+    line
+}
+
+/// `, hottest: NAME (N%) -> FILE` (or why the stacks were not saved).
+fn hottest_and_file(
+    line: &mut String,
+    top: Option<&crate::report::HotFrame>,
+    folded: &Option<std::path::PathBuf>,
+    error: &Option<String>,
+) {
+    if let Some(h) = top {
         line.push_str(&format!(", hottest: {} ({:.0}%)", h.name, h.share * 100.0));
     }
-    match (&r.folded_path, &r.folded_error) {
+    match (folded, error) {
         (Some(p), _) => line.push_str(&format!(" -> {}", p.display())),
         (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {err})")),
         _ => {}
     }
-    line
 }
 
 pub fn stall(
@@ -191,14 +206,12 @@ pub fn pool_saturation(r: &PoolReport, clock: &WallClock) -> String {
     if let Some(w) = &r.top_work {
         line.push_str(&format!(", running {} ({:.0}%)", w.name, w.share * 100.0));
     }
-    if let Some(h) = &r.top_frame {
-        line.push_str(&format!(", hottest: {} ({:.0}%)", h.name, h.share * 100.0));
-    }
-    match (&r.folded_path, &r.folded_error) {
-        (Some(p), _) => line.push_str(&format!(" -> {}", p.display())),
-        (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {err})")),
-        _ => {}
-    }
+    hottest_and_file(
+        &mut line,
+        r.top_frame.as_ref(),
+        &r.folded_path,
+        &r.folded_error,
+    );
     line
 }
 
