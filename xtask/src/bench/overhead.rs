@@ -69,8 +69,23 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
                 let mut pair = [None, None];
                 for c in order {
                     let cond = CONDITIONS[c];
-                    let s = one_run(env, server, cond)
+                    // A run that served nothing (the server not up in time,
+                    // wrk refused) says nothing about a profiler: run it again.
+                    let mut s = one_run(env, server, cond)
                         .with_context(|| format!("{server}: {}", cond.name()))?;
+                    if s.rps <= 0.0 {
+                        eprintln!(
+                            "   {server} round {round} {}: no requests served; again",
+                            cond.name()
+                        );
+                        s = one_run(env, server, cond)
+                            .with_context(|| format!("{server}: {}", cond.name()))?;
+                    }
+                    anyhow::ensure!(
+                        s.rps > 0.0,
+                        "{server}: {}: wrk got no responses twice",
+                        cond.name()
+                    );
                     eprintln!(
                         "   {server} round {round} {}: {:.0} req/s, p99 {:.2} ms, {:.1} us CPU/req",
                         cond.name(),
