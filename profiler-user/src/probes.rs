@@ -479,7 +479,7 @@ impl Probes {
         self.detach_threadpool(pid);
     }
 
-    fn remove_keys<K: aya::Pod, V: aya::Pod>(&mut self, map: &str, keys: &[K]) {
+    pub(crate) fn remove_keys<K: aya::Pod, V: aya::Pod>(&mut self, map: &str, keys: &[K]) {
         let Some(map) = self.ebpf.map_mut(map) else {
             return;
         };

@@ -193,19 +193,18 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
             }
             _ = drain_tick.tick() => {
                 // Worker state is read before draining (see PoolMonitor::tick).
-                let pools: Vec<(u32, Vec<_>)> = watched.keys().map(|&p| (p, probes.pool_workers(p))).collect();
+                let mut pools = probes.all_pool_workers();
                 collector.drain(ring.get_mut(), &mut watched);
                 let now = monotonic_ns();
-                for (pid, workers) in pools {
-                    if let Some(w) = watched.get_mut(&pid) {
-                        for out in w.pool.tick(&workers, now) {
-                            if let PoolOutput::TooBusy { pid, items_per_s } = out {
-                                probes.detach_pool_uprobes(pid);
-                                let message = too_busy_message(pid, items_per_s);
-                                let _ = tx.send(Output::Warning { pid: Some(pid), message });
-                            } else {
-                                let _ = tx.send(Output::Pool(out));
-                            }
+                for (&pid, w) in watched.iter_mut() {
+                    let workers = pools.remove(&pid).unwrap_or_default();
+                    for out in w.pool.tick(&workers, now) {
+                        if let PoolOutput::TooBusy { items_per_s, .. } = out {
+                            probes.detach_pool_uprobes(pid);
+                            let message = too_busy_message(pid, items_per_s);
+                            let _ = tx.send(Output::Warning { pid: Some(pid), message });
+                        } else {
+                            let _ = tx.send(Output::Pool(out));
                         }
                     }
                 }

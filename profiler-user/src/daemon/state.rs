@@ -200,18 +200,13 @@ impl State {
     /// (see `PoolMonitor::tick`), then acts on what the pools report.
     pub fn drain_and_tick_pools(&mut self, ring: &mut RingBuf<MapData>) {
         self.attach_pools();
-        let snapshots: Vec<(u32, Vec<_>)> = self
-            .pools
-            .keys()
-            .map(|&p| (p, self.probes.pool_workers(p)))
-            .collect();
+        let mut snapshot = self.probes.all_pool_workers();
         self.drain(ring);
         let now = monotonic_ns();
         let mut outputs = Vec::new();
-        for (pid, workers) in snapshots {
-            if let Some(m) = self.pools.get_mut(&pid) {
-                outputs.extend(m.tick(&workers, now));
-            }
+        for (&pid, m) in self.pools.iter_mut() {
+            let workers = snapshot.remove(&pid).unwrap_or_default();
+            outputs.extend(m.tick(&workers, now));
         }
         for out in outputs {
             match out {
@@ -305,8 +300,9 @@ impl State {
             self.metrics.set_loops(pid, loops);
         }
         let now = monotonic_ns();
+        let mut workers = self.probes.all_pool_workers();
         for (&pid, m) in &self.pools {
-            let workers = self.probes.pool_workers(pid);
+            let workers = workers.remove(&pid).unwrap_or_default();
             self.metrics.set_pool(pid, m.summary(&workers, now));
         }
         self.metrics.set_kernel(self.probes.counters());

@@ -120,21 +120,7 @@ impl PoolMonitor {
                 return out;
             }
         }
-        let mut periods = self.periods.clone();
-        for (tid, w) in workers.iter().filter(|(_, w)| w.busy != 0) {
-            let closed = periods
-                .iter()
-                .any(|p| p.tid == *tid && p.start_ns == w.busy_since_ns);
-            if !closed {
-                periods.push(BusyPeriod {
-                    tid: *tid,
-                    start_ns: w.busy_since_ns,
-                    end_ns: None,
-                    items: w.period_items,
-                });
-            }
-        }
-        for s in saturations(&periods, self.size) {
+        for s in saturations(&self.periods_with_open(workers), self.size) {
             match s.end_ns {
                 Some(end) if end > self.reported_until_ns => {
                     self.reported_until_ns = end;
@@ -171,6 +157,28 @@ impl PoolMonitor {
         out
     }
 
+    /// The long busy periods reported so far, plus each busy worker's open
+    /// period unless its end has already been reported (the map was read
+    /// before the ring buffer was drained).
+    fn periods_with_open(&self, workers: &[(u32, PoolWorker)]) -> Vec<BusyPeriod> {
+        let mut periods = self.periods.clone();
+        for (tid, w) in workers.iter().filter(|(_, w)| w.busy != 0) {
+            let closed = self
+                .periods
+                .iter()
+                .any(|p| p.tid == *tid && p.start_ns == w.busy_since_ns);
+            if !closed {
+                periods.push(BusyPeriod {
+                    tid: *tid,
+                    start_ns: w.busy_since_ns,
+                    end_ns: None,
+                    items: w.period_items,
+                });
+            }
+        }
+        periods
+    }
+
     /// A saturation still going on when watching stops (`exited`: the process
     /// is gone, and its last pool sample is the last moment known busy).
     pub fn finish(
@@ -182,19 +190,7 @@ impl PoolMonitor {
         if !self.attach.busy_tracked || self.stopped_ns.is_some() {
             return None;
         }
-        let mut periods = self.periods.clone();
-        periods.extend(
-            workers
-                .iter()
-                .filter(|(_, w)| w.busy != 0)
-                .map(|(tid, w)| BusyPeriod {
-                    tid: *tid,
-                    start_ns: w.busy_since_ns,
-                    end_ns: None,
-                    items: w.period_items,
-                }),
-        );
-        let open = saturations(&periods, self.size)
+        let open = saturations(&self.periods_with_open(workers), self.size)
             .into_iter()
             .find(|s| s.end_ns.is_none())?;
         let end = if exited {

@@ -215,49 +215,41 @@ impl Probes {
     pub(crate) fn detach_threadpool(&mut self, pid: u32) {
         self.detach_pool_uprobes(pid);
         let workers: Vec<u32> = self.pool_workers(pid).into_iter().map(|(t, _)| t).collect();
-        if let Some(mut m) = self
+        self.remove_keys::<u32, PoolWorker>("POOL_WORKERS", &workers);
+        let pending: Vec<PendingWork> = self
             .ebpf
-            .map_mut("POOL_WORKERS")
-            .and_then(|m| BpfHashMap::<_, u32, PoolWorker>::try_from(m).ok())
-        {
-            for tid in workers {
-                let _ = m.remove(&tid);
-            }
-        }
-        if let Some(mut m) = self
-            .ebpf
-            .map_mut("POOL_PENDING")
+            .map("POOL_PENDING")
             .and_then(|m| BpfHashMap::<_, PendingWork, u64>::try_from(m).ok())
-        {
-            let keys: Vec<PendingWork> = m
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.pid == pid)
-                .collect();
-            for k in keys {
-                let _ = m.remove(&k);
-            }
-        }
+            .map(|m| {
+                m.keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.pid == pid)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.remove_keys::<PendingWork, u64>("POOL_PENDING", &pending);
     }
 
     /// Threadpool workers of `pid` the kernel has seen run work.
     pub fn pool_workers(&self, pid: u32) -> Vec<(u32, PoolWorker)> {
-        let Some(map) = self.ebpf.map("POOL_WORKERS") else {
-            return Vec::new();
-        };
-        let Ok(workers) = BpfHashMap::<_, u32, PoolWorker>::try_from(map) else {
-            return Vec::new();
-        };
-        workers
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, w)| w.pid == pid)
-            .collect()
+        self.all_pool_workers().remove(&pid).unwrap_or_default()
     }
 
-    /// Processes with threadpool uprobes attached.
-    pub fn pool_tracked(&self, pid: u32) -> bool {
-        self.pool_links.links.contains_key(&pid)
+    /// Every worker in the kernel's map, by process: one pass over the map
+    /// (each entry is ~4.5 KiB) for all watched processes, not one per process.
+    pub fn all_pool_workers(&self) -> HashMap<u32, Vec<(u32, PoolWorker)>> {
+        let mut by_pid: HashMap<u32, Vec<(u32, PoolWorker)>> = HashMap::new();
+        let Some(workers) = self
+            .ebpf
+            .map("POOL_WORKERS")
+            .and_then(|m| BpfHashMap::<_, u32, PoolWorker>::try_from(m).ok())
+        else {
+            return by_pid;
+        };
+        for (tid, w) in workers.iter().filter_map(Result::ok) {
+            by_pid.entry(w.pid).or_default().push((tid, w));
+        }
+        by_pid
     }
 }
 
