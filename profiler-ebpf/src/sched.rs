@@ -2,8 +2,9 @@
 //! asleep (blocked in a syscall, a lock, a page fault) or runnable but waiting
 //! for a CPU (contention, cgroup CPU throttling).
 //!
-//! A loop thread leaving the CPU inside a busy iteration has its stacks taken
-//! (it is the current task then); when it gets a CPU again the interval is
+//! A loop thread blocking inside a busy iteration has its stacks taken (it is
+//! the current task then; a preempted one has none: it waits only for a
+//! CPU); when it gets a CPU again the interval is
 //! split at its wakeup and, if long enough, sent with those stacks. Sleeping
 //! in its own loop's poll is idle and not tracked. Other tasks' pid/tgid are
 //! read at offsets userspace found in the kernel's BTF.
@@ -88,6 +89,18 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool) {
         }
     };
     unsafe {
+        (*e).header.time_ns = now;
+        (*e).header.seq = seq;
+        (*e).header.pid = pid;
+        (*e).header.tid = tid;
+        // Preempted, the thread waits only for a CPU: where its code was says
+        // nothing about why, and walking two stacks on every preemption of a
+        // busy loop thread was most of this program's cost under load.
+        if runnable {
+            (*e).header.user_bytes = 0;
+            (*e).header.kernel_bytes = 0;
+            return;
+        }
         let user = bpf_get_stack(
             ctx.as_ptr(),
             (*e).user_stack.as_mut_ptr().cast(),
@@ -108,10 +121,6 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool) {
             user as i32
         };
         (*e).header.kernel_bytes = kernel as i32;
-        (*e).header.time_ns = now;
-        (*e).header.seq = seq;
-        (*e).header.pid = pid;
-        (*e).header.tid = tid;
     }
 }
 

@@ -32,7 +32,8 @@ pub enum FoldedError {
 /// Folded text of an episode. On-CPU stacks count samples; off-CPU stacks are
 /// converted to samples at the sampling frequency (time × Hz) so widths in a
 /// flamegraph are proportional to time, and end in a marker leaf: `[off-cpu]`
-/// for time asleep, `[runqueue]` for time waiting for a CPU. Stacks with no
+/// for time asleep, `[runqueue]` for time waiting for a CPU (alone on its line
+/// when the thread was preempted: no stack is taken then). Stacks with no
 /// frames at all are kept as `[no stack]` so counts still add up.
 pub fn render(r: &EpisodeReport, frequency_hz: u64) -> String {
     let mut out = String::new();
@@ -63,8 +64,15 @@ pub fn render(r: &EpisodeReport, frequency_hz: u64) -> String {
 }
 
 fn line(out: &mut String, frames: &[Frame], leaf: Option<&str>, n: u64) {
-    if frames.is_empty() {
-        out.push_str("[no stack]");
+    // A preempted thread's runqueue time has no stack (the kernel side does
+    // not walk one): the marker alone is its line.
+    match (frames.is_empty(), leaf) {
+        (true, Some(leaf)) => {
+            out.push_str(&format!("{leaf} {n}\n"));
+            return;
+        }
+        (true, None) => out.push_str("[no stack]"),
+        _ => {}
     }
     for (i, f) in frames.iter().enumerate() {
         if i > 0 {
@@ -199,6 +207,16 @@ mod tests {
             render(&r, 0),
             "main;wait;[off-cpu] 300\nmain;wait;[runqueue] 10\n"
         );
+    }
+
+    #[test]
+    fn preempted_runqueue_time_is_a_line_of_its_own() {
+        let off = OffCpuStack {
+            frames: vec![],
+            blocked_ns: 0,
+            runq_ns: 20_000_000,
+        };
+        assert_eq!(render(&report(vec![], vec![off]), 100), "[runqueue] 2\n");
     }
 
     #[test]
