@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct Opts {
-    /// Interleaved rounds of the overhead runs (each condition once per round).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of the overhead runs (each condition once per round, the
+    /// order rotating).
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds of each measured wrk run.
     #[arg(long, default_value_t = 4)]
@@ -46,6 +47,10 @@ pub struct Env {
     /// node_modules holding express.
     pub node_path: PathBuf,
     pub opts: Opts,
+    /// What loopbpf's default syscall probes add to every syscall of the
+    /// host (ns, median), once the syscall section has run: the overhead
+    /// section turns it into a share of a server's CPU per request.
+    pub syscall_added_ns: std::cell::Cell<Option<f64>>,
 }
 
 impl Env {
@@ -204,6 +209,7 @@ fn setup(paths: &Paths, opts: Opts) -> Result<Env> {
         workloads: paths.root.join("bench"),
         node_path: node_modules.join("node_modules"),
         opts,
+        syscall_added_ns: Default::default(),
     })
 }
 

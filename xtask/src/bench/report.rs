@@ -140,13 +140,21 @@ pub fn render(
     writeln!(s, "## How it was measured\n")?;
     writeln!(
         s,
-        "- **Target overhead**: `bench/server.js` (plain `http`, and `express`) pinned to CPU 1 \
-         with taskset, `wrk -t1 -c32` pinned to CPU 0, {} s per run after a 1 s warm-up; \
-         loopbpf and perf are not pinned. Each of {} rounds runs every profiler next to a \
-         baseline run (ABAB, the pair's order alternating; a fresh server each run); results \
-         are ratios to the paired baseline, shown as median (min..max). CPU/req is the server's \
-         on-CPU time (/proc/PID/task/*/schedstat) per request, the target-side cost, which \
-         other load on the machine disturbs less than req/s. All servers run with the perf-map flags.",
+        "- **Target overhead**: twins. Two copies of `bench/server.js` (plain `http`, or \
+         `express`) pinned together to CPU 1 with taskset, each loaded by its own \
+         `wrk -t1 -c32` pinned to CPU 0, for {} s at the same time after a 1 s warm-up; one twin \
+         runs under the profiler (loopbpf and perf are not pinned), the other does not, and \
+         which one alternates by round. Results are the profiled twin's figure over its \
+         twin's from the same seconds, as median (min..max) over {} rounds; the A/A row (no \
+         profiler on either) is the noise floor. Back-to-back runs of one server could not \
+         show a 1% effect here: its req/s moved up to 2x between runs a minute apart, and \
+         the twins' drift cancels. What both twins pay is outside the ratio: the \
+         profiler's own process (see agent cost) and loopbpf's host-wide probe costs, of \
+         which the syscall-tracing slow path is the larger: the host-wide row multiplies the \
+         server's syscalls per request (`perf stat -e raw_syscalls:sys_enter -C 1`, the \
+         server alone on CPU 1) by the per-syscall cost from the syscall section, and the \
+         target adds it to the twin ratio's loss. CPU/req is a server's on-CPU time \
+         (/proc/PID/task/*/schedstat) per request. All servers run with the perf-map flags.",
         env.opts.wrk_secs, env.opts.rounds
     )?;
     writeln!(

@@ -59,6 +59,7 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
     }
     node.stop(SIGINT, Duration::from_secs(5))?;
     let added = |c: usize| -> Vec<f64> { ns[c].iter().zip(&ns[0]).map(|(w, o)| w - o).collect() };
+    env.syscall_added_ns.set(Some(Stats::of(&added(1)).median));
     let section = "syscall cost (host-wide)";
     let default = format!("loopbpf default ({default_probes} probes)");
     let fallback = "loopbpf LOOPBPF_SYSCALL_PROBES=tp_btf (the fallback)";
