@@ -17,8 +17,9 @@ pub const MAX_USER_FRAMES: usize = 127;
 /// Frames kept per kernel stack; deeper kernel stacks are truncated at the leaf side.
 pub const MAX_KERNEL_FRAMES: usize = 64;
 
-/// Size of the `WATCHED_BITMAP` fast-path filter: bit `tgid % WATCHED_BITS`.
-pub const WATCHED_BITS: u32 = 1 << 16;
+/// Size of the `WATCHED_BITMAP`, one bit per tgid: 2^22 is the kernel's
+/// `PID_MAX_LIMIT` on 64-bit, so every tgid has a bit of its own.
+pub const WATCHED_BITS: u32 = 1 << 22;
 pub const WATCHED_BITMAP_WORDS: u32 = WATCHED_BITS / 64;
 
 /// `kind` of a ring-buffer record.

@@ -44,7 +44,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     Config, LoopKey, LoopStats, OffCpuEvent, PendingWork, PoolWorker, ThreadLoops, WatchedProcess,
-    NUM_COUNTERS, WATCHED_BITMAP_WORDS, WATCHED_BITS,
+    NUM_COUNTERS, WATCHED_BITMAP_WORDS,
 };
 
 /// Settings from userspace (threshold, sampling switch); one element.
@@ -55,10 +55,11 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static WATCHED: HashMap<u32, WatchedProcess> = HashMap::with_max_entries(4096, 0);
 
-/// One bit per `tgid % WATCHED_BITS`, set for watched tgids: the syscall and
-/// scheduler probes run for every process on the host, and an array lookup
-/// (inlined by the verifier) turns nearly all of them away before the hash
-/// lookup in WATCHED. 64 Ki bits in 8 KiB.
+/// One bit per tgid (up to the kernel's PID_MAX_LIMIT), set while watched:
+/// the syscall and scheduler probes run for every process on the host, and
+/// an array lookup the verifier inlines answers for all of them, watched or
+/// not, with no hash lookup. 4 Mi bits in 512 KiB. WATCHED holds the same set
+/// for userspace.
 #[map]
 static WATCHED_BITMAP: Array<u64> = Array::with_max_entries(WATCHED_BITMAP_WORDS, 0);
 
@@ -111,10 +112,10 @@ fn config() -> Option<&'static Config> {
 
 #[inline(always)]
 fn is_watched(tgid: u32) -> bool {
-    let bit = tgid % WATCHED_BITS;
-    match WATCHED_BITMAP.get(bit / 64) {
-        Some(word) if word & (1 << (bit % 64)) != 0 => unsafe { WATCHED.get(tgid) }.is_some(),
-        _ => false,
+    // Out of range only if the kernel's limit ever grows: not watched.
+    match WATCHED_BITMAP.get(tgid / 64) {
+        Some(word) => word & (1 << (tgid % 64)) != 0,
+        None => false,
     }
 }
 

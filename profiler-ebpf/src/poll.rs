@@ -202,10 +202,15 @@ fn closed(fd: i32) {
         return;
     };
     let t = unsafe { &mut *p };
+    let mut freed = false;
     for j in 0..MAX_LOOP_SLOTS {
         if t.slots[j].first_seen_ns != 0 && t.slots[j].epfd == fd {
             t.slots[j] = LoopSlot::default();
+            freed = true;
         }
+    }
+    if freed {
+        update_primary(t, 0);
     }
 }
 
@@ -282,8 +287,10 @@ fn enter(pid: u32, tid: u32, epfd: i32, maxevents: i32, timeout_ms: i32, now: u6
             oldest = j;
         }
     }
+    // Which loop is outermost changes only when a loop appears or goes.
+    let mut slots_changed = found == MAX_LOOP_SLOTS;
     let i = if found < MAX_LOOP_SLOTS {
-        close_window(t, found & SLOT_MASK, pid, tid, timeout_ms, now);
+        slots_changed = close_window(t, found & SLOT_MASK, pid, tid, timeout_ms, now);
         found & SLOT_MASK
     } else {
         let i = oldest & SLOT_MASK;
@@ -304,15 +311,24 @@ fn enter(pid: u32, tid: u32, epfd: i32, maxevents: i32, timeout_ms: i32, now: u6
     s.timeout_ms = timeout_ms;
     s.maxevents = maxevents;
 
-    // Samples are tagged with the iterations of the thread's outermost loop.
-    let mut primary = i;
+    if slots_changed {
+        update_primary(t, i);
+    }
+    recycled
+}
+
+/// Samples are tagged with the iterations of the thread's outermost loop;
+/// `fallback` if every loop is nested (it cannot be, but the verifier needs
+/// an answer).
+#[inline(always)]
+fn update_primary(t: &mut ThreadLoops, fallback: usize) {
+    let mut primary = fallback;
     for j in 0..MAX_LOOP_SLOTS {
         if t.slots[j].first_seen_ns != 0 && !nested(t, j) {
             primary = j;
         }
     }
     t.primary = primary as u32;
-    recycled
 }
 
 /// Is loop `x` running inside a callback of another loop of the thread? That
@@ -339,14 +355,21 @@ fn nested(t: &ThreadLoops, x: usize) -> bool {
 }
 
 /// The thread is about to poll loop `i` again: the window since its last return
-/// ends here.
+/// ends here. True if a slot was reset or freed.
 #[inline(always)]
-fn close_window(t: &mut ThreadLoops, i: usize, pid: u32, tid: u32, timeout_ms: i32, now: u64) {
+fn close_window(
+    t: &mut ThreadLoops,
+    i: usize,
+    pid: u32,
+    tid: u32,
+    timeout_ms: i32,
+    now: u64,
+) -> bool {
     let window_start = t.slots[i].last_exit_ns;
     if window_start == 0 || t.slots[i].in_poll != 0 {
         // No return seen since the slot was (re)set (attached mid-poll, or a
         // lost exit): there is no window to measure.
-        return;
+        return false;
     }
     // A loop older than this window polled inside it: this fd is a new loop
     // (a finished nested loop's number reused), not a long iteration.
@@ -368,7 +391,7 @@ fn close_window(t: &mut ThreadLoops, i: usize, pid: u32, tid: u32, timeout_ms: i
             first_seen_ns: now,
             ..LoopSlot::default()
         };
-        return;
+        return true;
     }
     let gap = now.saturating_sub(window_start);
     let s = t.slots[i];
@@ -390,11 +413,14 @@ fn close_window(t: &mut ThreadLoops, i: usize, pid: u32, tid: u32, timeout_ms: i
         t.slots[i].iterations = s.iterations + 1;
     }
     // Loops created inside this window were nested in it and have finished.
+    let mut freed = false;
     for j in 0..MAX_LOOP_SLOTS {
         if j != i && t.slots[j].first_seen_ns > window_start {
             t.slots[j] = LoopSlot::default();
+            freed = true;
         }
     }
+    freed
 }
 
 #[inline(always)]
@@ -499,5 +525,6 @@ fn exit(pid: u32, tid: u32, ret: i64, now: u64, epfd: impl FnOnce() -> i32) {
             timeout_ms: -1,
             ..LoopSlot::default()
         };
+        update_primary(t, free & SLOT_MASK);
     }
 }

@@ -427,7 +427,7 @@ impl Probes {
     }
 
     /// Rewrites the `WATCHED_BITMAP` word holding `pid`'s bit from the watched
-    /// set: a bit stays set while any watched tgid maps to it.
+    /// set (the word's 64 tgids).
     fn update_watched_bitmap(&mut self, pid: u32) -> Result<(), ProbeError> {
         use profiler_common::WATCHED_BITS;
         let word_of = |tgid: u32| (tgid % WATCHED_BITS) / 64;

@@ -7,6 +7,7 @@ mod agent_cost;
 mod blocks;
 mod latency;
 mod overhead;
+mod poll_cost;
 mod probe_cost;
 mod procs;
 mod report;
@@ -30,8 +31,8 @@ pub struct Opts {
     /// Seconds of each measured wrk run.
     #[arg(long, default_value_t = 4)]
     wrk_secs: u64,
-    /// Only these sections: overhead, agent, syscall, latency, accuracy,
-    /// symbolization, threadpool, probes.
+    /// Only these sections: overhead, agent, syscall, poll, latency,
+    /// accuracy, symbolization, threadpool, probes.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not write BENCHMARKS.md (print the table only).
@@ -43,6 +44,7 @@ pub struct Opts {
 pub struct Env {
     pub loopbpf: PathBuf,
     pub symbolize_bench: PathBuf,
+    pub poll_loop: PathBuf,
     pub workloads: PathBuf,
     /// node_modules holding express.
     pub node_path: PathBuf,
@@ -127,12 +129,13 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     let mut failures = Vec::new();
     // Other work on the machine makes every figure noisier; the report says how much there was.
     let busy_before = wait_for_quiet()?;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("symbolization", symbolization::run),
         ("latency", latency::run),
         ("accuracy", accuracy::run),
         ("agent", agent_cost::run),
         ("syscall", syscall_cost::run),
+        ("poll", poll_cost::run),
         ("overhead", overhead::run),
         ("threadpool", threadpool_cost::run),
         ("probes", probe_cost::run),
@@ -201,11 +204,14 @@ fn setup(paths: &Paths, opts: Opts) -> Result<Env> {
                 "profiler-user",
                 "--example",
                 "symbolize_bench",
+                "--example",
+                "poll_loop",
             ]),
     )?;
     Ok(Env {
         loopbpf,
         symbolize_bench: paths.target.join("release/examples/symbolize_bench"),
+        poll_loop: paths.target.join("release/examples/poll_loop"),
         workloads: paths.root.join("bench"),
         node_path: node_modules.join("node_modules"),
         opts,
