@@ -117,6 +117,18 @@ pub struct Row {
     pub target: Option<(String, bool)>,
 }
 
+impl Row {
+    /// A measurement with no target.
+    pub fn info(section: &'static str, metric: impl Into<String>, value: String) -> Row {
+        Row {
+            section,
+            metric: metric.into(),
+            value,
+            target: None,
+        }
+    }
+}
+
 pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     anyhow::ensure!(
         crate::is_root()?,

@@ -7,7 +7,7 @@
 //! in-kernel statistics), interleaved in rotating order.
 
 use super::procs::{kv_field, Proc, SIGINT};
-use super::report::Stats;
+use super::report::{differences, Stats};
 use super::{scratch, Env, Row};
 use anyhow::{Context, Result};
 use std::time::Duration;
@@ -71,14 +71,7 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
     }
     other.stop(SIGINT, Duration::from_secs(5))?;
     let section = "poll cost";
-    let less =
-        |a: usize, b: usize| -> Vec<f64> { ns[a].iter().zip(&ns[b]).map(|(x, y)| x - y).collect() };
-    let row = |metric: &str, value: String| Row {
-        section,
-        metric: metric.to_string(),
-        value,
-        target: None,
-    };
+    let row = |metric: &str, value: String| Row::info(section, metric, value);
     Ok(vec![
         row(
             "epoll_wait(timeout 0), no loopbpf",
@@ -94,11 +87,11 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
         ),
         row(
             &format!("added per poll of an unwatched process ({ROUNDS} rounds)"),
-            format!("{} ns", Stats::of(&less(1, 0)).fmt(0)),
+            format!("{} ns", Stats::of(&differences(&ns[1], &ns[0])).fmt(0)),
         ),
         row(
             &format!("added per iteration of a watched loop ({ROUNDS} rounds)"),
-            format!("{} ns", Stats::of(&less(2, 0)).fmt(0)),
+            format!("{} ns", Stats::of(&differences(&ns[2], &ns[0])).fmt(0)),
         ),
     ])
 }

@@ -9,6 +9,11 @@ use std::fmt::Write;
 use std::process::Command;
 use std::time::Duration;
 
+/// `with[i] - without[i]`: each round's run against the same round's baseline.
+pub fn differences(with: &[f64], without: &[f64]) -> Vec<f64> {
+    with.iter().zip(without).map(|(w, o)| w - o).collect()
+}
+
 pub struct Stats {
     pub min: f64,
     pub median: f64,

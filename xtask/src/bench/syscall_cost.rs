@@ -8,7 +8,7 @@
 //! attached to a bench/busy.js process, interleaved in rotating order.
 
 use super::procs::{log_command, Proc, SIGINT};
-use super::report::Stats;
+use super::report::{differences, Stats};
 use super::{scratch, Env, Row};
 use anyhow::{Context, Result};
 use std::process::Command;
@@ -58,17 +58,12 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
         }
     }
     node.stop(SIGINT, Duration::from_secs(5))?;
-    let added = |c: usize| -> Vec<f64> { ns[c].iter().zip(&ns[0]).map(|(w, o)| w - o).collect() };
+    let added = |c: usize| differences(&ns[c], &ns[0]);
     env.syscall_added_ns.set(Some(Stats::of(&added(1)).median));
     let section = "syscall cost (host-wide)";
     let default = format!("loopbpf default ({default_probes} probes)");
     let fallback = "loopbpf LOOPBPF_SYSCALL_PROBES=tp_btf (the fallback)";
-    let row = |metric: String, value: String| Row {
-        section,
-        metric,
-        value,
-        target: None,
-    };
+    let row = |metric: String, value: String| Row::info(section, metric, value);
     Ok(vec![
         row(
             "getppid, unwatched process, no loopbpf".into(),

@@ -4,7 +4,7 @@
 //! with loopbpf as it starts by default, interleaved in rotating order.
 
 use super::procs::{json_field, Proc, SIGINT};
-use super::report::Stats;
+use super::report::{differences, Stats};
 use super::{scratch, Env, Row};
 use anyhow::{Context, Result};
 use std::time::Duration;
@@ -45,19 +45,7 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
         }
     }
     let section = "threadpool uprobes";
-    let added = |c: usize| -> Vec<f64> {
-        cpu_us[c]
-            .iter()
-            .zip(&cpu_us[0])
-            .map(|(w, o)| w - o)
-            .collect()
-    };
-    let row = |metric: &str, value: String| Row {
-        section,
-        metric: metric.to_string(),
-        value,
-        target: None,
-    };
+    let row = |metric: &str, value: String| Row::info(section, metric, value);
     Ok(vec![
         row(
             "fs.stat at 1500/s: node CPU per item, no loopbpf",
@@ -75,19 +63,15 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
             &format!("added per item by the uprobes (default − --no-threadpool, {ROUNDS} rounds)"),
             format!(
                 "{} µs",
-                Stats::of(
-                    &cpu_us[2]
-                        .iter()
-                        .zip(&cpu_us[1])
-                        .map(|(a, b)| a - b)
-                        .collect::<Vec<_>>()
-                )
-                .fmt(2)
+                Stats::of(&differences(&cpu_us[2], &cpu_us[1])).fmt(2)
             ),
         ),
         row(
             "added per item by loopbpf default vs none",
-            format!("{} µs", Stats::of(&added(2)).fmt(2)),
+            format!(
+                "{} µs",
+                Stats::of(&differences(&cpu_us[2], &cpu_us[0])).fmt(2)
+            ),
         ),
     ])
 }
