@@ -429,15 +429,15 @@ impl Probes {
     /// Rewrites the `WATCHED_BITMAP` word holding `pid`'s bit from the watched
     /// set (the word's 64 tgids).
     fn update_watched_bitmap(&mut self, pid: u32) -> Result<(), ProbeError> {
-        use profiler_common::WATCHED_BITS;
-        let word_of = |tgid: u32| (tgid % WATCHED_BITS) / 64;
+        // The kernel side's index: one bit per tgid, no wrapping.
+        let word_of = |tgid: u32| tgid / 64;
         let index = word_of(pid);
         let word = self
             .watched
             .keys()
             .filter_map(Result::ok)
             .filter(|&t| word_of(t) == index)
-            .fold(0u64, |w, t| w | 1 << ((t % WATCHED_BITS) % 64));
+            .fold(0u64, |w, t| w | 1 << (t % 64));
         let map = self.ebpf.map_mut("WATCHED_BITMAP").ok_or(ProbeError::Map {
             name: "WATCHED_BITMAP",
             source: MapError::InvalidName {

@@ -70,7 +70,9 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
         for round in 0..env.opts.rounds {
             for k in 0..CONDITIONS.len() {
                 let c = (k + round) % CONDITIONS.len();
-                let profiled = (round + k) % 2;
+                // The twin started first serves a little more; each
+                // condition profiles it in every other round.
+                let profiled = (round + c) % 2;
                 let cond = CONDITIONS[c];
                 let (p, t) = twin_run_again_if_empty(env, server, cond, profiled)
                     .with_context(|| format!("{server}: {}", cond.name()))?;
@@ -109,7 +111,11 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
         let stats =
             |c: usize, j: usize| Stats::of(&ratios[c].iter().map(|r| r[j]).collect::<Vec<_>>());
         let host_wide = host_wide_pct(env, server)?;
-        let perf_same = stats(3, 0).median;
+        let perf199 = CONDITIONS
+            .iter()
+            .position(|&c| c == Condition::Perf199)
+            .context("no perf -F 199 condition")?;
+        let perf_same = stats(perf199, 0).median;
         for (c, cond) in CONDITIONS.iter().enumerate() {
             let rps = stats(c, 0);
             let target = (*cond == Condition::Loopbpf).then(|| {
