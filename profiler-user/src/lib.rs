@@ -11,6 +11,7 @@ pub mod export;
 pub mod kernel_btf;
 pub mod loop_stats;
 pub mod metrics;
+pub mod printable;
 pub mod privileges;
 pub mod probes;
 pub mod report;

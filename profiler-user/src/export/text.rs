@@ -2,6 +2,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{
+    printable::{self, Printable},
     report::{EpisodeReport, ProcessSummary},
     target::ThreadRole,
     threadpool::{report::PoolReport, PoolSummary},
@@ -105,11 +106,15 @@ fn hottest_and_file(
     error: &Option<String>,
 ) {
     if let Some(h) = top {
-        line.push_str(&format!(", hottest: {} ({:.0}%)", h.name, h.share * 100.0));
+        line.push_str(&format!(
+            ", hottest: {} ({:.0}%)",
+            Printable(&h.name),
+            h.share * 100.0
+        ));
     }
     match (folded, error) {
-        (Some(p), _) => line.push_str(&format!(" -> {}", p.display())),
-        (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {err})")),
+        (Some(p), _) => line.push_str(&format!(" -> {}", printable::path(p))),
+        (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {})", Printable(err))),
         _ => {}
     }
 }
@@ -137,7 +142,7 @@ pub fn summary(s: &ProcessSummary) -> String {
     let mut out = format!(
         "pid {} ({}){}: {} episodes reported, {} samples",
         s.pid,
-        s.comm,
+        Printable(&s.comm),
         if s.exited { ", exited" } else { "" },
         s.episodes_reported,
         s.samples
@@ -204,7 +209,11 @@ pub fn pool_saturation(r: &PoolReport, clock: &WallClock) -> String {
         e.samples
     );
     if let Some(w) = &r.top_work {
-        line.push_str(&format!(", running {} ({:.0}%)", w.name, w.share * 100.0));
+        line.push_str(&format!(
+            ", running {} ({:.0}%)",
+            Printable(&w.name),
+            w.share * 100.0
+        ));
     }
     hottest_and_file(
         &mut line,
