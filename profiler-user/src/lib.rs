@@ -17,6 +17,7 @@ pub mod probes;
 pub mod report;
 pub mod reporter;
 pub mod run;
+pub mod secure_fs;
 pub mod store;
 pub mod symbolize;
 pub mod target;
