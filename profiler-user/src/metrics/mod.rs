@@ -45,6 +45,8 @@ struct Snapshot {
     kernel: KernelCounters,
     episodes_stored: u64,
     processes_watched: u64,
+    /// Metrics connections closed at once: the endpoint's connection cap was reached.
+    connections_refused: u64,
 }
 
 /// Cloneable handle: the daemon writes, the HTTP server encodes.
@@ -98,6 +100,10 @@ impl Metrics {
 
     pub fn episode_stored(&self) {
         self.with(|s| s.episodes_stored += 1);
+    }
+
+    pub fn connection_refused(&self) {
+        self.with(|s| s.connections_refused += 1);
     }
 
     pub fn series_count(&self) -> usize {
@@ -237,6 +243,12 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "loopbpf_processes_watched",
         "Processes watched since start (exited ones included)",
         s.processes_watched,
+    )?;
+    counter(
+        enc,
+        "loopbpf_metrics_connections_refused",
+        "Connections to this endpoint closed unanswered: too many were open",
+        s.connections_refused,
     )?;
     let mut m = enc.encode_descriptor(
         "loopbpf_watched_processes",
