@@ -198,6 +198,7 @@ fn reload(st: &mut State, settings: &Settings) {
         Ok(c) => c,
         Err(e) => {
             log::error!("reload failed, keeping the running configuration: {e}");
+            st.metrics.reload_failed();
             return;
         }
     };

@@ -47,6 +47,8 @@ struct Snapshot {
     processes_watched: u64,
     /// Metrics connections closed at once: the endpoint's connection cap was reached.
     connections_refused: u64,
+    /// SIGHUPs whose configuration was refused (the running one kept).
+    reload_failures: u64,
 }
 
 /// Cloneable handle: the daemon writes, the HTTP server encodes.
@@ -104,6 +106,10 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.with(|s| s.connections_refused += 1);
+    }
+
+    pub fn reload_failed(&self) {
+        self.with(|s| s.reload_failures += 1);
     }
 
     pub fn series_count(&self) -> usize {
@@ -249,6 +255,12 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "loopbpf_metrics_connections_refused",
         "Connections to this endpoint closed unanswered: too many were open",
         s.connections_refused,
+    )?;
+    counter(
+        enc,
+        "loopbpf_config_reload_failures",
+        "Reloads (SIGHUP) whose configuration was refused; the running one was kept",
+        s.reload_failures,
     )?;
     let mut m = enc.encode_descriptor(
         "loopbpf_watched_processes",
