@@ -238,6 +238,16 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "Episodes dropped: ring buffer full",
         k.episodes_lost,
     )?;
+    {
+        // Every drop by cause, zeros included, so an alert needs no `or vector(0)`.
+        let help = "What the kernel side dropped, by cause (ring buffer or a map full)";
+        let mut m =
+            enc.encode_descriptor("loopbpf_kernel_dropped", help, None, MetricType::Counter)?;
+        for (what, n, _) in k.drops() {
+            m.encode_family(&[("what", what)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
     counter(
         enc,
         "loopbpf_episodes_stored",
@@ -354,6 +364,29 @@ fn encode_pools(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kernel_drop_is_a_labelled_counter() {
+        let m = Metrics::default();
+        m.set_kernel(KernelCounters {
+            stats_full: 3,
+            threads_full: 2,
+            ..Default::default()
+        });
+        let text = m.render();
+        assert!(
+            text.contains("loopbpf_kernel_dropped_total{what=\"loop_stats\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("loopbpf_kernel_dropped_total{what=\"threads\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("loopbpf_kernel_dropped_total{what=\"off_cpu\"} 0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn series_appear_and_disappear_with_their_process() {
