@@ -32,18 +32,18 @@ pub struct Cli {
     /// Report iterations busy at least this long (e.g. 50ms, 1s). The default,
     /// 50ms, is a stall users feel: every request queued behind it waits that
     /// long, and it is 5x the 10ms a healthy loop rarely exceeds.
-    #[arg(long, short = 't', default_value = "50ms", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, short = 't', default_value = "50ms", value_parser = parse_threshold, value_name = "DURATION")]
     pub threshold: Duration,
 
     /// Stack samples per second of each busy loop thread. 199 gives ~10 samples
     /// in a 50ms episode; an odd rate avoids lockstep with timers. 0 disables
     /// stacks (episodes are still timed).
-    #[arg(long, short = 'F', default_value_t = 199, value_name = "HZ")]
+    #[arg(long, short = 'F', default_value = "199", value_parser = parse_frequency, value_name = "HZ")]
     pub frequency: u64,
 
     /// Stop after this long (e.g. 30s, 5m); by default run until Ctrl-C,
     /// SIGTERM, or every watched process has exited.
-    #[arg(long, short = 'd', value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, short = 'd', value_parser = parse_run_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 
     /// Directory for one folded-stacks file per episode, named
@@ -86,10 +86,10 @@ pub struct DaemonArgs {
     )]
     pub config: PathBuf,
     /// Overrides `threshold` in the file.
-    #[arg(long, short = 't', value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, short = 't', value_parser = parse_threshold, value_name = "DURATION")]
     pub threshold: Option<Duration>,
     /// Overrides `frequency` in the file.
-    #[arg(long, short = 'F', value_name = "HZ")]
+    #[arg(long, short = 'F', value_parser = parse_frequency, value_name = "HZ")]
     pub frequency: Option<u64>,
     /// Overrides `state_dir` in the file.
     #[arg(long, value_name = "DIR")]
@@ -108,31 +108,59 @@ const EXAMPLES: &str = "Examples:
 Start node with --perf-basic-prof-only-functions --interpreted-frames-native-stack
 to see JavaScript function names.";
 
-/// `50ms`, `1s`, `1.5s`, `2m`, `250us`: a number and a unit.
+/// Thresholds outside this range are refused: below 1 ms every iteration of a
+/// busy server is an episode (a flood of records), above an hour nothing is.
+pub const THRESHOLD_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(3600));
+/// Stack samples per second: 0 (none) up to what perf's default
+/// `perf_event_max_sample_rate` still grants per CPU without throttling.
+pub const MAX_FREQUENCY_HZ: u64 = 10_000;
+
+/// Durations, the same grammar in every flag and the config file: a number and
+/// a unit, optionally repeated (`50ms`, `1s`, `1h30m`, `250us`, `7d`). Parsed by
+/// humantime: no sign, no fraction, no NaN or infinity, overflow is an error.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 50ms, 1s)"))?;
-    let ns_per_unit = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" | "min" => 60e9,
-        "h" => 3600e9,
-        "" => return Err(format!("'{s}' needs a unit (e.g. {s}ms or {s}s)")),
-        u => {
-            return Err(format!(
-                "unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)"
-            ))
-        }
-    };
-    Ok(Duration::from_nanos((value * ns_per_unit).round() as u64))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration ({e}; e.g. 50ms, 1s, 1h30m, 7d)"))
+}
+
+/// `value` if it lies within `[lo, hi]`, else an error naming the range.
+pub fn in_range(value: Duration, lo: Duration, hi: Duration) -> Result<Duration, String> {
+    if value < lo || value > hi {
+        return Err(format!(
+            "{} is out of range ({} to {})",
+            humantime::format_duration(value),
+            humantime::format_duration(lo),
+            humantime::format_duration(hi)
+        ));
+    }
+    Ok(value)
+}
+
+/// A threshold: a duration within [`THRESHOLD_RANGE`].
+pub fn parse_threshold(s: &str) -> Result<Duration, String> {
+    in_range(parse_duration(s)?, THRESHOLD_RANGE.0, THRESHOLD_RANGE.1)
+}
+
+/// `--duration`: at least 1 ms (0 would stop before anything was measured).
+fn parse_run_duration(s: &str) -> Result<Duration, String> {
+    in_range(parse_duration(s)?, Duration::from_millis(1), Duration::MAX)
+}
+
+/// A sampling frequency in `0..=MAX_FREQUENCY_HZ`.
+pub fn check_frequency(hz: u64) -> Result<u64, String> {
+    if hz > MAX_FREQUENCY_HZ {
+        return Err(format!("{hz} Hz is out of range (0 to {MAX_FREQUENCY_HZ})"));
+    }
+    Ok(hz)
+}
+
+fn parse_frequency(s: &str) -> Result<u64, String> {
+    let hz = s
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("'{s}' is not a whole number of samples per second"))?;
+    check_frequency(hz)
 }
 
 #[cfg(test)]
@@ -143,18 +171,54 @@ mod tests {
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
         assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
     }
 
     #[test]
     fn bare_numbers_and_unknown_units_are_refused() {
-        assert!(parse_duration("50").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("5 parsecs")
-            .unwrap_err()
-            .contains("unknown unit"));
+        assert!(parse_duration("50").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    /// These panicked in `Duration::from_secs_f64` (issue 11).
+    #[test]
+    fn hostile_durations_are_errors_not_panics() {
+        for s in [
+            "-1d",
+            "nand",
+            "infd",
+            "1e20d",
+            "-5ms",
+            "NaNms",
+            "inf",
+            "99999999999999999999999d",
+        ] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.contains(s), "{e}");
+        }
+    }
+
+    #[test]
+    fn thresholds_and_frequencies_are_range_checked() {
+        assert_eq!(parse_threshold("10ms"), Ok(Duration::from_millis(10)));
+        assert!(parse_threshold("0ms").unwrap_err().contains("out of range"));
+        assert!(parse_threshold("2h").unwrap_err().contains("out of range"));
+        assert!(parse_frequency("999").is_ok());
+        assert!(parse_frequency("0").is_ok());
+        assert!(parse_frequency("1000000")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(Cli::try_parse_from(["loopbpf", "-p", "1", "-t", "1e20d"]).is_err());
+        assert!(Cli::try_parse_from(["loopbpf", "-p", "1", "-d", "0s"]).is_err());
+        let cli = Cli::try_parse_from(["loopbpf", "-p", "1", "-t", "1h30m"]);
+        assert!(cli.is_err(), "1h30m is above the 1 h cap");
+        let cli = Cli::try_parse_from(["loopbpf", "-p", "1", "-d", "1h30m"]).unwrap();
+        assert_eq!(cli.duration, Some(Duration::from_secs(5400)));
     }
 
     #[test]

@@ -1,9 +1,11 @@
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use profiler_user::{
     cli::{Cli, Command, DaemonArgs},
-    daemon, run,
+    daemon,
+    printable::escape,
+    run,
 };
 
 fn main() -> ExitCode {
@@ -30,7 +32,17 @@ fn main() -> ExitCode {
         }
         None => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-                .format_timestamp(None)
+                .format(|buf, record| {
+                    // Names from watched processes go raw to no terminal.
+                    let message = record.args().to_string();
+                    writeln!(
+                        buf,
+                        "[{} {}] {}",
+                        record.level(),
+                        record.target(),
+                        escape(&message)
+                    )
+                })
                 .init();
             let settings = run::Settings {
                 pids: cli.pids,
@@ -53,7 +65,7 @@ fn main() -> ExitCode {
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(": ");
-            eprintln!("loopbpf: {message}");
+            eprintln!("loopbpf: {}", escape(&message));
             ExitCode::FAILURE
         }
     }

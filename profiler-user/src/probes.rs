@@ -321,6 +321,54 @@ pub struct KernelCounters {
     pub pool_events_lost: u64,
 }
 
+impl KernelCounters {
+    /// Everything the kernel side dropped, by cause: (label, count, what it means).
+    pub fn drops(&self) -> [(&'static str, u64, &'static str); 8] {
+        [
+            (
+                "samples",
+                self.samples_lost,
+                "stack samples (ring buffer full)",
+            ),
+            (
+                "episodes",
+                self.episodes_lost,
+                "episodes (ring buffer full)",
+            ),
+            (
+                "off_cpu",
+                self.off_cpu_lost,
+                "off-CPU intervals (ring buffer full)",
+            ),
+            (
+                "pool_events",
+                self.pool_events_lost,
+                "threadpool events (ring buffer full)",
+            ),
+            (
+                "threads",
+                self.threads_full,
+                "threads not tracked (THREADS map full)",
+            ),
+            (
+                "loop_stats",
+                self.stats_full,
+                "loops not counted (LOOP_STATS map full)",
+            ),
+            (
+                "pool_workers",
+                self.pool_workers_full,
+                "threadpool workers not tracked (POOL_WORKERS map full)",
+            ),
+            (
+                "user_stacks",
+                self.user_stack_errors,
+                "user stacks that could not be walked",
+            ),
+        ]
+    }
+}
+
 pub struct Probes {
     // Dropping `Ebpf` detaches every program: keep it for the life of `Probes`.
     pub(crate) ebpf: Ebpf,

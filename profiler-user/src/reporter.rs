@@ -204,7 +204,7 @@ impl Reporter {
         if self.json {
             stdout_line(&json::warning(pid, message).to_string());
         } else {
-            eprintln!("loopbpf: warning: {message}");
+            eprintln!("loopbpf: warning: {}", crate::printable::Printable(message));
         }
     }
 

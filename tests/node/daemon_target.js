@@ -4,7 +4,8 @@
 // daemonBlock, then print {"block":…}), `pbkdf2 N` (N concurrent async
 // crypto.pbkdf2 calls on the threadpool, then print {"pbkdf2":N,"ms":…}) or
 // `exit` (process.exit(0)).
-// Prints {"script":"ready","pid":N} once running.
+// Prints {"script":"ready","pid":N} once running. DAEMON_TARGET_TITLE, when
+// set, becomes process.title (and so the process's comm) first.
 
 function daemonBlock(ms) {
   const until = process.hrtime.bigint() + BigInt(ms) * 1000000n;
@@ -38,6 +39,8 @@ function handle(line) {
     process.exit(0);
   }
 }
+
+if (process.env.DAEMON_TARGET_TITLE) process.title = process.env.DAEMON_TARGET_TITLE;
 
 let pending = '';
 process.stdin.setEncoding('utf8');

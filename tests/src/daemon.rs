@@ -153,6 +153,12 @@ impl Daemon {
     /// Starts `loopbpf daemon` with `extra` appended to a config that puts
     /// its state and metrics somewhere private; waits for /metrics.
     pub fn start(extra: &str) -> Daemon {
+        Daemon::start_limited(extra, None)
+    }
+
+    /// [`Daemon::start`] with the soft RLIMIT_NOFILE set to `nofile` (what a
+    /// service gets from systemd unless its unit says otherwise: 1024).
+    pub fn start_limited(extra: &str, nofile: Option<u64>) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let state_dir = dir.path().join("state");
@@ -167,6 +173,24 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info");
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = n.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
         let mut process =
             Process::spawn("loopbpf daemon", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
         // The BPF verifier alone can take many seconds on a busy 2-CPU VM.
@@ -221,8 +245,16 @@ impl Daemon {
 
 /// A Node process running `node/daemon_target.js`, started and ready.
 pub fn node_target(major: u32) -> Process {
+    node_target_titled(major, None)
+}
+
+/// [`node_target`] that sets `process.title` (hence its `comm`) to `title` first.
+pub fn node_target_titled(major: u32, title: Option<&str>) -> Process {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/daemon_target.js");
     let mut cmd = Command::new(node_for(major));
+    if let Some(t) = title {
+        cmd.env("DAEMON_TARGET_TITLE", t);
+    }
     cmd.arg(PERF_MAP_FLAG)
         .arg("--interpreted-frames-native-stack")
         .arg(script);

@@ -79,3 +79,40 @@ fn systemd_unit_passes_verify() {
         out.status
     );
 }
+
+/// The unit's resource limits and start limit (issue 11), and kernel names
+/// kept: `ProtectKernelTunables=yes` would make /proc/kallsyms inaccessible.
+#[test]
+fn systemd_unit_bounds_the_daemon_and_keeps_kallsyms() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/loopbpf.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    for key in [
+        "MemoryMax",
+        "LimitNOFILE",
+        "TasksMax",
+        "StartLimitIntervalSec",
+        "StartLimitBurst",
+    ] {
+        assert!(value(key).is_some(), "no {key}= in the unit");
+    }
+    assert_eq!(value("UMask"), Some("0077"));
+    assert_eq!(value("StateDirectoryMode"), Some("0700"));
+    let nofile: u64 = value("LimitNOFILE").unwrap().parse().unwrap();
+    // Room for the metrics connections (64) and far more than the default 1024.
+    assert!(nofile > 1024, "LimitNOFILE={nofile}");
+    assert_ne!(value("ProtectKernelTunables"), Some("yes"));
+    let read_only = value("ReadOnlyPaths").unwrap_or_default();
+    for p in ["/sys", "/proc/sys", "/proc/sysrq-trigger"] {
+        assert!(
+            read_only.split_whitespace().any(|x| x == p),
+            "{p} not in ReadOnlyPaths"
+        );
+    }
+    assert!(value("InaccessiblePaths").is_some_and(|v| v.contains("/proc/kcore")));
+    assert!(!value("InaccessiblePaths").unwrap().contains("kallsyms"));
+}

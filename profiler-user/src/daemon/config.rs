@@ -10,7 +10,10 @@ use std::{
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::{cli::parse_duration, store::Retention};
+use crate::{
+    cli::{check_frequency, in_range, parse_duration, THRESHOLD_RANGE},
+    store::Retention,
+};
 
 pub const DEFAULT_PATH: &str = "/etc/loopbpf/loopbpf.toml";
 
@@ -108,16 +111,18 @@ impl Default for Config {
     }
 }
 
-/// Durations as the CLI takes them, plus days (`7d`) for retention.
-fn duration(s: &str) -> Result<Duration, String> {
-    match s.trim().strip_suffix('d') {
-        Some(days) => days
-            .trim()
-            .parse::<f64>()
-            .map(|d| Duration::from_secs_f64(d * 86_400.0))
-            .map_err(|_| format!("'{s}' is not a duration")),
-        None => parse_duration(s),
-    }
+/// Retention sizes beyond 1 TiB are refused: a value that large is a typo,
+/// and the megabyte count must not overflow when turned into bytes.
+pub const MAX_RETENTION_MB: u64 = 1 << 20;
+/// Ages outside this range are refused: below a minute episodes would be
+/// deleted before anyone looks at them.
+pub const RETENTION_AGE_RANGE: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(3650 * 86_400));
+
+/// A duration in the CLI's grammar, within `range`; the message names the value.
+fn duration(s: &str, range: (Duration, Duration)) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    in_range(d, range.0, range.1).map_err(|m| format!("'{s}': {m}"))
 }
 
 fn patterns(path: &Path, key: &'static str, raw: &[String]) -> Result<Vec<Regex>, ConfigError> {
@@ -162,10 +167,10 @@ impl Config {
         };
         let mut c = Config::default();
         if let Some(t) = raw.threshold {
-            c.threshold = duration(&t).map_err(|m| invalid("threshold", m))?;
+            c.threshold = duration(&t, THRESHOLD_RANGE).map_err(|m| invalid("threshold", m))?;
         }
         if let Some(f) = raw.frequency {
-            c.frequency_hz = f;
+            c.frequency_hz = check_frequency(f).map_err(|m| invalid("frequency", m))?;
         }
         if let Some(d) = raw.state_dir {
             c.state_dir = d;
@@ -176,10 +181,17 @@ impl Config {
                 .map_err(|e| invalid("metrics_address", format!("'{a}': {e}")))?;
         }
         if let Some(mb) = raw.retention_max_size_mb {
+            if !(1..=MAX_RETENTION_MB).contains(&mb) {
+                return Err(invalid(
+                    "retention_max_size_mb",
+                    format!("{mb} is out of range (1 to {MAX_RETENTION_MB})"),
+                ));
+            }
             c.retention.max_bytes = mb << 20;
         }
         if let Some(a) = raw.retention_max_age {
-            c.retention.max_age = duration(&a).map_err(|m| invalid("retention_max_age", m))?;
+            c.retention.max_age =
+                duration(&a, RETENTION_AGE_RANGE).map_err(|m| invalid("retention_max_age", m))?;
         }
         c.node_only = raw.node_only.unwrap_or(true);
         c.threadpool = raw.threadpool.unwrap_or(true);
@@ -262,5 +274,44 @@ mod tests {
         assert!(e.to_string().contains("match.cmdline"), "{e}");
         let e = Config::parse(Path::new("x"), "node_only = false").unwrap_err();
         assert!(e.to_string().contains("node_only"), "{e}");
+    }
+
+    /// Each of these panicked (`Duration::from_secs_f64`) or, for the size,
+    /// wrapped to 0 bytes and deleted every episode (issue 11).
+    #[test]
+    fn hostile_values_are_errors_naming_key_and_value() {
+        for (key, value) in [
+            ("threshold", "\"-1d\""),
+            ("threshold", "\"nand\""),
+            ("threshold", "\"infd\""),
+            ("threshold", "\"1e20d\""),
+            ("threshold", "\"0ms\""),
+            ("retention_max_age", "\"-1d\""),
+            ("retention_max_age", "\"1e20d\""),
+            ("retention_max_age", "\"1s\""),
+            ("retention_max_size_mb", "17592186044416"),
+            ("retention_max_size_mb", "0"),
+            ("frequency", "1000000"),
+        ] {
+            let text = format!("{key} = {value}");
+            let e = Config::parse(Path::new("x.toml"), &text).unwrap_err();
+            let line = e.to_string();
+            assert!(line.contains(key), "{text}: {line}");
+            assert!(line.contains(value.trim_matches('"')), "{text}: {line}");
+            assert!(!line.contains('\n'), "{text}: {line}");
+        }
+    }
+
+    #[test]
+    fn one_grammar_for_file_and_flags() {
+        let c = Config::parse(
+            Path::new("x"),
+            "threshold = \"1s500ms\"\nretention_max_age = \"1h30m\"",
+        )
+        .unwrap();
+        assert_eq!(c.threshold, Duration::from_millis(1500));
+        assert_eq!(c.retention.max_age, Duration::from_secs(5400));
+        let c = Config::parse(Path::new("x"), "retention_max_size_mb = 1048576").unwrap();
+        assert_eq!(c.retention.max_bytes, 1 << 40);
     }
 }

@@ -3,6 +3,8 @@
 //! journal, a `<N>` syslog priority prefix so `journalctl -p warning` works.
 use std::io::Write;
 
+use crate::printable::escape;
+
 fn priority(level: log::Level) -> u8 {
     match level {
         log::Level::Error => 3,
@@ -32,8 +34,11 @@ pub fn init() {
     let journal = stderr_is_journal();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
-            // A message with a newline would be two journal entries: keep it one.
-            let message = record.args().to_string().replace('\n', " ");
+            // A message with a newline would be two journal entries, one with
+            // an escape sequence could rewrite a terminal: the names in it
+            // come from watched processes (see `printable`).
+            let message = record.args().to_string();
+            let message = escape(&message);
             if journal {
                 writeln!(buf, "<{}>{message}", priority(record.level()))
             } else {

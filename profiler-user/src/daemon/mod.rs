@@ -86,7 +86,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     privileges::check()?;
     let store = Store::open(&config.state_dir, config.retention)?;
     let metrics = Metrics::default();
-    let bound = http::serve(config.metrics_address, metrics.clone()).await?;
+    let bound = http::serve(config.metrics_address, metrics.clone())?;
     let symbolizer = Symbolizer::start()?;
     let (probes, ring) =
         Probes::attach(kernel_config(&config)?, config.frequency_hz, syscall_probes)?;
@@ -105,7 +105,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         realtime_minus_monotonic_ns: sink::realtime_offset(),
         frequency_hz: config.frequency_hz,
     };
-    let sink = tokio::spawn(sink.run(rx));
+    let sink = sink::spawn(sink, rx)?;
     let mut st = State {
         probes,
         config,
@@ -183,7 +183,9 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     }
     drop(st);
     // The sink drains every episode sent above before it returns.
-    let _ = sink.await;
+    if let Ok(Err(_)) = tokio::task::spawn_blocking(move || sink.join()).await {
+        log::error!("the episode writer panicked; episodes still queued were not stored");
+    }
     log::info!("stopped");
     Ok(())
 }
@@ -196,6 +198,7 @@ fn reload(st: &mut State, settings: &Settings) {
         Ok(c) => c,
         Err(e) => {
             log::error!("reload failed, keeping the running configuration: {e}");
+            st.metrics.reload_failed();
             return;
         }
     };
@@ -217,6 +220,10 @@ fn reload(st: &mut State, settings: &Settings) {
     new.metrics_address = st.config.metrics_address;
     if let Err(e) = kernel_config(&new).and_then(|k| st.probes.set_config(k)) {
         log::error!("reload: setting the threshold failed: {e}");
+    }
+    // Each threadpool monitor judges saturations by its own copy.
+    for pool in st.pools.values_mut() {
+        pool.set_threshold(new.threshold.as_nanos() as u64);
     }
     let _ = st.sink.send(SinkMsg::Retention(new.retention));
     st.config = new;

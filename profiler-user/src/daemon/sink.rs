@@ -1,6 +1,6 @@
-//! The daemon's last stage, on its own task so symbolization and disk writes
-//! never hold up draining the ring buffer: name the frames, store the episode
-//! (folded + JSON + index line), log one line.
+//! The daemon's last stage, on a thread of its own so symbolization and disk
+//! writes (two fsyncs per file) never hold up draining the ring buffer: name
+//! the frames, store the episode (folded + JSON + index line), log one line.
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -34,6 +34,20 @@ pub struct Sink {
     pub realtime_minus_monotonic_ns: i128,
     /// Sampling rate: off-CPU time is written to folded files in samples.
     pub frequency_hz: u64,
+}
+
+/// Runs `sink` on its own thread until every sender of `rx` is gone and the
+/// queue is empty.
+pub fn spawn(
+    sink: Sink,
+    rx: UnboundedReceiver<SinkMsg>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("loopbpf-store".into())
+        .spawn(move || runtime.block_on(sink.run(rx)))
 }
 
 /// CLOCK_REALTIME − CLOCK_MONOTONIC now.

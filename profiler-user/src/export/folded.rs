@@ -1,33 +1,27 @@
 //! Folded stacks (`root;…;leaf COUNT` per line), the format flamegraph.pl,
 //! inferno and speedscope read. One file per episode, written atomically
 //! (temp file, then rename) so a reader or a crash never sees half a file.
-use std::{
-    fs,
-    io::Write,
-    path::{Path, PathBuf},
-};
+//! The output directory is not followed through a symlink and must be root's
+//! or the sudo user's (see `secure_fs`).
+use std::path::{Path, PathBuf};
 
 use crate::{
     report::EpisodeReport,
+    secure_fs::{self, DirPolicy, SecureFsError},
     symbolize::{Frame, FrameKind},
     threadpool::report::PoolReport,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum FoldedError {
-    #[error("creating output directory {path} failed: {source}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("writing folded stacks to {path} failed: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("output directory: {0}")]
+    Dir(#[source] SecureFsError),
+    #[error("folded stacks: {0}")]
+    Write(#[source] SecureFsError),
 }
+
+/// Mode of `--output` files: the operator who ran `sudo loopbpf` reads them.
+const OUTPUT_FILE_MODE: u32 = 0o644;
 
 /// Folded text of an episode. On-CPU stacks count samples; off-CPU stacks are
 /// converted to samples at the sampling frequency (time × Hz) so widths in a
@@ -129,29 +123,15 @@ pub fn write_pool(dir: &Path, r: &PoolReport) -> Result<PathBuf, FoldedError> {
 }
 
 fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, FoldedError> {
-    fs::create_dir_all(dir).map_err(|source| FoldedError::CreateDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let written = fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_data()
-        })
-        .and_then(|()| fs::rename(&tmp, &path));
-    if let Err(source) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(FoldedError::Write { path, source });
-    }
-    Ok(path)
+    secure_fs::ensure_dir(dir, &DirPolicy::output()).map_err(FoldedError::Dir)?;
+    secure_fs::write_new(dir, name, text.as_bytes(), OUTPUT_FILE_MODE).map_err(FoldedError::Write)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{breakdown::OffCpuStack, episode::Episode, target::ThreadRole};
+    use std::fs;
 
     fn report(stacks: Vec<(Vec<Frame>, u64)>, off_cpu: Vec<OffCpuStack>) -> EpisodeReport {
         let episode = Episode {
@@ -241,6 +221,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// `--output` planted as a symlink to a directory root must not write in.
+    #[test]
+    fn a_symlinked_output_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("etc");
+        fs::create_dir(&target).unwrap();
+        let out = dir.path().join("loopbpf-out");
+        std::os::unix::fs::symlink(&target, &out).unwrap();
+        let err = write(&out, &report(vec![(vec![f("x")], 1)], vec![]), 99).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
     }
 
     #[test]

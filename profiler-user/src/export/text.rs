@@ -2,6 +2,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{
+    printable::{self, Printable},
     report::{EpisodeReport, ProcessSummary},
     target::ThreadRole,
     threadpool::{report::PoolReport, PoolSummary},
@@ -105,11 +106,15 @@ fn hottest_and_file(
     error: &Option<String>,
 ) {
     if let Some(h) = top {
-        line.push_str(&format!(", hottest: {} ({:.0}%)", h.name, h.share * 100.0));
+        line.push_str(&format!(
+            ", hottest: {} ({:.0}%)",
+            Printable(&h.name),
+            h.share * 100.0
+        ));
     }
     match (folded, error) {
-        (Some(p), _) => line.push_str(&format!(" -> {}", p.display())),
-        (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {err})")),
+        (Some(p), _) => line.push_str(&format!(" -> {}", printable::path(p))),
+        (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {})", Printable(err))),
         _ => {}
     }
 }
@@ -137,7 +142,7 @@ pub fn summary(s: &ProcessSummary) -> String {
     let mut out = format!(
         "pid {} ({}){}: {} episodes reported, {} samples",
         s.pid,
-        s.comm,
+        Printable(&s.comm),
         if s.exited { ", exited" } else { "" },
         s.episodes_reported,
         s.samples
@@ -177,11 +182,17 @@ pub fn summary(s: &ProcessSummary) -> String {
             .collect();
         out.push_str(&format!("\n  threads: {}", roles.join(", ")));
     }
-    let k = &s.kernel;
-    if k.samples_lost + k.episodes_lost > 0 {
+    let dropped: Vec<String> = s
+        .kernel
+        .drops()
+        .iter()
+        .filter(|(_, n, _)| *n > 0)
+        .map(|(_, n, what)| format!("{n} {what}"))
+        .collect();
+    if !dropped.is_empty() {
         out.push_str(&format!(
-            "\n  lost in the kernel (all targets): {} samples, {} episodes (ring buffer full)",
-            k.samples_lost, k.episodes_lost
+            "\n  dropped in the kernel (all targets): {}",
+            dropped.join(", ")
         ));
     }
     out
@@ -204,7 +215,11 @@ pub fn pool_saturation(r: &PoolReport, clock: &WallClock) -> String {
         e.samples
     );
     if let Some(w) = &r.top_work {
-        line.push_str(&format!(", running {} ({:.0}%)", w.name, w.share * 100.0));
+        line.push_str(&format!(
+            ", running {} ({:.0}%)",
+            Printable(&w.name),
+            w.share * 100.0
+        ));
     }
     hottest_and_file(
         &mut line,
@@ -262,6 +277,42 @@ fn pool_summary(p: &PoolSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary_of(comm: &str, kernel: crate::probes::KernelCounters) -> String {
+        summary(&ProcessSummary {
+            pid: 7,
+            comm: comm.into(),
+            loops: vec![],
+            samples: 0,
+            episodes_reported: 0,
+            exited: false,
+            kernel,
+            threadpool: None,
+            threads: vec![],
+        })
+    }
+
+    #[test]
+    fn the_summary_names_every_kernel_drop() {
+        let k = crate::probes::KernelCounters {
+            stats_full: 4,
+            off_cpu_lost: 2,
+            ..Default::default()
+        };
+        let s = summary_of("node", k);
+        assert!(
+            s.contains("dropped in the kernel (all targets): 2 off-CPU intervals (ring buffer full), 4 loops not counted (LOOP_STATS map full)"),
+            "{s}"
+        );
+        assert!(!summary_of("node", Default::default()).contains("dropped"));
+    }
+
+    #[test]
+    fn a_hostile_comm_cannot_break_or_drive_the_terminal() {
+        let s = summary_of("\u{1b}[2Jx\ny", Default::default());
+        assert!(s.starts_with("pid 7 (\\u{1b}[2Jx\\ny)"), "{s}");
+        assert!(!s.contains('\u{1b}'));
+    }
 
     #[test]
     fn wall_clock_formats_now_as_a_time_of_day() {

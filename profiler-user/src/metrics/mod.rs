@@ -45,6 +45,10 @@ struct Snapshot {
     kernel: KernelCounters,
     episodes_stored: u64,
     processes_watched: u64,
+    /// Metrics connections closed at once: the endpoint's connection cap was reached.
+    connections_refused: u64,
+    /// SIGHUPs whose configuration was refused (the running one kept).
+    reload_failures: u64,
 }
 
 /// Cloneable handle: the daemon writes, the HTTP server encodes.
@@ -98,6 +102,14 @@ impl Metrics {
 
     pub fn episode_stored(&self) {
         self.with(|s| s.episodes_stored += 1);
+    }
+
+    pub fn connection_refused(&self) {
+        self.with(|s| s.connections_refused += 1);
+    }
+
+    pub fn reload_failed(&self) {
+        self.with(|s| s.reload_failures += 1);
     }
 
     pub fn series_count(&self) -> usize {
@@ -226,6 +238,16 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "Episodes dropped: ring buffer full",
         k.episodes_lost,
     )?;
+    {
+        // Every drop by cause, zeros included, so an alert needs no `or vector(0)`.
+        let help = "What the kernel side dropped, by cause (ring buffer or a map full)";
+        let mut m =
+            enc.encode_descriptor("loopbpf_kernel_dropped", help, None, MetricType::Counter)?;
+        for (what, n, _) in k.drops() {
+            m.encode_family(&[("what", what)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
     counter(
         enc,
         "loopbpf_episodes_stored",
@@ -237,6 +259,18 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "loopbpf_processes_watched",
         "Processes watched since start (exited ones included)",
         s.processes_watched,
+    )?;
+    counter(
+        enc,
+        "loopbpf_metrics_connections_refused",
+        "Connections to this endpoint closed unanswered: too many were open",
+        s.connections_refused,
+    )?;
+    counter(
+        enc,
+        "loopbpf_config_reload_failures",
+        "Reloads (SIGHUP) whose configuration was refused; the running one was kept",
+        s.reload_failures,
     )?;
     let mut m = enc.encode_descriptor(
         "loopbpf_watched_processes",
@@ -330,6 +364,29 @@ fn encode_pools(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kernel_drop_is_a_labelled_counter() {
+        let m = Metrics::default();
+        m.set_kernel(KernelCounters {
+            stats_full: 3,
+            threads_full: 2,
+            ..Default::default()
+        });
+        let text = m.render();
+        assert!(
+            text.contains("loopbpf_kernel_dropped_total{what=\"loop_stats\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("loopbpf_kernel_dropped_total{what=\"threads\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("loopbpf_kernel_dropped_total{what=\"off_cpu\"} 0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn series_appear_and_disappear_with_their_process() {

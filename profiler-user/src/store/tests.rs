@@ -46,14 +46,94 @@ fn size_limit_drops_the_oldest_and_the_index_follows() {
         s.put(&id, Some(&"x".repeat(100)), json!({ "id": id }))
             .unwrap();
     }
+    // Entries are the same size: over the limit, the store goes down to 90% of it.
+    let each = s.total_bytes() / 5;
     s.set_retention(Retention {
-        max_bytes: 400,
+        max_bytes: each * 5 / 2,
         max_age: BIG.max_age,
     })
     .unwrap();
     assert_eq!(s.len(), 2);
     assert_eq!(index_ids(dir.path()), ["1-1-3", "1-1-4"]);
     assert!(!dir.path().join("episodes/1-1-0.folded").exists());
+    assert_eq!(s.total_bytes(), bytes_on_disk(dir.path()));
+}
+
+fn bytes_on_disk(dir: &Path) -> u64 {
+    let files: u64 = fs::read_dir(dir.join("episodes"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
+    files + fs::metadata(dir.join("index.jsonl")).unwrap().len()
+}
+
+/// `index.jsonl` grew outside the limit (issue 11).
+#[test]
+fn the_size_limit_counts_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), BIG).unwrap();
+    for i in 0..3 {
+        let id = format!("1-1-{i}");
+        s.put(&id, None, json!({ "id": id, "pad": "y".repeat(200) }))
+            .unwrap();
+    }
+    assert_eq!(s.total_bytes(), bytes_on_disk(dir.path()));
+    drop(s);
+    let s = Store::open(dir.path(), BIG).unwrap();
+    assert_eq!(s.total_bytes(), bytes_on_disk(dir.path()));
+}
+
+/// Once full, every write re-read every record to rebuild the index (issue
+/// 11): the index now loses only the removed lines, whatever the records say.
+#[test]
+fn retention_does_not_reread_the_kept_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), BIG).unwrap();
+    for i in 0..4 {
+        let id = format!("1-1-{i}");
+        s.put(&id, None, json!({ "id": id })).unwrap();
+    }
+    // A kept record that would be unreadable if it were read again.
+    fs::write(dir.path().join("episodes/1-1-3.json"), "not json").unwrap();
+    let each = s.total_bytes() / 4;
+    s.set_retention(Retention {
+        max_bytes: each * 5 / 2,
+        max_age: BIG.max_age,
+    })
+    .unwrap();
+    assert_eq!(index_ids(dir.path()), ["1-1-2", "1-1-3"]);
+}
+
+/// Files were 0644 in a 0755 directory: any user read everyone's stacks and
+/// command lines (issue 11).
+#[test]
+fn only_root_reads_the_store() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut s = Store::open(&state, BIG).unwrap();
+    s.put("1-1-1", Some("a 1\n"), json!({"id": "1-1-1"}))
+        .unwrap();
+    let mode = |p: &str| fs::metadata(state.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(""), mode("episodes")), (0o700, 0o700));
+    for f in [
+        "index.jsonl",
+        "episodes/1-1-1.json",
+        "episodes/1-1-1.folded",
+    ] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+}
+
+/// A state directory that is a symlink (planted before the first start) is refused.
+#[test]
+fn a_symlinked_state_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("state")).unwrap();
+    let e = Store::open(&dir.path().join("state"), BIG).err().unwrap();
+    assert!(e.to_string().contains("symlink"), "{e}");
+    assert!(!dir.path().join("elsewhere/episodes").exists());
 }
 
 #[test]

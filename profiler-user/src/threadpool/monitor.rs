@@ -51,6 +51,11 @@ pub struct PoolMonitor {
 }
 
 impl PoolMonitor {
+    /// A reloaded threshold (daemon SIGHUP): saturations still open are judged by it.
+    pub fn set_threshold(&mut self, threshold_ns: u64) {
+        self.threshold_ns = threshold_ns;
+    }
+
     pub fn new(pid: u32, attach: PoolAttach, threshold_ns: u64, now_ns: u64) -> Self {
         let (size, size_source) = configured_pool_size(pid);
         PoolMonitor {
@@ -476,6 +481,25 @@ mod tests {
             .tick(&workers, 400)
             .iter()
             .all(|o| !matches!(o, PoolOutput::Saturation(_))));
+    }
+
+    /// A reload that lowers the threshold reaches monitors already running.
+    #[test]
+    fn a_new_threshold_applies_to_a_running_monitor() {
+        let period = PoolBusyEvent {
+            tid: 1,
+            start_ns: 0,
+            end_ns: 300,
+            ..Default::default()
+        };
+        let workers = [(1, worker(0, None, 300)), (2, worker(0, Some(100), 0))];
+        let mut m = monitor(1000);
+        m.set_threshold(100);
+        m.add_busy_period(&period);
+        assert!(m
+            .tick(&workers, 400)
+            .iter()
+            .any(|o| matches!(o, PoolOutput::Saturation(_))));
     }
 
     #[test]
