@@ -11,6 +11,11 @@ pub mod histogram;
 /// recycled. A Node thread has one loop, plus one short-lived nested loop per
 /// `execSync`/`spawnSync` in flight; four leaves room for nesting inside nesting.
 pub const MAX_LOOP_SLOTS: usize = 4;
+/// `LoopSlot::in_poll` of a thread found asleep in a poll at attach (userspace
+/// seeds it from `/proc/PID/task/TID/syscall`). fexit never runs for a call
+/// entered before it was attached, so that poll's return is taken at the
+/// thread's next switch-in (the wakeup that ends the poll).
+pub const IN_POLL_BEFORE_ATTACH: u32 = 2;
 
 /// Frames kept per user stack: the kernel's default `perf_event_max_stack`.
 pub const MAX_USER_FRAMES: usize = 127;
@@ -88,7 +93,8 @@ pub struct WatchedProcess {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoopSlot {
     pub epfd: i32,
-    /// 1 while the thread is inside `epoll_*wait` on this loop.
+    /// 1 while the thread is inside `epoll_*wait` on this loop;
+    /// `IN_POLL_BEFORE_ATTACH` for a poll entered before the probes existed.
     pub in_poll: u32,
     /// When this incarnation of the fd was first polled: lets a later poll on
     /// the same fd number tell a finished nested loop from a live one.

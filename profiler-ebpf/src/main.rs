@@ -6,6 +6,8 @@
 //! | `poll_exit`        | tracepoints `syscalls:sys_exit_epoll_wait`, `_epoll_pwait`, `_epoll_pwait2` | same; `bpf_task_pt_regs` (5.15+) |
 //! | `close_enter`      | tracepoint `syscalls:sys_enter_close` | same             |
 //! | `exit_group_enter` | tracepoint `syscalls:sys_enter_exit_group` | same        |
+//! | `fentry_epoll_*`, `fexit_epoll_*` | fentry/fexit `__x64_sys_epoll_wait`, `_pwait`, `_pwait2` | BTF, ftrace function hooks allowed (5.5+; `epoll_pwait2` 5.11+) |
+//! | `fentry_close`, `fentry_exit_group` | fentry `__x64_sys_close`, `__x64_sys_exit_group` | same |
 //! | `btf_sys_enter`    | tp_btf `sys_enter` (fallback)         | BTF (5.5+)       |
 //! | `btf_sys_exit`     | tp_btf `sys_exit` (fallback)          | BTF (5.5+)       |
 //! | `sample_stack`     | perf_event `cpu-clock`                | 4.9+, ringbuf 5.8+ |
@@ -18,8 +20,9 @@
 //! | `pool_work_start`  | uprobe `uv__*_work`                   | same             |
 //! | `pool_worker_idle` | uprobe `uv_cond_wait`                 | same             |
 //!
-//! The syscall probes come in two sets, of which userspace loads one. The
-//! classic per-syscall tracepoints run only on the syscalls they are attached
+//! The syscall probes come in three sets, of which userspace loads one.
+//! fentry/fexit on the syscall handlers cost other syscalls nothing; where the
+//! kernel refuses ftrace hooks, the classic per-syscall tracepoints run only on the syscalls they are attached
 //! to; other syscalls pay the kernel's syscall-tracing slow path (~50-90 ns on
 //! the test VM). They are found through tracefs, which userspace mounts if
 //! needed. Without tracefs, `btf_sys_enter`/`btf_sys_exit` attach by name but
@@ -31,6 +34,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod poll;
+mod poll_fentry;
 mod process;
 mod sample;
 mod sched;

@@ -30,7 +30,7 @@ use profiler_common::{
 use crate::{config, count, is_watched, EVENTS, LOOP_STATS, THREADS};
 
 #[cfg(bpf_target_arch = "x86_64")]
-mod nr {
+pub(crate) mod nr {
     pub const EPOLL_WAIT: i64 = 232;
     pub const EPOLL_PWAIT: i64 = 281;
     pub const EPOLL_PWAIT2: i64 = 441;
@@ -155,7 +155,11 @@ pub fn btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
 /// A thread enters epoll wait syscall `id`; `args` reads its (epfd,
 /// maxevents, timeout argument), only for a watched process.
 #[inline(always)]
-fn poll_entered<C: EbpfContext>(ctx: &C, id: i64, args: impl FnOnce() -> (u64, u64, u64)) {
+pub(crate) fn poll_entered<C: EbpfContext>(
+    ctx: &C,
+    id: i64,
+    args: impl FnOnce() -> (u64, u64, u64),
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     if !is_watched(pid) {
@@ -180,7 +184,7 @@ fn poll_entered<C: EbpfContext>(ctx: &C, id: i64, args: impl FnOnce() -> (u64, u
 /// An epoll wait syscall returns `ret`; `epfd` reads its fd, needed only
 /// for a poll that was entered before we attached.
 #[inline(always)]
-fn poll_returned(ret: i64, epfd: impl FnOnce() -> i32) {
+pub(crate) fn poll_returned(ret: i64, epfd: impl FnOnce() -> i32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     if !is_watched(pid) {
@@ -193,7 +197,7 @@ fn poll_returned(ret: i64, epfd: impl FnOnce() -> i32) {
 /// `uv_loop_close` closes a finished nested loop's epoll fd: forget that loop,
 /// so it is never mistaken for the outer loop of what runs next.
 #[inline(always)]
-fn closed(fd: i32) {
+pub(crate) fn closed(fd: i32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_watched((pid_tgid >> 32) as u32) {
         return;
@@ -215,7 +219,7 @@ fn closed(fd: i32) {
 }
 
 #[inline(always)]
-fn exit_group() {
+pub(crate) fn exit_group() {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     if !is_watched(pid) {

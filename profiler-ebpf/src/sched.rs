@@ -16,8 +16,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    Config, OffCpuEvent, ThreadLoops, COUNTER_OFF_CPU_LOST, EVENT_OFF_CPU, MAX_KERNEL_FRAMES,
-    MAX_LOOP_SLOTS, MAX_USER_FRAMES,
+    Config, OffCpuEvent, ThreadLoops, COUNTER_OFF_CPU_LOST, EVENT_OFF_CPU, IN_POLL_BEFORE_ATTACH,
+    MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS, MAX_USER_FRAMES,
 };
 
 use crate::{config, count, is_watched, unwind::recover_user_stack, EVENTS, OFF_CPU, THREADS};
@@ -130,6 +130,17 @@ fn switched_in(next: u64, c: &Config) {
     let Some((tid, t)) = watched_task(next, c) else {
         return;
     };
+    let s = &mut t.slots[t.primary as usize & (MAX_LOOP_SLOTS - 1)];
+    if s.in_poll == IN_POLL_BEFORE_ATTACH {
+        // Woken from the poll it slept in at attach: it returns now (see
+        // IN_POLL_BEFORE_ATTACH), with events as far as we know.
+        let now = unsafe { bpf_ktime_get_ns() };
+        s.in_poll = 0;
+        s.idle_pending_ns += now.saturating_sub(s.last_enter_ns);
+        s.last_exit_ns = now;
+        s.last_ret = 1;
+        return;
+    }
     if t.off_cpu_since_ns == 0 {
         return;
     }

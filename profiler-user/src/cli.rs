@@ -13,10 +13,11 @@ use clap::{Parser, Subcommand};
 /// them episodes are still reported, with native frames only.
 ///
 /// Needs root (CAP_BPF and CAP_PERFMON) and a kernel with BTF. The syscall
-/// probes are per-syscall tracepoints, found through tracefs (mounted at
-/// /sys/kernel/tracing if needed); without it loopbpf falls back to tp_btf
-/// probes that cost every syscall on the host more, and warns.
-/// LOOPBPF_SYSCALL_PROBES=auto|tracepoint|tp_btf chooses.
+/// probes are fentry/fexit on the epoll syscall handlers where the kernel
+/// allows ftrace hooks, else per-syscall tracepoints, found through tracefs
+/// (mounted at /sys/kernel/tracing if needed); without it loopbpf falls back
+/// to tp_btf probes that cost every syscall on the host more, and warns.
+/// LOOPBPF_SYSCALL_PROBES=auto|fentry|tracepoint|tp_btf chooses.
 #[derive(Debug, Parser)]
 #[command(name = "loopbpf", version, after_help = EXAMPLES)]
 // `--pid` is required for a session, not with a subcommand.

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod printable;
 pub mod privileges;
 pub mod probes;
+mod probes_fentry;
 pub mod report;
 pub mod reporter;
 pub mod run;

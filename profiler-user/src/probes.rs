@@ -49,7 +49,7 @@ pub fn kernel_config(
 pub const TRACEFS_PATHS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 /// Where loopbpf mounts tracefs when it is in neither place.
 pub const TRACEFS_MOUNT_POINT: &str = "/sys/kernel/tracing";
-/// Selects the syscall probes: `auto` (the default), `tracepoint` or `tp_btf`.
+/// Selects the syscall probes: `auto` (the default), `fentry`, `tracepoint` or `tp_btf`.
 pub const SYSCALL_PROBES_ENV: &str = "LOOPBPF_SYSCALL_PROBES";
 
 /// Classic tracepoints (category `syscalls`) of each syscall program.
@@ -80,6 +80,10 @@ const BTF_SYSCALL_PROBES: [(&str, &str); 2] =
 /// Which programs watch the epoll wait, `close` and `exit_group` syscalls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallProbes {
+    /// fentry/fexit on the syscall handlers (`__x64_sys_epoll_pwait`, …):
+    /// they run on those syscalls only and put no other syscall on a slow
+    /// path. The kernel must allow ftrace function hooks.
+    Fentry,
     /// Classic per-syscall tracepoints (`syscalls:sys_enter_epoll_pwait`, …):
     /// they run on those syscalls only. Found through tracefs.
     Tracepoint,
@@ -91,6 +95,7 @@ pub enum SyscallProbes {
 impl SyscallProbes {
     pub fn as_str(self) -> &'static str {
         match self {
+            SyscallProbes::Fentry => "fentry",
             SyscallProbes::Tracepoint => "tracepoint",
             SyscallProbes::TpBtf => "tp_btf",
         }
@@ -100,7 +105,8 @@ impl SyscallProbes {
 /// What `LOOPBPF_SYSCALL_PROBES` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallProbesChoice {
-    /// The classic tracepoints, else the BTF ones (with a warning).
+    /// fentry/fexit, else the classic tracepoints, else the BTF ones (with
+    /// a warning).
     Auto,
     /// These and no others: loopbpf fails if they cannot be attached.
     Only(SyscallProbes),
@@ -110,6 +116,7 @@ impl SyscallProbesChoice {
     pub fn parse(value: &str) -> Result<Self, ProbeError> {
         match value {
             "" | "auto" => Ok(SyscallProbesChoice::Auto),
+            "fentry" => Ok(SyscallProbesChoice::Only(SyscallProbes::Fentry)),
             "tracepoint" => Ok(SyscallProbesChoice::Only(SyscallProbes::Tracepoint)),
             "tp_btf" => Ok(SyscallProbesChoice::Only(SyscallProbes::TpBtf)),
             other => Err(ProbeError::SyscallProbesChoice(other.to_string())),
@@ -139,6 +146,10 @@ impl SyscallProbesInUse {
     /// One line for the log: which probes, what they cost, and why.
     pub fn describe(&self) -> String {
         match self.probes {
+            SyscallProbes::Fentry => format!(
+                "syscall probes: fentry/fexit on __x64_sys_epoll_* ({})",
+                self.reason
+            ),
             SyscallProbes::Tracepoint => format!(
                 "syscall probes: per-syscall tracepoints syscalls:sys_{{enter,exit}}_epoll_* ({})",
                 self.reason
@@ -241,22 +252,37 @@ fn attach_syscall_probes(
             let why = format!("{SYSCALL_PROBES_ENV}=tp_btf asks for them");
             (SyscallProbes::TpBtf, why)
         }
+        SyscallProbesChoice::Only(SyscallProbes::Fentry) => {
+            crate::probes_fentry::attach(ebpf, btf)?;
+            let why = format!("{SYSCALL_PROBES_ENV}=fentry asks for them");
+            (SyscallProbes::Fentry, why)
+        }
         SyscallProbesChoice::Only(SyscallProbes::Tracepoint) => {
             let why = attach_classic_syscall_probes(ebpf)?;
             let why = format!("{why}; {SYSCALL_PROBES_ENV}=tracepoint");
             (SyscallProbes::Tracepoint, why)
         }
-        SyscallProbesChoice::Auto => match attach_classic_syscall_probes(ebpf) {
-            Ok(why) => (SyscallProbes::Tracepoint, why),
-            Err(e) => {
-                unload_classic_syscall_probes(ebpf);
-                attach_btf_syscall_probes(ebpf, btf)?;
-                let why = format!(
-                    "{e}; with tracefs mounted (mount -t tracefs tracefs {TRACEFS_MOUNT_POINT}) loopbpf uses the per-syscall tracepoints"
-                );
-                (SyscallProbes::TpBtf, why)
+        SyscallProbesChoice::Auto => {
+            let fentry = crate::probes_fentry::attach(ebpf, btf);
+            match fentry {
+                Ok(()) => (SyscallProbes::Fentry, "the kernel allows them".to_string()),
+                Err(refused) => {
+                    crate::probes_fentry::unload(ebpf);
+                    let refused = format!("fentry refused: {refused}");
+                    match attach_classic_syscall_probes(ebpf) {
+                        Ok(why) => (SyscallProbes::Tracepoint, format!("{why}; {refused}")),
+                        Err(e) => {
+                            unload_classic_syscall_probes(ebpf);
+                            attach_btf_syscall_probes(ebpf, btf)?;
+                            let why = format!(
+                                "{e}; with tracefs mounted (mount -t tracefs tracefs {TRACEFS_MOUNT_POINT}) loopbpf uses the per-syscall tracepoints; {refused}"
+                            );
+                            (SyscallProbes::TpBtf, why)
+                        }
+                    }
+                }
             }
-        },
+        }
     };
     Ok(SyscallProbesInUse { probes, reason })
 }
@@ -293,7 +319,9 @@ pub enum ProbeError {
     },
     #[error("tracefs is not mounted at /sys/kernel/tracing or /sys/kernel/debug/tracing, and mounting it at /sys/kernel/tracing failed: {0}")]
     TracefsMount(#[source] std::io::Error),
-    #[error("LOOPBPF_SYSCALL_PROBES={0:?} is not a choice: use auto, tracepoint or tp_btf")]
+    #[error(
+        "LOOPBPF_SYSCALL_PROBES={0:?} is not a choice: use auto, fentry, tracepoint or tp_btf"
+    )]
     SyscallProbesChoice(String),
     #[error("listing online CPUs failed: {0}")]
     Cpus(String),
@@ -471,7 +499,11 @@ impl Probes {
                 name: "WATCHED",
                 source,
             })?;
-        self.update_watched_bitmap(pid)
+        self.update_watched_bitmap(pid)?;
+        if self.syscall_probes.probes == SyscallProbes::Fentry {
+            crate::probes_fentry::seed_asleep_polls(&mut self.ebpf, pid);
+        }
+        Ok(())
     }
 
     /// Rewrites the `WATCHED_BITMAP` word holding `pid`'s bit from the watched
@@ -636,7 +668,10 @@ where
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+pub(crate) fn program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, ProbeError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -671,6 +706,7 @@ mod tests {
         let only = SyscallProbesChoice::Only;
         assert_eq!(parse("tracepoint"), Some(only(SyscallProbes::Tracepoint)));
         assert_eq!(parse("tp_btf"), Some(only(SyscallProbes::TpBtf)));
+        assert_eq!(parse("fentry"), Some(only(SyscallProbes::Fentry)));
         let e = SyscallProbesChoice::parse("kprobe")
             .unwrap_err()
             .to_string();
