@@ -2,9 +2,9 @@
 // Three event-loop blocks of different kinds, each inside a uniquely named
 // function and started from its own timer, separated by idle time so that each
 // is alone in its loop iteration. See protocol.js for the stdin/stdout protocol.
-const { now, measure, waitForGo, done } = require('./protocol');
+const { now, measure, waitForGo, done, idleMs } = require('./protocol');
 
-const IDLE_MS = 300;
+const IDLE_MS = idleMs(300);
 // The JSON and regex inputs are sized for this much CPU time. The test needs
 // >= 150 ms, and the same input varies by +-40% from run to run on a VM.
 const TARGET_MS = 400;

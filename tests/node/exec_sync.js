@@ -3,9 +3,9 @@
 // of its own while it waits, which must not end the outer iteration's episode.
 // See protocol.js for the stdin/stdout protocol.
 const { execSync } = require('child_process');
-const { measure, waitForGo, done } = require('./protocol');
+const { measure, waitForGo, done, idleMs } = require('./protocol');
 
-const IDLE_MS = 300;
+const IDLE_MS = idleMs(300);
 
 function runChildSync() {
   execSync('sleep 0.3');

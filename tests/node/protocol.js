@@ -7,6 +7,16 @@
 // To run one alone:
 //   echo go | node --perf-basic-prof-only-functions --interpreted-frames-native-stack blocks.js
 
+// How many times slower than a normal machine this one runs (an emulated
+// guest of `cargo xtask vm-test` sets it): idle gaps between blocks are
+// stretched by it, so that slow loop work around a block never runs into the
+// next timer. Blocks themselves are timed, never scaled.
+const TIME_SCALE = Number(process.env.LOOPBPF_TEST_TIME_SCALE || 1);
+
+function idleMs(ms) {
+  return ms * TIME_SCALE;
+}
+
 function now() {
   return process.hrtime.bigint();
 }
@@ -38,4 +48,4 @@ function done(extra) {
   report({ script: 'done', at_ns: now().toString(), ...extra });
 }
 
-module.exports = { now, report, measure, waitForGo, done };
+module.exports = { now, report, measure, waitForGo, done, idleMs };

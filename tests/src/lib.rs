@@ -103,6 +103,36 @@ pub fn node_for(major: u32) -> PathBuf {
     node
 }
 
+/// `LOOPBPF_TEST_TIME_SCALE`: how many times slower than a normal machine
+/// this one runs, for the timeouts (an emulated guest of `cargo xtask
+/// vm-test` sets it). Never for thresholds or block lengths: those are times
+/// the scripts measure themselves.
+pub fn time_scale() -> f64 {
+    match env::var("LOOPBPF_TEST_TIME_SCALE") {
+        Err(_) => 1.0,
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 1.0 => s,
+            _ => panic!("LOOPBPF_TEST_TIME_SCALE={v:?} is not a number >= 1"),
+        },
+    }
+}
+
+/// A timeout stretched by `time_scale()`.
+pub fn timeout(d: std::time::Duration) -> std::time::Duration {
+    d.mul_f64(time_scale())
+}
+
+/// The syscall probes loopbpf picks by default on this kernel:
+/// `LOOPBPF_EXPECT_SYSCALL_PROBES` (`fentry` in the `vm-test` guests, whose
+/// kernels allow ftrace hooks), else `tracepoint` (this host refuses fentry).
+pub fn default_syscall_probes() -> &'static str {
+    match env::var("LOOPBPF_EXPECT_SYSCALL_PROBES").as_deref() {
+        Err(_) | Ok("tracepoint") => "tracepoint",
+        Ok("fentry") => "fentry",
+        Ok(other) => panic!("LOOPBPF_EXPECT_SYSCALL_PROBES={other:?}: want fentry or tracepoint"),
+    }
+}
+
 /// One `#[test]` per Node major for a scenario function taking the major:
 /// `node_tests!(scenario => scenario_node20 = 20, scenario_node22 = 22);`
 #[macro_export]

@@ -2,7 +2,7 @@
 
 use crate::parse::{line_type, parse_folded, str_field, u64_field, Block, Episode, FoldedStack};
 use crate::process::{tail, Process};
-use crate::{loopbpf_bin, node_for, PERF_MAP_FLAG, THRESHOLD_MS};
+use crate::{default_syscall_probes, loopbpf_bin, node_for, timeout, PERF_MAP_FLAG, THRESHOLD_MS};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -60,7 +60,7 @@ impl Scenario {
             node_binary: None,
             loopbpf_env: Vec::new(),
             without_tracefs: None,
-            syscall_probes: "tracepoint",
+            syscall_probes: default_syscall_probes(),
         }
     }
 
@@ -78,7 +78,7 @@ impl Scenario {
     }
 
     /// The syscall probes loopbpf must report in its ready line; by default
-    /// the per-syscall tracepoints.
+    /// `default_syscall_probes()`.
     pub fn expect_syscall_probes(mut self, probes: &'static str) -> Self {
         self.syscall_probes = probes;
         self
@@ -194,7 +194,7 @@ impl Scenario {
         };
 
         // Prepared first, so calibration happens before the probes attach.
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + timeout(READY_TIMEOUT);
         session
             .node
             .wait_for_line(deadline, r#"{"script":"ready"}"#, is_script_ready)
@@ -225,13 +225,15 @@ impl Scenario {
             }
         };
         cmd.envs(self.loopbpf_env.iter().map(|(k, v)| (k, v)));
-        cmd.args(["--pid", &pid, "--json", "--duration", "30s"])
+        // loopbpf's own limit, in case the test fails to end it.
+        let duration = format!("{}s", timeout(Duration::from_secs(30)).as_secs());
+        cmd.args(["--pid", &pid, "--json", "--duration", &duration])
             .args(["--threshold", &format!("{THRESHOLD_MS}ms")])
             .arg("--output")
             .arg(output.path());
         session.loopbpf = Some(Process::spawn("loopbpf", &mut cmd).or_fail(&mut session));
 
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + timeout(READY_TIMEOUT);
         let ready = |l: &str| line_type(l).as_deref() == Some("ready");
         session
             .loopbpf()
@@ -240,7 +242,7 @@ impl Scenario {
         session.node.write_line("go").or_fail(&mut session);
 
         if let Some(kind) = self.kill_node_on {
-            let deadline = Instant::now() + SCRIPT_TIMEOUT;
+            let deadline = Instant::now() + timeout(SCRIPT_TIMEOUT);
             let what = format!("a {kind:?} line");
             session
                 .loopbpf()
@@ -250,14 +252,14 @@ impl Scenario {
         }
         let node_status = session
             .node
-            .wait_exit(Instant::now() + SCRIPT_TIMEOUT)
+            .wait_exit(Instant::now() + timeout(SCRIPT_TIMEOUT))
             .or_fail(&mut session);
         if self.kill_node_on.is_none() && !node_status.success() {
             session.fail(format!("the Node script failed: {node_status}"));
         }
         let exited = session
             .loopbpf()
-            .wait_exit(Instant::now() + EXIT_AFTER_TARGET);
+            .wait_exit(Instant::now() + timeout(EXIT_AFTER_TARGET));
         let loopbpf_status = exited.unwrap_or_else(|e| {
             // For the failure message: SIGINT should still get the summary out.
             session.loopbpf().interrupt();
