@@ -7,6 +7,7 @@ mod node;
 mod prometheus;
 mod test;
 mod toolchain;
+mod vm;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -66,6 +67,12 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// The kernel tests in qemu guests on Debian's 6.1 and 6.12 kernels
+    /// (fentry probes there); kernels fetched with apt-get download, cached.
+    VmTest(vm::Opts),
+    /// Inside a vm-test guest: the fentry against tracepoint cost bench.
+    #[command(hide = true)]
+    VmGuestBench(vm::guest_bench::Opts),
     /// Benchmarks (not CI; as root): target overhead, agent cost, latency, accuracy,
     /// symbolization; prints a table and writes BENCHMARKS.md.
     Bench(bench::Opts),
@@ -109,6 +116,8 @@ fn real_main() -> Result<()> {
         Cmd::Lint => lint(&paths),
         Cmd::Install { root } => install::run(&paths, install::Target { root }),
         Cmd::Bench(opts) => bench::run(&paths, opts),
+        Cmd::VmTest(opts) => vm::run(&paths, opts),
+        Cmd::VmGuestBench(opts) => vm::guest_bench::run(opts),
     }
 }
 
