@@ -174,6 +174,9 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     println!("{text}");
     if !env.opts.no_write {
         let path = paths.root.join("BENCHMARKS.md");
+        // The vm-test bench's section is not this run's to replace.
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = crate::vm::with_emulated_section(&text, &old);
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
