@@ -3,6 +3,8 @@
 // loop polls) until told on stdin `block MS` (block the loop that long in
 // daemonBlock, then print {"block":…}), `pbkdf2 N` (N concurrent async
 // crypto.pbkdf2 calls on the threadpool, then print {"pbkdf2":N,"ms":…}) or
+// `workers N [MS]` (start and end N worker threads one after another, each
+// running its own event loop for MS ms, default 25, then print {"workers":N}) or
 // `exit` (process.exit(0)).
 // Prints {"script":"ready","pid":N} once running. DAEMON_TARGET_TITLE, when
 // set, becomes process.title (and so the process's comm) first.
@@ -35,6 +37,20 @@ function handle(line) {
         }
       });
     }
+  } else if (cmd === 'workers') {
+    const { Worker } = require('worker_threads');
+    // Each lives `ms` (third word, default 25): 5 ms timer iterations.
+    const ticks = Math.max(5, Math.round(Number(line.trim().split(/\s+/)[2] || 25) / 5));
+    const code = `let n = 0; const t = setInterval(() => { if (++n === ${ticks}) clearInterval(t); }, 5);`;
+    let left = Number(arg);
+    const next = () => {
+      if (left-- === 0) {
+        process.stdout.write(JSON.stringify({ workers: Number(arg) }) + '\n');
+        return;
+      }
+      new Worker(code, { eval: true }).on('exit', next);
+    };
+    next();
   } else if (cmd === 'exit') {
     process.exit(0);
   }

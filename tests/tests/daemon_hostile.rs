@@ -247,3 +247,64 @@ fn idle_metrics_connections_neither_starve_scrapes_nor_episodes() {
     drop(idle);
     assert!(daemon.terminate(Duration::from_secs(10)).unwrap().success());
 }
+
+/// Worker-thread churn in one long-lived process: the kernel state of each
+/// exited thread is freed, so map use (one loop series per LOOP_STATS entry of
+/// the process) stays flat instead of growing by one per thread.
+#[test]
+fn worker_thread_churn_keeps_kernel_map_use_flat() {
+    const WORKERS: usize = 60;
+    let mut target = node_target(20);
+    let mut daemon = Daemon::start("");
+    let pid = target.pid();
+    assert!(
+        poll(Duration::from_secs(5), || daemon.watches(pid).then_some(())).is_some(),
+        "pid {pid} not watched:\n{}",
+        daemon.process.describe()
+    );
+    let loops = |d: &Daemon| {
+        d.metrics()
+            .iter()
+            .filter(|s| {
+                s.name == "loopbpf_loop_busy_seconds_count"
+                    && s.labels.get("pid").map(String::as_str) == Some(&pid.to_string())
+            })
+            .count()
+    };
+    let churn = |target: &mut Process| {
+        target.write_line(&format!("workers {WORKERS}")).unwrap();
+        target
+            .wait_for_line(Instant::now() + Duration::from_secs(60), "workers", |l| {
+                l.contains("\"workers\"")
+            })
+            .unwrap();
+    };
+    // Workers' loops are measured: one living 3 s has its series meanwhile.
+    target.write_line("workers 1 3000").unwrap();
+    let seen = poll(Duration::from_secs(30), || {
+        (loops(&daemon) >= 2).then_some(())
+    });
+    target
+        .wait_for_line(Instant::now() + Duration::from_secs(60), "workers", |l| {
+            l.contains("\"workers\"")
+        })
+        .unwrap();
+    assert!(
+        seen.is_some(),
+        "no worker loop ever measured:\n{}",
+        daemon.process.describe()
+    );
+    churn(&mut target);
+    // Only the main loop's series is left within a few refreshes.
+    let flat = poll(Duration::from_secs(5), || {
+        (loops(&daemon) == 1).then_some(())
+    });
+    let left = loops(&daemon);
+    assert!(
+        flat.is_some(),
+        "{left} loop series of pid {pid} after {} worker threads ended:\n{}",
+        WORKERS + 1,
+        daemon.process.describe()
+    );
+    assert!(daemon.terminate(Duration::from_secs(10)).unwrap().success());
+}

@@ -155,7 +155,10 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                     if due { last[i] = now; }
                     due
                 };
-                if due(0, METRICS_EVERY, &mut last) { st.refresh_metrics(); }
+                if due(0, METRICS_EVERY, &mut last) {
+                    st.free_dead_threads();
+                    st.refresh_metrics();
+                }
                 if due(1, SWEEP_EVERY, &mut last) { st.sweep(); }
                 if due(2, PERF_MAP_REFRESH_EVERY, &mut last) {
                     for &pid in st.watched.keys() {

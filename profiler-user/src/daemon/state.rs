@@ -288,6 +288,50 @@ impl State {
         }
     }
 
+    /// Frees the kernel state (LOOP_STATS, THREADS, OFF_CPU) of threads that
+    /// exited inside a live process: a process that keeps starting and ending
+    /// worker threads would otherwise fill the shared maps, and its metrics
+    /// would grow a series per dead thread. Returns how many were freed.
+    pub fn free_dead_threads(&mut self) -> usize {
+        let mut freed = 0;
+        let pids: Vec<u32> = self.watched.keys().copied().collect();
+        for pid in pids {
+            let mut tids: Vec<u32> = self
+                .probes
+                .loop_stats(pid)
+                .into_iter()
+                .map(|(k, _)| k.tid)
+                .chain(self.probes.thread_loops(pid).into_iter().map(|(t, _)| t))
+                .filter(|&tid| tid != pid)
+                .collect();
+            tids.sort_unstable();
+            tids.dedup();
+            // A thread is gone when its /proc entry is (a recycled tid is alive: kept).
+            tids.retain(|tid| !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists());
+            if tids.is_empty() {
+                continue;
+            }
+            let keys: Vec<profiler_common::LoopKey> = tids
+                .iter()
+                .map(|&tid| profiler_common::LoopKey { pid, tid })
+                .collect();
+            self.probes
+                .remove_keys::<profiler_common::LoopKey, profiler_common::LoopStats>(
+                    "LOOP_STATS",
+                    &keys,
+                );
+            self.probes
+                .remove_keys::<u32, profiler_common::ThreadLoops>("THREADS", &tids);
+            self.probes
+                .remove_keys::<u32, profiler_common::OffCpuEvent>("OFF_CPU", &tids);
+            freed += tids.len();
+        }
+        if freed > 0 {
+            log::debug!("freed the kernel state of {freed} exited threads");
+        }
+        freed
+    }
+
     /// Copies the kernel's per-loop statistics into the metrics snapshot.
     pub fn refresh_metrics(&self) {
         for &pid in self.watched.keys() {
