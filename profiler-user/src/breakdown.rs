@@ -32,6 +32,17 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The serialized name (JSON `verdict`, the metrics' `verdict` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Javascript => "javascript",
+            Verdict::Native => "native",
+            Verdict::Gc => "gc",
+            Verdict::Blocked => "blocked",
+            Verdict::CpuStarved => "cpu-starved",
+        }
+    }
+
     pub fn describe(self, syscall: Option<&str>) -> String {
         match (self, syscall) {
             (Verdict::Javascript, _) => "busy in JavaScript".into(),

@@ -75,6 +75,40 @@ pub enum Command {
     Daemon(DaemonArgs),
 }
 
+/// `loopbpf __assets DIR` writes the man pages and completions (packaging:
+/// `cargo xtask dist`). Not a clap subcommand: clap_complete would offer it.
+pub const ASSETS_ARG: &str = "__assets";
+
+/// `loopbpf.1`, `loopbpf-daemon.1`, and completions for bash, zsh and fish
+/// (`loopbpf.bash`, `_loopbpf`, `loopbpf.fish`) in `dir`.
+pub fn write_assets(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = Vec::new();
+    let daemon = cmd
+        .find_subcommand("daemon")
+        .cloned()
+        .map(|d| d.name("loopbpf-daemon"));
+    for (page, name) in [
+        (Some(cmd.clone()), "loopbpf.1"),
+        (daemon, "loopbpf-daemon.1"),
+    ] {
+        let Some(page) = page else { continue };
+        let path = dir.join(name);
+        let mut out = std::fs::File::create(&path)?;
+        clap_mangen::Man::new(page).render(&mut out)?;
+        written.push(path);
+    }
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let path = clap_complete::generate_to(shell, &mut cmd, "loopbpf", dir)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
     /// TOML configuration (see dist/loopbpf.toml); a missing file at the
@@ -237,6 +271,36 @@ mod tests {
         ] {
             assert!(help.contains(opt), "--help lacks {opt}");
         }
+    }
+
+    #[test]
+    fn man_pages_and_completions_are_generated() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_assets(dir.path()).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "loopbpf.1",
+                "loopbpf-daemon.1",
+                "loopbpf.bash",
+                "_loopbpf",
+                "loopbpf.fish"
+            ]
+        );
+        let man = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(
+            man.contains(".TH loopbpf") && man.contains("threshold"),
+            "{man}"
+        );
+        let bash = std::fs::read_to_string(&files[2]).unwrap();
+        assert!(
+            bash.contains("--threshold") && !bash.contains(ASSETS_ARG),
+            "{bash}"
+        );
     }
 
     #[test]

@@ -9,6 +9,13 @@ use profiler_user::{
 };
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|a| a == profiler_user::cli::ASSETS_ARG)
+    {
+        return write_assets(args.next());
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,6 +73,31 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(": ");
             eprintln!("loopbpf: {}", escape(&message));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_assets(dir: Option<std::ffi::OsString>) -> ExitCode {
+    let Some(dir) = dir.map(std::path::PathBuf::from) else {
+        eprintln!(
+            "loopbpf: usage: loopbpf {} DIR",
+            profiler_user::cli::ASSETS_ARG
+        );
+        return ExitCode::FAILURE;
+    };
+    match profiler_user::cli::write_assets(&dir) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "loopbpf: writing man pages and completions to {} failed: {e}",
+                dir.display()
+            );
             ExitCode::FAILURE
         }
     }

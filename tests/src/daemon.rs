@@ -149,9 +149,13 @@ pub struct Daemon {
     pub _dir: tempfile::TempDir,
 }
 
+/// Tests tell their processes apart by pid.
+const PID_LABELS: &str = "series_labels = [\"pid\", \"tid\"]\n";
+
 impl Daemon {
     /// Starts `loopbpf daemon` with `extra` appended to a config that puts
-    /// its state and metrics somewhere private; waits for /metrics.
+    /// its state and metrics somewhere private and labels series with pid
+    /// and tid (tests tell their processes apart by pid); waits for /metrics.
     pub fn start(extra: &str) -> Daemon {
         Daemon::start_limited(extra, None)
     }
@@ -159,12 +163,22 @@ impl Daemon {
     /// [`Daemon::start`] with the soft RLIMIT_NOFILE set to `nofile` (what a
     /// service gets from systemd unless its unit says otherwise: 1024).
     pub fn start_limited(extra: &str, nofile: Option<u64>) -> Daemon {
+        Daemon::start_with(PID_LABELS, extra, nofile)
+    }
+
+    /// As `start`, with `labels` (a `series_labels` line, or "" for the
+    /// default identity labels) in the base config.
+    pub fn start_with_labels(labels: &str, extra: &str) -> Daemon {
+        Daemon::start_with(labels, extra, None)
+    }
+
+    fn start_with(labels: &str, extra: &str, nofile: Option<u64>) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let state_dir = dir.path().join("state");
         let config = dir.path().join("loopbpf.toml");
         let base_config = format!(
-            "state_dir = {:?}\nmetrics_address = \"127.0.0.1:{port}\"\n",
+            "state_dir = {:?}\nmetrics_address = \"127.0.0.1:{port}\"\n{labels}",
             state_dir.display()
         );
         std::fs::write(&config, format!("{base_config}{extra}")).expect("write config");
@@ -205,11 +219,11 @@ impl Daemon {
         }
     }
 
-    /// Whether `pid` has its `loopbpf_watched_process` series now.
+    /// Whether `pid` has its `loopbpf_process_info` series now.
     pub fn watches(&self, pid: u32) -> bool {
         metric(
             &self.metrics(),
-            "loopbpf_watched_process",
+            "loopbpf_process_info",
             &[("pid", &pid.to_string())],
         ) == Some(1.0)
     }

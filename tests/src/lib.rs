@@ -25,7 +25,7 @@ pub const THRESHOLD_MS: f64 = 50.0;
 pub const PERF_MAP_FLAG: &str = "--perf-basic-prof-only-functions";
 
 const HOW_TO_RUN: &str = "run the kernel tests with `cargo xtask test`, which builds loopbpf, \
-     runs as root and sets LOOPBPF_BIN and LOOPBPF_NODES";
+     runs as root and sets LOOPBPF_BIN, LOOPBPF_DIST and LOOPBPF_NODES";
 const DEFAULT_NODES: &str = "20=/usr/bin/node";
 
 fn why_not_skipped() -> &'static str {
@@ -54,6 +54,25 @@ pub fn loopbpf_bin() -> PathBuf {
         "loopbpf needs root to load its probes, euid is {euid} ({why}); {HOW_TO_RUN}"
     );
     bin
+}
+
+/// `LOOPBPF_DIST`: target/dist of `cargo xtask dist` (static binary, .deb, kit).
+pub fn dist_dir() -> PathBuf {
+    let why = why_not_skipped();
+    let dir = env::var_os("LOOPBPF_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("LOOPBPF_DIST is not set ({why}); {HOW_TO_RUN}"));
+    assert!(
+        dir.join("loopbpf").is_file(),
+        "LOOPBPF_DIST={} has no loopbpf ({why}); {HOW_TO_RUN}",
+        dir.display()
+    );
+    dir
+}
+
+/// The repository's dist/ (operators' kit, unit, config).
+pub fn repo_dist() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist")
 }
 
 /// `LOOPBPF_NODES`: `MAJOR=PATH` entries separated by commas.

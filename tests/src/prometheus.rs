@@ -18,6 +18,11 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target_port: u16) -> Prometheus {
+        Prometheus::start_with_rules(target_port, &[])
+    }
+
+    /// Also loads `rules` (rule files), evaluated every second.
+    pub fn start_with_rules(target_port: u16, rules: &[&Path]) -> Prometheus {
         assert!(
             Path::new(PROMETHEUS).is_file(),
             "{PROMETHEUS} missing: `cargo xtask test` installs the Debian package prometheus"
@@ -28,7 +33,12 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: loopbpf\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nscrape_configs:\n  - job_name: loopbpf\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n",
+                rules
+                    .iter()
+                    .map(|r| format!("{:?}", r.display().to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .expect("write prometheus.yml");

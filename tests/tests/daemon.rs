@@ -10,7 +10,7 @@ use integration_tests::prometheus::Prometheus;
 const BLOCK_MS: u64 = 300;
 
 fn watched(m: &[MetricSample], pid: u32) -> bool {
-    metric(m, "loopbpf_watched_process", &[("pid", &pid.to_string())]) == Some(1.0)
+    metric(m, "loopbpf_process_info", &[("pid", &pid.to_string())]) == Some(1.0)
 }
 
 /// Iterations of `pid`'s main loop busy longer than 250 ms, from the histogram.
@@ -121,7 +121,7 @@ fn daemon_discovers_measures_and_forgets_node_processes() {
     // Prometheus scraped it all: three series, B's episode and slow iteration.
     let pids = format!("{a}|{b}|{}", later[1].pid());
     let queries = [
-        (format!("count(loopbpf_watched_process{{pid=~\"{pids}\"}})"), 3.0),
+        (format!("count(loopbpf_process_info{{pid=~\"{pids}\"}})"), 3.0),
         (format!("sum(loopbpf_loop_episodes_total{{pid=\"{b}\",thread=\"main\"}})"), 1.0),
         (
             format!(
@@ -163,7 +163,7 @@ fn daemon_discovers_measures_and_forgets_node_processes() {
         watched(&daemon.metrics(), a),
         "pid {a} lost while still running"
     );
-    let q = format!("count(loopbpf_watched_process{{pid=~\"{b}|{c}\"}})");
+    let q = format!("count(loopbpf_process_info{{pid=~\"{b}|{c}\"}})");
     let stale = poll(Duration::from_secs(20), || {
         prometheus.query(&q).ok().filter(|r| r.is_empty())
     });

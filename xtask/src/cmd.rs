@@ -33,6 +33,21 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Runs `cmd` and returns its stdout as bytes (stderr passed through).
+pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+    let shown = show(cmd);
+    eprintln!("$ {shown}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start: {shown}"))?;
+    if !out.status.success() {
+        bail!("command failed ({}): {shown}", out.status);
+    }
+    Ok(out.stdout)
+}
+
 /// Like `output`, but a command that cannot start or fails is `None`: used for "is it there yet?" probes.
 pub fn probe(cmd: &mut Command) -> Option<String> {
     let shown = show(cmd);

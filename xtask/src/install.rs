@@ -41,8 +41,21 @@ pub fn run(paths: &Paths, target: Target) -> Result<()> {
     let loopbpf = build(paths, &bin_dir, false)?;
     copy(&loopbpf, &target.path("/usr/local/bin/loopbpf"), 0o755)?;
     let dist = paths.root.join("dist");
+    // The shipped unit names the packaged /usr/bin/loopbpf; this install's
+    // binary is in /usr/local/bin, and its unit in the administrator's directory.
+    let unit = fs::read_to_string(dist.join("loopbpf.service"))?;
+    let unit = unit.replace(
+        "ExecStart=/usr/bin/loopbpf",
+        "ExecStart=/usr/local/bin/loopbpf",
+    );
+    anyhow::ensure!(
+        unit.contains("ExecStart=/usr/local/bin/loopbpf "),
+        "dist/loopbpf.service has no ExecStart=/usr/bin/loopbpf line to rewrite"
+    );
+    let staged = paths.target.join("loopbpf.service.local");
+    fs::write(&staged, unit)?;
     copy(
-        &dist.join("loopbpf.service"),
+        &staged,
         &target.path("/etc/systemd/system/loopbpf.service"),
         0o644,
     )?;

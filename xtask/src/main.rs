@@ -1,7 +1,8 @@
-//! loopbpf's build tooling: `cargo xtask <setup|build|run|test|lint>`.
+//! loopbpf's build tooling: `cargo xtask <setup|build|run|test|lint|install|dist|bench>`.
 
 mod bench;
 mod cmd;
+mod dist;
 mod install;
 mod node;
 mod prometheus;
@@ -73,6 +74,9 @@ enum Cmd {
     /// Inside a vm-test guest: the fentry against tracepoint cost bench.
     #[command(hide = true)]
     VmGuestBench(vm::guest_bench::Opts),
+    /// Static binary, .deb and tarball in target/dist/ (man pages, completions,
+    /// unit, config, licenses, dashboard, rules, DaemonSet).
+    Dist,
     /// Benchmarks (not CI; as root): target overhead, agent cost, latency, accuracy,
     /// symbolization; prints a table and writes BENCHMARKS.md.
     Bench(bench::Opts),
@@ -115,6 +119,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Lint => lint(&paths),
         Cmd::Install { root } => install::run(&paths, install::Target { root }),
+        Cmd::Dist => dist::run(&paths).map(drop),
         Cmd::Bench(opts) => bench::run(&paths, opts),
         Cmd::VmTest(opts) => vm::run(&paths, opts),
         Cmd::VmGuestBench(opts) => vm::guest_bench::run(opts),

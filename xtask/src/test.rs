@@ -1,6 +1,6 @@
 //! `cargo xtask test`: unit tests, then the kernel (integration) tests against real Node processes.
 
-use crate::{build, cmd, node, toolchain, Paths};
+use crate::{build, cmd, dist, node, toolchain, Paths};
 use anyhow::{bail, Result};
 use std::ffi::OsString;
 use std::process::Command;
@@ -13,6 +13,9 @@ pub fn run(paths: &Paths, majors: &[u32], args: &[String]) -> Result<()> {
     let start = Instant::now();
     let bin_dir = toolchain::setup(&paths.cache)?;
     let loopbpf = build(paths, &bin_dir, false)?;
+    // Built once per run: tests/tests/package.rs installs the .deb and runs
+    // the static binary from here.
+    let dist = dist::run(paths)?;
     let nodes = node::ensure(&paths.cache, majors)?.env_value();
     crate::prometheus::ensure()?;
     let path = cmd::path_with(&bin_dir)?;
@@ -21,6 +24,7 @@ pub fn run(paths: &Paths, majors: &[u32], args: &[String]) -> Result<()> {
         c.current_dir(&paths.root)
             .env("PATH", &path)
             .env("LOOPBPF_BIN", &loopbpf)
+            .env("LOOPBPF_DIST", &dist)
             .env("LOOPBPF_NODES", &nodes)
             // Tests that cannot load BPF must fail here rather than skip: this run is the proof.
             .env("LOOPBPF_REQUIRE_KERNEL", "1")

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::{
     cli::{check_frequency, in_range, parse_duration, THRESHOLD_RANGE},
+    metrics::SeriesLabels,
     store::Retention,
 };
 
@@ -63,6 +64,8 @@ struct RawFile {
     node_only: Option<bool>,
     /// Attach the libuv threadpool uprobes to each watched process.
     threadpool: Option<bool>,
+    /// Optional labels of loop and threadpool series: "pid", "tid".
+    series_labels: Option<Vec<String>>,
     #[serde(default, rename = "match")]
     include: RawPatterns,
     #[serde(default)]
@@ -88,6 +91,8 @@ pub struct Config {
     /// Threadpool uprobes on newly watched processes (utilization, saturation,
     /// queue wait); off saves a few microseconds per work item.
     pub threadpool: bool,
+    /// pid/tid labels on series (off: a restart continues the same series).
+    pub series_labels: SeriesLabels,
     pub include: Patterns,
     pub exclude: Patterns,
 }
@@ -105,6 +110,7 @@ impl Default for Config {
             },
             node_only: true,
             threadpool: true,
+            series_labels: SeriesLabels::default(),
             include: Patterns::default(),
             exclude: Patterns::default(),
         }
@@ -195,6 +201,10 @@ impl Config {
         }
         c.node_only = raw.node_only.unwrap_or(true);
         c.threadpool = raw.threadpool.unwrap_or(true);
+        if let Some(names) = raw.series_labels {
+            c.series_labels =
+                SeriesLabels::parse(&names).map_err(|m| invalid("series_labels", m))?;
+        }
         c.include = Patterns {
             executables: patterns(path, "match.executables", &raw.include.executables)?,
             cmdline: patterns(path, "match.cmdline", &raw.include.cmdline)?,
@@ -272,6 +282,10 @@ mod tests {
         assert!(Config::parse(Path::new("x"), "treshold = \"1s\"").is_err());
         let e = Config::parse(Path::new("x"), "[match]\ncmdline = [\"(\"]").unwrap_err();
         assert!(e.to_string().contains("match.cmdline"), "{e}");
+        let e = Config::parse(Path::new("x"), "series_labels = [\"uid\"]").unwrap_err();
+        assert!(e.to_string().contains("series_labels"), "{e}");
+        let c = Config::parse(Path::new("x"), "series_labels = [\"pid\"]").unwrap();
+        assert!(c.series_labels.pid && !c.series_labels.tid);
         let e = Config::parse(Path::new("x"), "node_only = false").unwrap_err();
         assert!(e.to_string().contains("node_only"), "{e}");
     }

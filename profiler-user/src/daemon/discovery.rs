@@ -3,10 +3,16 @@
 //! A process is watched when it looks like Node (unless `node_only = false`),
 //! every non-empty `[match]` list has a pattern matching it, and no
 //! `[exclude]` pattern does.
-use std::fs;
+use std::{fs, path::Path};
 
 use super::config::{Config, Patterns};
-use crate::{metrics::ProcessLabels, target::Target};
+use crate::{
+    metrics::{
+        identity::{ContainerIdentity, KUBERNETES_LOG_LINKS},
+        ProcessLabels,
+    },
+    target::Target,
+};
 
 /// What /proc says about a process, read once when it is considered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,8 +24,9 @@ pub struct Identity {
     pub cmdline: String,
     /// The cgroup v2 path (`0::…` line), or the first hierarchy's on v1.
     pub cgroup: String,
-    /// Docker/containerd/CRI-O/podman id (first 12 hex digits) found in the cgroup path.
-    pub container_id: Option<String>,
+    /// Container id found in the cgroup path; Kubernetes pod, namespace and
+    /// container name where the kubelet's log links are visible.
+    pub container: ContainerIdentity,
 }
 
 impl Identity {
@@ -45,17 +52,14 @@ impl Identity {
             comm: comm.trim().to_string(),
             exe,
             cmdline,
-            container_id: container_id(&cgroup),
+            container: ContainerIdentity::of_cgroup(&cgroup, Path::new(KUBERNETES_LOG_LINKS)),
             cgroup,
         })
     }
 
-    /// The `container` label: the container id when there is one, else the
-    /// cgroup path (a systemd unit, a session), which still says whose it is.
+    /// The `container` label (see `ContainerIdentity::label`).
     pub fn container_label(&self) -> String {
-        self.container_id
-            .clone()
-            .unwrap_or_else(|| self.cgroup.clone())
+        self.container.label(&self.cgroup)
     }
 
     pub fn labels(&self) -> ProcessLabels {
@@ -64,6 +68,9 @@ impl Identity {
             comm: self.comm.clone(),
             exe: self.exe.clone(),
             container: self.container_label(),
+            container_id: self.container.id.clone().unwrap_or_default(),
+            pod: self.container.pod.clone(),
+            namespace: self.container.namespace.clone(),
         }
     }
 }
@@ -76,34 +83,15 @@ fn cgroup_path(text: &str) -> String {
         .to_string()
 }
 
-/// The last run of 64 hex digits in the path: how docker (`docker-ID.scope`,
-/// `/docker/ID`), containerd (`cri-containerd-ID.scope`), CRI-O (`crio-ID`)
-/// and podman (`libpod-ID.scope`) name a container's cgroup.
-pub fn container_id(cgroup: &str) -> Option<String> {
-    let bytes = cgroup.as_bytes();
-    let mut found = None;
-    let mut run = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if b.is_ascii_hexdigit() && !b.is_ascii_uppercase() {
-            run += 1;
-            let ends = bytes.get(i + 1).is_none_or(|n| !n.is_ascii_hexdigit());
-            if run == 64 && ends {
-                found = Some(cgroup[i + 1 - 64..i + 1 - 52].to_string());
-            }
-        } else {
-            run = 0;
-        }
-    }
-    found
-}
-
 fn any(patterns: &[regex::Regex], value: &str) -> bool {
     patterns.iter().any(|p| p.is_match(value))
 }
 
 fn matches(p: &Patterns, id: &Identity, empty_means: bool) -> [bool; 3] {
     let container = |v: &[regex::Regex]| {
-        any(v, &id.cgroup) || id.container_id.as_deref().is_some_and(|c| any(v, c))
+        any(v, &id.cgroup)
+            || id.container.id.as_deref().is_some_and(|c| any(v, c))
+            || (!id.container.name.is_empty() && any(v, &id.container.name))
     };
     let one = |v: &[regex::Regex], hit: bool| if v.is_empty() { empty_means } else { hit };
     [
@@ -156,24 +144,11 @@ pub fn all_pids() -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     const ID: &str = "4f3c2b1a00112233445566778899aabbccddeeff00112233445566778899aabb";
 
     #[test]
-    fn container_ids_from_common_runtimes() {
-        for path in [
-            format!("/system.slice/docker-{ID}.scope"),
-            format!("/kubepods/burstable/pod1234/cri-containerd-{ID}.scope"),
-            format!("/docker/{ID}"),
-            format!("/machine.slice/libpod-{ID}.scope/container"),
-        ] {
-            assert_eq!(container_id(&path).as_deref(), Some(&ID[..12]), "{path}");
-        }
-        assert_eq!(
-            container_id("/user.slice/user-1000.slice/session-2.scope"),
-            None
-        );
+    fn cgroup_v2_path() {
         assert_eq!(
             cgroup_path("0::/system.slice/app.service\n"),
             "/system.slice/app.service"
@@ -187,7 +162,10 @@ mod tests {
             exe: "/usr/bin/node".into(),
             cmdline: "node /srv/api/server.js".into(),
             cgroup: format!("/system.slice/docker-{ID}.scope"),
-            container_id: Some(ID[..12].into()),
+            container: ContainerIdentity {
+                id: Some(ID.into()),
+                ..Default::default()
+            },
             ..Identity::default()
         };
         let parse = |t: &str| Config::parse(Path::new("x"), t).unwrap();

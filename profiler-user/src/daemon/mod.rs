@@ -86,6 +86,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     privileges::check()?;
     let store = Store::open(&config.state_dir, config.retention)?;
     let metrics = Metrics::default();
+    metrics.set_series_labels(config.series_labels);
     let bound = http::serve(config.metrics_address, metrics.clone())?;
     let symbolizer = Symbolizer::start()?;
     let (probes, ring) =
@@ -193,7 +194,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// SIGHUP: re-read the file. Threshold, matching and retention apply at once;
+/// SIGHUP: re-read the file. Threshold, matching, series labels and retention apply at once;
 /// frequency, state directory and metrics address need a restart (the perf
 /// events, store and listener are set up once).
 fn reload(st: &mut State, settings: &Settings) {
@@ -229,6 +230,7 @@ fn reload(st: &mut State, settings: &Settings) {
         pool.set_threshold(new.threshold.as_nanos() as u64);
     }
     let _ = st.sink.send(SinkMsg::Retention(new.retention));
+    st.metrics.set_series_labels(new.series_labels);
     st.config = new;
     let unselected: Vec<u32> = st
         .watched

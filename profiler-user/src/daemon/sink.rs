@@ -84,7 +84,9 @@ impl Sink {
             ("start_unix_ms", json!(wall_ms)),
             ("comm", json!(id.comm)),
             ("exe", json!(id.exe)),
-            ("container", json!(id.container_id)),
+            ("container", json!(id.container.id)),
+            ("pod", json!(id.container.pod)),
+            ("namespace", json!(id.container.namespace)),
             ("cgroup", json!(id.cgroup)),
         ] {
             record[k] = v;
@@ -129,6 +131,13 @@ impl Sink {
             log::warn!("pid {pid}: symbolization failed: {err}");
         }
         let role = report.role;
+        // Counted whether or not the store takes it: it happened.
+        self.metrics.episode(
+            &id.labels(),
+            role,
+            report.episode.tid,
+            report.breakdown.verdict,
+        );
         let file_id = folded::file_name(&report)
             .trim_end_matches(".folded")
             .to_string();

@@ -334,16 +334,35 @@ impl State {
 
     /// Copies the kernel's per-loop statistics into the metrics snapshot.
     pub fn refresh_metrics(&self) {
+        let now = monotonic_ns();
         for &pid in self.watched.keys() {
+            // The open iteration of each thread's outermost loop: how long the
+            // loop has been busy right now (a stall still going on).
+            let open: HashMap<u32, u64> = self
+                .probes
+                .thread_loops(pid)
+                .into_iter()
+                .filter_map(|(tid, t)| {
+                    let s = t.slots.get(t.primary as usize)?;
+                    (s.in_poll == 0 && s.last_exit_ns != 0).then(|| {
+                        let start = s.last_exit_ns.saturating_sub(s.accum_busy_ns);
+                        (tid, now.saturating_sub(start))
+                    })
+                })
+                .collect();
             let loops = self
                 .probes
                 .active_loops(pid)
                 .into_iter()
-                .map(|(tid, role, stats)| LoopSeries { tid, role, stats })
+                .map(|(tid, role, stats)| LoopSeries {
+                    tid,
+                    role,
+                    stats,
+                    open_busy_ns: open.get(&tid).copied().unwrap_or(0),
+                })
                 .collect();
             self.metrics.set_loops(pid, loops);
         }
-        let now = monotonic_ns();
         let mut workers = self.probes.all_pool_workers();
         for (&pid, m) in &self.pools {
             let workers = workers.remove(&pid).unwrap_or_default();

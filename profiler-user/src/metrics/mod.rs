@@ -1,24 +1,37 @@
 //! Prometheus metrics of every watched loop. The daemon's main loop copies the
 //! kernel's per-loop statistics into a shared [`Snapshot`] once a second; a
-//! scrape encodes that snapshot (prometheus-client's text encoder), so a scrape
-//! never touches the BPF maps nor waits on the main loop.
+//! scrape encodes that snapshot (prometheus-client's text encoder, see
+//! `encode.rs`), so a scrape never touches the BPF maps nor waits on the main loop.
+//!
+//! A loop series is named by who runs the loop (comm, exe, container, pod,
+//! namespace, thread role), not by pid and tid: a restarted process, or a
+//! recycled worker thread, continues its series instead of starting a new one
+//! (pid and tid are opt-in through `series_labels`). Loops sharing a label set
+//! are summed; when one goes away its last counts are kept ("retired") so the
+//! series' counters never go backwards while it lives on.
+mod agent;
 pub mod buckets;
+mod encode;
 pub mod http;
+pub mod identity;
 
 use std::{
     collections::BTreeMap,
-    fmt,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use profiler_common::LoopStats;
-use prometheus_client::{
-    encoding::{DescriptorEncoder, NoLabelSet},
-    metrics::MetricType,
-    registry::Registry,
+
+use crate::{
+    breakdown::Verdict, probes::KernelCounters, target::ThreadRole, threadpool::PoolSummary,
 };
 
-use crate::{probes::KernelCounters, target::ThreadRole, threadpool::PoolSummary};
+/// A retired label set with no live loop is forgotten after this long: its
+/// process is not coming back soon, and the series should go stale.
+const RETIRED_TTL: Duration = Duration::from_secs(15 * 60);
+/// Retired label sets kept at most (container churn must not grow memory).
+const MAX_RETIRED: usize = 4096;
 
 /// Who a watched process is, as its labels say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,8 +39,36 @@ pub struct ProcessLabels {
     pub pid: u32,
     pub comm: String,
     pub exe: String,
-    /// Container id, else the cgroup path ("" when unknown).
+    /// Kubernetes container name, else the short container id, else the cgroup path.
     pub container: String,
+    /// The full 64-hex container id ("" outside containers).
+    pub container_id: String,
+    /// Kubernetes pod and namespace ("" when not visible).
+    pub pod: String,
+    pub namespace: String,
+}
+
+/// Labels that split series beyond a loop's identity: off by default, since
+/// each restart or recycled thread would start new series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeriesLabels {
+    pub pid: bool,
+    pub tid: bool,
+}
+
+impl SeriesLabels {
+    /// From the config's `series_labels = ["pid", "tid"]`.
+    pub fn parse(names: &[String]) -> Result<SeriesLabels, String> {
+        let mut s = SeriesLabels::default();
+        for n in names {
+            match n.as_str() {
+                "pid" => s.pid = true,
+                "tid" => s.tid = true,
+                other => return Err(format!("unknown label '{other}' (pid or tid)")),
+            }
+        }
+        Ok(s)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -35,13 +76,82 @@ pub struct LoopSeries {
     pub tid: u32,
     pub role: ThreadRole,
     pub stats: LoopStats,
+    /// Busy time so far of the iteration running now (0: the loop is in its poll).
+    pub open_busy_ns: u64,
 }
 
-#[derive(Default, Debug)]
+type Labels = Vec<(&'static str, String)>;
+
+/// Counters of loops that went away, per label set.
+#[derive(Clone, Debug, Default)]
+struct LoopTotals {
+    busy_ns: u64,
+    idle_ns: u64,
+    blocked_ns: u64,
+    runq_ns: u64,
+    buckets: Vec<u64>,
+}
+
+impl LoopTotals {
+    fn add(&mut self, s: &LoopStats) {
+        self.busy_ns += s.busy_ns;
+        self.idle_ns += s.idle_ns;
+        self.blocked_ns += s.blocked_ns;
+        self.runq_ns += s.runq_ns;
+        add_buckets(&mut self.buckets, &s.buckets);
+    }
+}
+
+/// Counters of threadpools that went away, per label set.
+#[derive(Clone, Debug, Default)]
+struct PoolTotals {
+    busy_ns: u64,
+    items: u64,
+    saturations: u64,
+    saturated_ns: u64,
+    waited_items: u64,
+    wait_ns: f64,
+    wait_buckets: Vec<u64>,
+}
+
+impl PoolTotals {
+    fn add(&mut self, p: &PoolSummary) {
+        self.busy_ns += p.busy_ns;
+        self.items += p.items;
+        self.saturations += p.saturations;
+        self.saturated_ns += p.saturated_ns;
+        if p.queue_wait_tracked {
+            self.waited_items += p.waited_items;
+            self.wait_ns += p.queue_wait_mean_ns as f64 * p.waited_items as f64;
+            add_buckets(&mut self.wait_buckets, &p.queue_wait_buckets);
+        }
+    }
+}
+
+fn add_buckets(to: &mut Vec<u64>, from: &[u64]) {
+    if to.len() < from.len() {
+        to.resize(from.len(), 0);
+    }
+    for (t, f) in to.iter_mut().zip(from) {
+        *t += f;
+    }
+}
+
+#[derive(Debug)]
+struct Proc {
+    labels: ProcessLabels,
+    loops: Vec<LoopSeries>,
+    pool: Option<PoolSummary>,
+}
+
+#[derive(Debug)]
 struct Snapshot {
-    processes: BTreeMap<u32, (ProcessLabels, Vec<LoopSeries>)>,
-    /// Threadpool figures of processes with its uprobes attached.
-    pools: BTreeMap<u32, PoolSummary>,
+    series: SeriesLabels,
+    processes: BTreeMap<u32, Proc>,
+    retired_loops: BTreeMap<Labels, (LoopTotals, Instant)>,
+    retired_pools: BTreeMap<Labels, (PoolTotals, Instant)>,
+    /// Episodes by loop label set and verdict, with when the last one came.
+    episodes: BTreeMap<(Labels, &'static str), (u64, Instant)>,
     kernel: KernelCounters,
     episodes_stored: u64,
     processes_watched: u64,
@@ -49,6 +159,123 @@ struct Snapshot {
     connections_refused: u64,
     /// SIGHUPs whose configuration was refused (the running one kept).
     reload_failures: u64,
+    started: Instant,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            series: SeriesLabels::default(),
+            processes: BTreeMap::new(),
+            retired_loops: BTreeMap::new(),
+            retired_pools: BTreeMap::new(),
+            episodes: BTreeMap::new(),
+            kernel: KernelCounters::default(),
+            episodes_stored: 0,
+            processes_watched: 0,
+            connections_refused: 0,
+            reload_failures: 0,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Snapshot {
+    fn loop_labels(&self, p: &ProcessLabels, role: ThreadRole, tid: u32) -> Labels {
+        let mut l = identity_labels(p);
+        l.push(("thread", role.as_str().to_string()));
+        if self.series.pid {
+            l.push(("pid", p.pid.to_string()));
+        }
+        if self.series.tid {
+            l.push(("tid", tid.to_string()));
+        }
+        l
+    }
+
+    fn pool_labels(&self, p: &ProcessLabels) -> Labels {
+        let mut l = identity_labels(p);
+        if self.series.pid {
+            l.push(("pid", p.pid.to_string()));
+        }
+        l
+    }
+
+    fn retire_loop(&mut self, p: &ProcessLabels, l: &LoopSeries, now: Instant) {
+        let key = self.loop_labels(p, l.role, l.tid);
+        let (totals, at) = self.retired_loops.entry(key).or_default_at(now);
+        totals.add(&l.stats);
+        *at = now;
+    }
+
+    fn retire_pool(&mut self, p: &ProcessLabels, pool: &PoolSummary, now: Instant) {
+        let key = self.pool_labels(p);
+        let (totals, at) = self.retired_pools.entry(key).or_default_at(now);
+        totals.add(pool);
+        *at = now;
+    }
+
+    /// Forgets retired label sets no live loop uses that are past their TTL
+    /// (or the oldest, past `MAX_RETIRED`), and their episode counts.
+    fn expire(&mut self, now: Instant) {
+        let mut live_loops = std::collections::BTreeSet::new();
+        let mut live_pools = std::collections::BTreeSet::new();
+        for p in self.processes.values() {
+            for l in &p.loops {
+                live_loops.insert(self.loop_labels(&p.labels, l.role, l.tid));
+            }
+            if p.pool.is_some() {
+                live_pools.insert(self.pool_labels(&p.labels));
+            }
+        }
+        let fresh = |at: &Instant| now.duration_since(*at) < RETIRED_TTL;
+        self.retired_loops
+            .retain(|k, (_, at)| live_loops.contains(k) || fresh(at));
+        self.retired_pools
+            .retain(|k, (_, at)| live_pools.contains(k) || fresh(at));
+        trim_oldest(&mut self.retired_loops, |v| v.1);
+        trim_oldest(&mut self.retired_pools, |v| v.1);
+        let retired = &self.retired_loops;
+        self.episodes.retain(|(k, _), (_, at)| {
+            live_loops.contains(k) || retired.contains_key(k) || fresh(at)
+        });
+        trim_oldest(&mut self.episodes, |v| v.1);
+    }
+}
+
+fn identity_labels(p: &ProcessLabels) -> Labels {
+    vec![
+        ("comm", p.comm.clone()),
+        ("exe", p.exe.clone()),
+        ("container", p.container.clone()),
+        ("pod", p.pod.clone()),
+        ("namespace", p.namespace.clone()),
+    ]
+}
+
+fn trim_oldest<K: Ord + Clone, V>(map: &mut BTreeMap<K, V>, at: impl Fn(&V) -> Instant) {
+    while map.len() > MAX_RETIRED {
+        let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| at(v))
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        map.remove(&oldest);
+    }
+}
+
+trait OrDefaultAt<'a, V> {
+    fn or_default_at(self, now: Instant) -> &'a mut (V, Instant);
+}
+
+impl<'a, K: Ord, V: Default> OrDefaultAt<'a, V>
+    for std::collections::btree_map::Entry<'a, K, (V, Instant)>
+{
+    fn or_default_at(self, now: Instant) -> &'a mut (V, Instant) {
+        self.or_insert_with(|| (V::default(), now))
+    }
 }
 
 /// Cloneable handle: the daemon writes, the HTTP server encodes.
@@ -65,34 +292,61 @@ impl Metrics {
         f(&mut s)
     }
 
+    /// Which optional labels series carry (config `series_labels`). Series
+    /// retired under the previous choice keep their labels until they expire.
+    pub fn set_series_labels(&self, series: SeriesLabels) {
+        self.with(|s| s.series = series);
+    }
+
     pub fn add_process(&self, labels: ProcessLabels) {
         self.with(|s| {
             s.processes_watched += 1;
-            s.processes.insert(labels.pid, (labels, Vec::new()))
+            let pid = labels.pid;
+            let proc = Proc {
+                labels,
+                loops: Vec::new(),
+                pool: None,
+            };
+            if let Some(old) = s.processes.insert(pid, proc) {
+                // A pid watched again without a removal in between: keep its counts.
+                retire_process(s, &old);
+            }
         });
     }
 
+    /// The loops of `pid` now; a loop gone since the last call is retired.
     pub fn set_loops(&self, pid: u32, loops: Vec<LoopSeries>) {
         self.with(|s| {
-            if let Some(p) = s.processes.get_mut(&pid) {
-                p.1 = loops;
+            let Some(mut p) = s.processes.remove(&pid) else {
+                return;
+            };
+            let now = Instant::now();
+            for old in &p.loops {
+                if !loops.iter().any(|l| l.tid == old.tid) {
+                    s.retire_loop(&p.labels, old, now);
+                }
             }
+            p.loops = loops;
+            s.processes.insert(pid, p);
         });
     }
 
     pub fn set_pool(&self, pid: u32, pool: PoolSummary) {
         self.with(|s| {
-            if s.processes.contains_key(&pid) {
-                s.pools.insert(pid, pool);
+            if let Some(p) = s.processes.get_mut(&pid) {
+                p.pool = Some(pool);
             }
         });
     }
 
-    /// Drops every series of `pid` (it exited or is no longer watched).
+    /// Drops the live series of `pid` (it exited or is no longer watched);
+    /// their counts stay in the totals of their label set.
     pub fn remove_process(&self, pid: u32) {
         self.with(|s| {
-            s.pools.remove(&pid);
-            s.processes.remove(&pid)
+            if let Some(p) = s.processes.remove(&pid) {
+                retire_process(s, &p);
+            }
+            s.expire(Instant::now());
         });
     }
 
@@ -112,13 +366,34 @@ impl Metrics {
         self.with(|s| s.reload_failures += 1);
     }
 
+    /// An episode of a loop of the process `p`, with its verdict.
+    pub fn episode(&self, p: &ProcessLabels, role: ThreadRole, tid: u32, verdict: Verdict) {
+        self.with(|s| {
+            // Per-pid series go with their process; one already gone (its
+            // last episodes arrive after it) would leave a series nothing ends.
+            if s.series.pid && !s.processes.contains_key(&p.pid) {
+                return;
+            }
+            let key = (s.loop_labels(p, role, tid), verdict.as_str());
+            let e = s.episodes.entry(key).or_insert((0, Instant::now()));
+            e.0 += 1;
+            e.1 = Instant::now();
+        });
+    }
+
+    /// Series of loops and pools of live processes (one per process and loop).
     pub fn series_count(&self) -> usize {
-        self.with(|s| s.processes.values().map(|p| 1 + p.1.len()).sum::<usize>() + s.pools.len())
+        self.with(|s| {
+            s.processes
+                .values()
+                .map(|p| 1 + p.loops.len() + usize::from(p.pool.is_some()))
+                .sum::<usize>()
+        })
     }
 
     /// The OpenMetrics text of the current snapshot.
     pub fn render(&self) -> String {
-        let mut registry = Registry::default();
+        let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(self.clone()));
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -127,306 +402,30 @@ impl Metrics {
     }
 }
 
-fn loop_labels(p: &ProcessLabels, l: &LoopSeries) -> [(&'static str, String); 5] {
-    [
-        ("pid", p.pid.to_string()),
-        ("tid", l.tid.to_string()),
-        ("comm", p.comm.clone()),
-        ("container", p.container.clone()),
-        ("thread", l.role.as_str().to_string()),
-    ]
+fn retire_process(s: &mut Snapshot, p: &Proc) {
+    // With pid in the labels the series never comes back: drop it now.
+    if s.series.pid {
+        let pid = ("pid", p.labels.pid.to_string());
+        s.episodes.retain(|(labels, _), _| !labels.contains(&pid));
+        return;
+    }
+    let now = Instant::now();
+    for l in &p.loops {
+        s.retire_loop(&p.labels, l, now);
+    }
+    if let Some(pool) = &p.pool {
+        s.retire_pool(&p.labels, pool, now);
+    }
 }
 
 impl prometheus_client::collector::Collector for Metrics {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
-        self.with(|s| encode(s, &mut enc))
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.with(|s| encode::encode(s, &mut enc))
     }
-}
-
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    m.encode_counter::<NoLabelSet, _, u64>(&v, None)
-}
-
-fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
-    let loops = || {
-        s.processes
-            .values()
-            .flat_map(|(p, loops)| loops.iter().map(move |l| (p, l)))
-    };
-    {
-        let help = "Watched process (always 1): who it is";
-        let mut m =
-            enc.encode_descriptor("loopbpf_watched_process", help, None, MetricType::Gauge)?;
-        for (p, _) in s.processes.values() {
-            let labels = [
-                ("pid", p.pid.to_string()),
-                ("comm", p.comm.clone()),
-                ("exe", p.exe.clone()),
-                ("container", p.container.clone()),
-            ];
-            m.encode_family(&labels)?.encode_gauge(&1i64)?;
-        }
-    }
-    {
-        let help = "Busy time of event-loop iterations (poll return to next poll); le mapped conservatively to in-kernel bucket edges";
-        let mut m = enc.encode_descriptor(
-            "loopbpf_loop_busy_seconds",
-            help,
-            None,
-            MetricType::Histogram,
-        )?;
-        for (p, l) in loops() {
-            let buckets = buckets::prometheus_buckets(&l.stats.buckets);
-            let count = l.stats.buckets.iter().sum();
-            let sum = l.stats.busy_ns as f64 / 1e9;
-            m.encode_family(&loop_labels(p, l))?
-                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-        }
-    }
-    {
-        let help = "Time the loop spent waiting in epoll (idle)";
-        let mut m =
-            enc.encode_descriptor("loopbpf_loop_idle_seconds", help, None, MetricType::Counter)?;
-        for (p, l) in loops() {
-            let v = l.stats.idle_ns as f64 / 1e9;
-            m.encode_family(&loop_labels(p, l))?
-                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-        }
-    }
-    {
-        let help =
-            "Busy share of the time the loop was watched (event-loop utilization since watched)";
-        let mut m =
-            enc.encode_descriptor("loopbpf_loop_utilization", help, None, MetricType::Gauge)?;
-        for (p, l) in loops() {
-            let observed = l.stats.busy_ns + l.stats.idle_ns;
-            let u = if observed == 0 {
-                0.0
-            } else {
-                l.stats.busy_ns as f64 / observed as f64
-            };
-            m.encode_family(&loop_labels(p, l))?.encode_gauge(&u)?;
-        }
-    }
-    {
-        let help = "Iterations busy at or above the threshold (episodes)";
-        let mut m =
-            enc.encode_descriptor("loopbpf_loop_episodes", help, None, MetricType::Counter)?;
-        for (p, l) in loops() {
-            m.encode_family(&loop_labels(p, l))?
-                .encode_counter::<NoLabelSet, _, u64>(&l.stats.episodes, None)?;
-        }
-    }
-    encode_pools(s, enc)?;
-    let k = &s.kernel;
-    counter(
-        enc,
-        "loopbpf_samples",
-        "Stack samples the kernel handed over",
-        k.samples_sent,
-    )?;
-    counter(
-        enc,
-        "loopbpf_samples_lost",
-        "Stack samples dropped: ring buffer full",
-        k.samples_lost,
-    )?;
-    counter(
-        enc,
-        "loopbpf_episodes_lost",
-        "Episodes dropped: ring buffer full",
-        k.episodes_lost,
-    )?;
-    {
-        // Every drop by cause, zeros included, so an alert needs no `or vector(0)`.
-        let help = "What the kernel side dropped, by cause (ring buffer or a map full)";
-        let mut m =
-            enc.encode_descriptor("loopbpf_kernel_dropped", help, None, MetricType::Counter)?;
-        for (what, n, _) in k.drops() {
-            m.encode_family(&[("what", what)])?
-                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-        }
-    }
-    counter(
-        enc,
-        "loopbpf_episodes_stored",
-        "Episodes written to the state directory",
-        s.episodes_stored,
-    )?;
-    counter(
-        enc,
-        "loopbpf_processes_watched",
-        "Processes watched since start (exited ones included)",
-        s.processes_watched,
-    )?;
-    counter(
-        enc,
-        "loopbpf_metrics_connections_refused",
-        "Connections to this endpoint closed unanswered: too many were open",
-        s.connections_refused,
-    )?;
-    counter(
-        enc,
-        "loopbpf_config_reload_failures",
-        "Reloads (SIGHUP) whose configuration was refused; the running one was kept",
-        s.reload_failures,
-    )?;
-    let mut m = enc.encode_descriptor(
-        "loopbpf_watched_processes",
-        "Processes watched now",
-        None,
-        MetricType::Gauge,
-    )?;
-    m.encode_gauge(&(s.processes.len() as i64))
-}
-
-fn pool_labels(p: &ProcessLabels) -> [(&'static str, String); 3] {
-    [
-        ("pid", p.pid.to_string()),
-        ("comm", p.comm.clone()),
-        ("container", p.container.clone()),
-    ]
-}
-
-fn encode_pools(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
-    let pools = || {
-        s.pools
-            .iter()
-            .filter_map(|(pid, pool)| Some((&s.processes.get(pid)?.0, pool)))
-    };
-    type Gauge = fn(&PoolSummary) -> f64;
-    let gauges: [(&str, &str, Gauge); 2] = [
-        (
-            "loopbpf_threadpool_size",
-            "Workers in the libuv threadpool (UV_THREADPOOL_SIZE, or seen running)",
-            |p| p.size as f64,
-        ),
-        (
-            "loopbpf_threadpool_utilization",
-            "Busy share of the threadpool over the last second (busy workers / pool size)",
-            |p| p.last_utilization,
-        ),
-    ];
-    for (name, help, value) in gauges {
-        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, pool) in pools() {
-            m.encode_family(&pool_labels(labels))?
-                .encode_gauge(&value(pool))?;
-        }
-    }
-    type Count = fn(&PoolSummary) -> f64;
-    let counters: [(&str, &str, Count); 4] = [
-        (
-            "loopbpf_threadpool_busy_seconds",
-            "Time threadpool workers spent running work items, summed over workers",
-            |p| p.busy_ns as f64 / 1e9,
-        ),
-        (
-            "loopbpf_threadpool_items",
-            "Threadpool work items started (fs, crypto, zlib, dns, addons)",
-            |p| p.items as f64,
-        ),
-        (
-            "loopbpf_threadpool_saturations",
-            "Intervals of at least the threshold with every threadpool worker busy",
-            |p| p.saturations as f64,
-        ),
-        (
-            "loopbpf_threadpool_saturated_seconds",
-            "Time in those intervals",
-            |p| p.saturated_ns as f64 / 1e9,
-        ),
-    ];
-    for (name, help, value) in counters {
-        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, pool) in pools() {
-            m.encode_family(&pool_labels(labels))?
-                .encode_counter::<NoLabelSet, _, u64>(&value(pool), None)?;
-        }
-    }
-    let help = "Time work items waited in the threadpool queue (submit to start); le mapped conservatively to in-kernel bucket edges";
-    let mut m = enc.encode_descriptor(
-        "loopbpf_threadpool_queue_wait_seconds",
-        help,
-        None,
-        MetricType::Histogram,
-    )?;
-    for (labels, pool) in pools().filter(|(_, p)| p.queue_wait_tracked) {
-        let buckets = buckets::prometheus_buckets(&pool.queue_wait_buckets);
-        let sum = (pool.queue_wait_mean_ns as f64 * pool.waited_items as f64) / 1e9;
-        m.encode_family(&pool_labels(labels))?
-            .encode_histogram::<NoLabelSet>(sum, pool.waited_items, &buckets, None)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_kernel_drop_is_a_labelled_counter() {
-        let m = Metrics::default();
-        m.set_kernel(KernelCounters {
-            stats_full: 3,
-            threads_full: 2,
-            ..Default::default()
-        });
-        let text = m.render();
-        assert!(
-            text.contains("loopbpf_kernel_dropped_total{what=\"loop_stats\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("loopbpf_kernel_dropped_total{what=\"threads\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("loopbpf_kernel_dropped_total{what=\"off_cpu\"} 0"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn series_appear_and_disappear_with_their_process() {
-        let m = Metrics::default();
-        let labels = ProcessLabels {
-            pid: 42,
-            comm: "node".into(),
-            exe: "/usr/bin/node".into(),
-            container: "abc123".into(),
-        };
-        m.add_process(labels);
-        let mut stats = LoopStats::ZERO;
-        stats.buckets[profiler_common::histogram::bucket(300_000_000)] = 2;
-        stats.busy_ns = 600_000_000;
-        stats.idle_ns = 600_000_000;
-        stats.episodes = 2;
-        m.set_loops(
-            42,
-            vec![LoopSeries {
-                tid: 42,
-                role: ThreadRole::Main,
-                stats,
-            }],
-        );
-        let text = m.render();
-        let labels = r#"pid="42",tid="42",comm="node",container="abc123",thread="main""#;
-        for line in [
-            format!("loopbpf_loop_busy_seconds_bucket{{le=\"0.25\",{labels}}} 0"),
-            format!("loopbpf_loop_busy_seconds_bucket{{le=\"0.5\",{labels}}} 2"),
-            format!("loopbpf_loop_busy_seconds_bucket{{le=\"+Inf\",{labels}}} 2"),
-            format!("loopbpf_loop_busy_seconds_count{{{labels}}} 2"),
-            format!("loopbpf_loop_episodes_total{{{labels}}} 2"),
-            format!("loopbpf_loop_utilization{{{labels}}} 0.5"),
-            "loopbpf_watched_processes 1".to_string(),
-        ] {
-            assert!(text.contains(&line), "missing {line} in\n{text}");
-        }
-        m.remove_process(42);
-        let text = m.render();
-        assert!(!text.contains("pid=\"42\""), "{text}");
-        assert_eq!(m.series_count(), 0);
-    }
-}
+mod tests;
