@@ -100,6 +100,7 @@ fn prometheus_fires_the_stall_alert_and_the_dashboard_has_data() {
             daemon.process.describe()
         );
     };
+    eprintln!("LoopbpfEventLoopStalled fired {after:?} into the 9 s block");
     assert_eq!(alerts[0]["metric"]["comm"], "node", "{alerts:?}");
     assert!(
         after >= Duration::from_secs(5),
@@ -196,6 +197,12 @@ fn a_restarted_node_process_continues_its_series() {
     std::thread::sleep(Duration::from_secs(3));
     let m = daemon.metrics();
     let series_b = loop_series(&m);
+    eprintln!(
+        "restart: {} loop series before, {} after; main-loop iterations {count_a} -> {:?}",
+        series_a.len(),
+        series_b.len(),
+        main_loop_count(&m)
+    );
     let new: Vec<_> = series_b.difference(&series_a).collect();
     assert!(
         new.is_empty(),

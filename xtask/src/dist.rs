@@ -89,7 +89,7 @@ fn stage(paths: &Paths, bin: &Path, root: &Path) -> Result<()> {
         0o644,
     )?;
     // Man pages and completions from the binary's own clap definition.
-    let assets = root.with_extension("assets");
+    let assets = root.parent().context("no parent")?.join("assets");
     let _ = fs::remove_dir_all(&assets);
     cmd::run(Command::new(bin).arg("__assets").arg(&assets))?;
     for page in ["loopbpf.1", "loopbpf-daemon.1"] {
@@ -243,7 +243,8 @@ pub fn run(paths: &Paths) -> Result<PathBuf> {
     )?;
 
     let name = format!("loopbpf_{VERSION}_amd64");
-    let root = dir.join(&name);
+    // The package tree is staged beside target/dist, which holds only what ships.
+    let root = paths.target.join("dist-stage").join(&name);
     let _ = fs::remove_dir_all(&root);
     stage(paths, &built, &root)?;
 
