@@ -9,6 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use profiler_common::ThreadLoops;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{
@@ -335,12 +336,13 @@ impl State {
     /// Copies the kernel's per-loop statistics into the metrics snapshot.
     pub fn refresh_metrics(&self) {
         let now = monotonic_ns();
+        let mut threads = thread_loops_by_pid(&self.probes);
         for &pid in self.watched.keys() {
             // The open iteration of each thread's outermost loop: how long the
             // loop has been busy right now (a stall still going on).
-            let open: HashMap<u32, u64> = self
-                .probes
-                .thread_loops(pid)
+            let open: HashMap<u32, u64> = threads
+                .remove(&pid)
+                .unwrap_or_default()
                 .into_iter()
                 .filter_map(|(tid, t)| {
                     let s = t.slots.get(t.primary as usize)?;
@@ -370,4 +372,20 @@ impl State {
         }
         self.metrics.set_kernel(self.probes.counters());
     }
+}
+
+/// `Probes::thread_loops` of every process in one walk of the map: the
+/// once-a-second refresh must not walk it once per watched process.
+fn thread_loops_by_pid(probes: &Probes) -> HashMap<u32, Vec<(u32, ThreadLoops)>> {
+    let mut by_pid: HashMap<u32, Vec<(u32, ThreadLoops)>> = HashMap::new();
+    let Some(map) = probes.ebpf.map("THREADS") else {
+        return by_pid;
+    };
+    let Ok(threads) = aya::maps::HashMap::<_, u32, ThreadLoops>::try_from(map) else {
+        return by_pid;
+    };
+    for (tid, t) in threads.iter().filter_map(Result::ok) {
+        by_pid.entry(t.pid).or_default().push((tid, t));
+    }
+    by_pid
 }
