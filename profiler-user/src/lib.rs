@@ -25,3 +25,4 @@ pub mod target;
 pub mod threadpool;
 pub mod threads;
 pub mod unwind;
+pub mod v8;

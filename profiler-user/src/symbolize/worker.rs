@@ -187,8 +187,14 @@ impl Worker {
             }
         }
         for site in still_unknown {
-            let name = unknown_user_frame(process.maps.find(site.lookup), site.captured);
-            frames.insert(site, frame(&name, FrameKind::Unknown));
+            let region = process.maps.find(site.lookup);
+            let name = unknown_user_frame(region, site.captured);
+            let kind = if region.is_some_and(|r| r.is_jit()) {
+                FrameKind::Js
+            } else {
+                FrameKind::Unknown
+            };
+            frames.insert(site, frame(&name, kind));
         }
         frames
     }
