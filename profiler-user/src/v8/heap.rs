@@ -216,7 +216,7 @@ impl<M: Memory + ?Sized> Heap<'_, M> {
             return Ok(None);
         }
         let line_start = if lo == 0 { 0 } else { end_at(lo - 1)? + 1 };
-        let column = pos.checked_sub(line_start).unwrap_or(0);
+        let column = pos.saturating_sub(line_start);
         Ok(Some((lo as u32 + 1, column as u32 + 1)))
     }
 
