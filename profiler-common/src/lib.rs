@@ -21,6 +21,10 @@ pub const IN_POLL_BEFORE_ATTACH: u32 = 2;
 pub const MAX_USER_FRAMES: usize = 127;
 /// Frames kept per kernel stack; deeper kernel stacks are truncated at the leaf side.
 pub const MAX_KERNEL_FRAMES: usize = 64;
+/// Frames (leaf first, along the frame-pointer chain) whose V8 slots a sample
+/// keeps: the function object at fp-16 and the context or frame-type marker
+/// at fp-8, as they were when the sample was taken.
+pub const V8_FRAMES: usize = 32;
 
 /// Size of the `WATCHED_BITMAP`, one bit per tgid: 2^22 is the kernel's
 /// `PID_MAX_LIMIT` on 64-bit, so every tgid has a bit of its own.
@@ -325,6 +329,10 @@ pub struct SampleEvent {
     pub header: SampleHeader,
     pub user_stack: [u64; MAX_USER_FRAMES],
     pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
+    /// Entries of `v8_slots` filled.
+    pub v8_frames: u64,
+    /// Per frame of the frame-pointer chain: the words at fp-16 and fp-8.
+    pub v8_slots: [[u64; 2]; V8_FRAMES],
 }
 
 // No implicit padding anywhere: a hole would be uninitialised bytes on one side.
@@ -349,7 +357,10 @@ const _: () = assert!(core::mem::size_of::<PoolBusyEvent>() == 16 + 3 * 8);
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 24 + 3 * 8);
 const _: () = assert!(
     core::mem::size_of::<SampleEvent>()
-        == core::mem::size_of::<SampleHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
+        == core::mem::size_of::<SampleHeader>()
+            + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
+            + 8
+            + V8_FRAMES * 16
 );
 
 #[cfg(feature = "user")]

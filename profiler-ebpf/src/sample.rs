@@ -77,6 +77,7 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
         );
         (*e).header.user_bytes = user as i32;
         (*e).header.kernel_bytes = kernel as i32;
+        (*e).v8_frames = crate::unwind::copy_v8_slots(&mut (*e).v8_slots) as u64;
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     count(COUNTER_SAMPLES_SENT);

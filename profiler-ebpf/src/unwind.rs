@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
 };
-use profiler_common::MAX_USER_FRAMES;
+use profiler_common::{MAX_USER_FRAMES, V8_FRAMES};
 
 /// Words above %rsp searched for the saved (%rbp, return address) pair, in
 /// chunks that fit the BPF stack. Deep enough for glibc's
@@ -95,6 +95,40 @@ pub fn recover_user_stack(stack: &mut [u64; MAX_USER_FRAMES], frames: usize) -> 
         stack[n] = frame[1];
         n += 1;
         fp = frame[0];
+    }
+    n
+}
+
+/// Copies, for the first `V8_FRAMES` frames of the frame-pointer chain
+/// starting at the thread's %rbp, the words at fp-16 and fp-8: in a V8 frame
+/// its function object and its context (or a frame-type marker). They must
+/// be read now: by the time userspace names the frame the stack has moved
+/// on. Returns the number of frames copied; the chain is followed as the
+/// kernel's own walk does (upward only), so entry i belongs to user frame i.
+#[inline(always)]
+pub fn copy_v8_slots(slots: &mut [[u64; 2]; V8_FRAMES]) -> usize {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if regs.is_null() {
+        return 0;
+    }
+    let mut fp = unsafe { (*regs).rbp };
+    let mut n = 0;
+    // An index loop with a constant bound is what the verifier checks best.
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..V8_FRAMES {
+        if !(16..USER_TOP).contains(&fp) || !fp.is_multiple_of(8) {
+            break;
+        }
+        // fp-16, fp-8, then the saved caller fp at fp.
+        let Some(words) = (unsafe { read_user::<[u64; 3]>(fp - 16) }) else {
+            break;
+        };
+        slots[i] = [words[0], words[1]];
+        n = i + 1;
+        if words[2] <= fp {
+            break;
+        }
+        fp = words[2];
     }
     n
 }

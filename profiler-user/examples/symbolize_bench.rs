@@ -133,6 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     })
                     .collect(),
                 kernel: Vec::new(),
+                v8: Vec::new(),
             })
             .collect()
     };

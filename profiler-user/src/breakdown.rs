@@ -127,6 +127,13 @@ pub fn breakdown(
         .filter(|(f, _)| f.iter().any(|f| is_gc_frame(&f.name)))
         .map(|s| s.1)
         .sum();
+    // JIT code counts even unnamed: with no perf map and no readable V8
+    // frame, a `Date.now()` loop is still JavaScript calling into the vDSO.
+    let js: u64 = stacks
+        .iter()
+        .filter(|(f, _)| f.iter().any(|f| f.kind == FrameKind::Js))
+        .map(|s| s.1)
+        .sum();
     let gc_share = if samples == 0 {
         0.0
     } else {
@@ -155,7 +162,7 @@ pub fn breakdown(
         Verdict::CpuStarved
     } else if gc_ns >= running {
         Verdict::Gc
-    } else if top.is_some_and(|h| h.kind == FrameKind::Js) || top.is_none() {
+    } else if top.is_some_and(|h| h.kind == FrameKind::Js) || top.is_none() || js * 2 > samples {
         Verdict::Javascript
     } else {
         Verdict::Native
@@ -274,6 +281,34 @@ mod tests {
         };
         assert_eq!(
             breakdown(&episode(100, 1, 1), &[], &[], Some(&native)).verdict,
+            Verdict::Native
+        );
+    }
+
+    #[test]
+    fn unnamed_jit_frames_make_a_busy_loop_javascript() {
+        let native = HotFrame {
+            name: "__vdso_gettimeofday".into(),
+            kind: FrameKind::Native,
+            samples: 9,
+            share: 0.9,
+        };
+        let stack = |jit: bool| {
+            let mut frames = vec![Frame::new("uv_run", FrameKind::Native)];
+            if jit {
+                frames.push(Frame::new("[unknown] [anon] 0x7f0000001000", FrameKind::Js));
+            }
+            frames.push(Frame::new("__vdso_gettimeofday", FrameKind::Native));
+            frames
+        };
+        let mostly_jit = [(stack(true), 9), (stack(false), 1)];
+        assert_eq!(
+            breakdown(&episode(100, 1, 1), &mostly_jit, &[], Some(&native)).verdict,
+            Verdict::Javascript
+        );
+        let mostly_native = [(stack(true), 1), (stack(false), 9)];
+        assert_eq!(
+            breakdown(&episode(100, 1, 1), &mostly_native, &[], Some(&native)).verdict,
             Verdict::Native
         );
     }

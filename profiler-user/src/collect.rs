@@ -5,9 +5,9 @@ use std::mem::size_of;
 
 use bytes::Buf;
 use profiler_common::{
-    EpisodeEvent, OffCpuHeader, PoolBusyEvent, ProcessEvent, SampleHeader, EVENT_EPISODE,
-    EVENT_EXEC, EVENT_EXIT, EVENT_OFF_CPU, EVENT_POOL_BUSY, EVENT_POOL_SAMPLE, EVENT_SAMPLE,
-    MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+    EpisodeEvent, OffCpuHeader, PoolBusyEvent, ProcessEvent, SampleEvent, SampleHeader,
+    EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT, EVENT_OFF_CPU, EVENT_POOL_BUSY, EVENT_POOL_SAMPLE,
+    EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, V8_FRAMES,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,6 +29,9 @@ pub struct Sample {
     /// Leaf first; empty when the kernel could not walk the stack.
     pub user: Vec<u64>,
     pub kernel: Vec<u64>,
+    /// Per user frame (leaf first, at most `V8_FRAMES`): the words at fp-16
+    /// and fp-8 when the sample was taken (a V8 frame's function and context).
+    pub v8: Vec<[u64; 2]>,
 }
 
 /// A busy loop thread was off the CPU: asleep, then waiting for a CPU.
@@ -91,7 +94,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
             }))
         }
         kind @ (EVENT_SAMPLE | EVENT_POOL_SAMPLE) => {
-            if len < size_of::<SampleHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8 {
+            if len < size_of::<SampleEvent>() {
                 return Err(DecodeError::Short(len));
             }
             let h = SampleHeader {
@@ -107,6 +110,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
             };
             let user = frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes);
             let kernel = frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes);
+            buf.advance((MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8);
+            let v8 = v8_slots(buf, user.len());
             let sample = Sample {
                 pid: h.pid,
                 tid: h.tid,
@@ -115,6 +120,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 time_ns: h.time_ns,
                 user,
                 kernel,
+                v8,
             };
             Ok(if kind == EVENT_SAMPLE {
                 Record::Sample(sample)
@@ -212,6 +218,12 @@ mod tests {
         for i in 0..MAX_KERNEL_FRAMES {
             b.put_u64_le(0xffff_0000 + i as u64);
         }
+        // Two frames' V8 slots; the rest of the array is stale.
+        b.put_u64_le(2);
+        for i in 0..V8_FRAMES as u64 {
+            b.put_u64_le(0x1000 + i);
+            b.put_u64_le(0x2000 + i);
+        }
         b
     }
 
@@ -226,6 +238,7 @@ mod tests {
         );
         assert_eq!(s.user, vec![1, 2, 3]);
         assert_eq!(s.kernel, vec![0xffff_0000, 0xffff_0001]);
+        assert_eq!(s.v8, vec![[0x1000, 0x2000], [0x1001, 0x2001]]);
     }
 
     #[test]
@@ -234,6 +247,7 @@ mod tests {
             panic!("not a sample")
         };
         assert!(s.kernel.is_empty());
+        assert!(s.v8.is_empty(), "no slots without user frames");
     }
 
     #[test]
@@ -322,4 +336,14 @@ mod tests {
         );
         assert_eq!(decode(&b[..30]), Err(DecodeError::Short(30)));
     }
+}
+
+/// The V8 slots of a sample: as many as the kernel copied, never more than
+/// the user frames they belong to.
+fn v8_slots(mut buf: &[u8], user_frames: usize) -> Vec<[u64; 2]> {
+    let copied = buf.get_u64_le();
+    let n = (copied.min(V8_FRAMES as u64) as usize).min(user_frames);
+    (0..n)
+        .map(|_| [buf.get_u64_le(), buf.get_u64_le()])
+        .collect()
 }

@@ -17,6 +17,19 @@ use crate::collect::{OffCpu, Sample};
 pub struct RawStack {
     pub user: Box<[u64]>,
     pub kernel: Box<[u64]>,
+    /// V8 slots per user frame (function, context or marker), leaf first;
+    /// empty for off-CPU stacks.
+    pub v8: Box<[[u64; 2]]>,
+}
+
+/// A context is told from a frame-type marker by its tag alone; which
+/// context it is does not name the frame, so it is dropped from the key
+/// (else one function with many closures' contexts splits into many stacks).
+fn v8_key(slots: Vec<[u64; 2]>) -> Box<[[u64; 2]]> {
+    slots
+        .into_iter()
+        .map(|[function, context]| [function, if context & 1 == 1 { 1 } else { context }])
+        .collect()
 }
 
 /// A blocked iteration with the samples taken inside it.
@@ -125,6 +138,7 @@ impl EpisodeBuilder {
         let stack = RawStack {
             user: s.user.into(),
             kernel: s.kernel.into(),
+            v8: v8_key(s.v8),
         };
         let kept = w.stacks.len();
         match w.stacks.get_mut(&stack) {
@@ -144,6 +158,7 @@ impl EpisodeBuilder {
         let stack = RawStack {
             user: o.user.into(),
             kernel: o.kernel.into(),
+            v8: Box::new([]),
         };
         let kept = w.off_cpu.len();
         if let Some(t) = w.off_cpu.get_mut(&stack) {
@@ -257,6 +272,7 @@ mod tests {
             time_ns: 2_000,
             user: vec![leaf, 99],
             kernel: vec![],
+            v8: vec![],
         }
     }
 

@@ -24,3 +24,5 @@ pub mod symbolize;
 pub mod target;
 pub mod threadpool;
 pub mod threads;
+pub mod unwind;
+pub mod v8;

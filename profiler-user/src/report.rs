@@ -97,6 +97,7 @@ impl EpisodeReport {
             .map(|s| StackRequest {
                 user: s.user.to_vec(),
                 kernel: s.kernel.to_vec(),
+                v8: s.v8.to_vec(),
             })
             .collect();
         let (named, status) = match symbolizer.symbolize(e.pid, requests).await {

@@ -117,6 +117,7 @@ pub async fn classify_by_stack(pid: u32, threads: &mut [ThreadInfo], symbolizer:
         .map(|&i| StackRequest {
             user: threads[i].stack_words.clone(),
             kernel: Vec::new(),
+            v8: Vec::new(),
         })
         .collect();
     let Ok(named) = symbolizer.symbolize(pid, requests).await else {

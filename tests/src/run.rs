@@ -115,6 +115,12 @@ impl Scenario {
         self
     }
 
+    /// Start Node with no flags at all, as production runs it.
+    pub fn without_node_flags(mut self) -> Self {
+        self.node_flags.clear();
+        self
+    }
+
     /// Start Node without writing `/tmp/perf-<pid>.map`.
     pub fn without_perf_map(mut self) -> Self {
         self.node_flags.retain(|f| f != PERF_MAP_FLAG);

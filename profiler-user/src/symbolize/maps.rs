@@ -9,6 +9,15 @@ pub(super) struct Region {
     offset: u64,
     /// Empty for anonymous memory (where V8's JIT code lives).
     path: String,
+    executable: bool,
+}
+
+impl Region {
+    /// Anonymous executable memory in a Node process is V8's JIT code:
+    /// JavaScript, even when nothing names it.
+    pub(super) fn is_jit(&self) -> bool {
+        self.executable && self.path.is_empty()
+    }
 }
 
 /// The last mappings we could read, kept after the process exits.
@@ -59,7 +68,7 @@ fn parse_maps(text: &str) -> Vec<Region> {
 fn parse_maps_line(line: &str) -> Option<Region> {
     let mut fields = line.splitn(6, ' ');
     let (start, end) = fields.next()?.split_once('-')?;
-    let _perms = fields.next()?;
+    let perms = fields.next()?;
     let offset = fields.next()?;
     let _dev = fields.next()?;
     let _inode = fields.next()?;
@@ -69,6 +78,7 @@ fn parse_maps_line(line: &str) -> Option<Region> {
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
         path: path.to_owned(),
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
     })
 }
 
@@ -100,6 +110,7 @@ mod tests {
     const MAPS: &str = "\
 55d0c0000000-55d0c0001000 r--p 00000000 08:01 123 /usr/bin/node
 7f1200000000-7f1200040000 rwxp 00000000 00:00 0 
+7f1200040000-7f1200050000 rw-p 00000000 00:00 0 
 7f12a0000000-7f12a0100000 r-xp 00028000 08:01 456                        /usr/lib/x86_64-linux-gnu/libc.so.6
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
 7f12b0000000-7f12b0001000 r-xp 00000000 08:01 789 /tmp/odd;name (deleted)
@@ -121,13 +132,16 @@ mod tests {
             "[unknown] /usr/lib/x86_64-linux-gnu/libc.so.6+0x29a2b"
         );
         assert_eq!(frame(0x7f1200000010), "[unknown] [anon] 0x7f1200000010");
+        assert!(maps.find(0x7f1200000010).unwrap().is_jit());
+        assert!(!maps.find(0x7f1200040010).unwrap().is_jit());
+        assert!(!maps.find(0x7f12a0001a2b).unwrap().is_jit());
         assert_eq!(frame(0x7ffd00000008), "[unknown] [stack] 0x7ffd00000008");
         assert_eq!(
             frame(0x7f12b0000004),
             "[unknown] /tmp/odd:name (deleted)+0x4"
         );
         assert_eq!(frame(0x10), "[unknown] 0x10");
-        assert_eq!(frame(0x7f1200040000), "[unknown] 0x7f1200040000");
+        assert_eq!(frame(0x7f1200050000), "[unknown] 0x7f1200050000");
         assert_eq!(
             unknown_kernel_frame(0xffffffff81000000),
             "[unknown] [kernel] 0xffffffff81000000"

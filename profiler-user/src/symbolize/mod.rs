@@ -9,6 +9,7 @@ mod maps;
 mod name_table;
 mod native;
 mod perf_map;
+mod v8_frames;
 mod worker;
 
 use std::path::PathBuf;
@@ -21,6 +22,9 @@ pub use perf_map::{normalize_v8_name, perf_map_path, PerfMap, PerfMapError};
 pub struct StackRequest {
     pub user: Vec<u64>,
     pub kernel: Vec<u64>,
+    /// Per user frame, leaf first (may be shorter than `user`): the words at
+    /// fp-16 and fp-8 taken with the sample, from which V8 frames are named.
+    pub v8: Vec<[u64; 2]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]

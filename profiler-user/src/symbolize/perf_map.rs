@@ -345,13 +345,18 @@ fn js_frame(rest: &str) -> Cow<'_, str> {
 }
 
 /// Tier markers (interpreted, baseline, maglev, turbofan) change across Node
-/// versions and would split one function into several frames.
+/// versions and would split one function into several frames. Node 26 adds
+/// `o` for on-stack replacement (`o*`, `o+`) and `'` after `*` as after `+`.
 fn strip_tier_marker(name: &str) -> &str {
-    if let Some(rest) = name.strip_prefix("+'") {
-        return rest;
-    }
+    let name = match name.strip_prefix('o') {
+        Some(rest) if rest.starts_with(['*', '+']) => rest,
+        _ => name,
+    };
     match name.as_bytes().first() {
-        Some(b'*' | b'~' | b'^' | b'+') => &name[1..],
+        Some(b'*' | b'~' | b'^' | b'+') => {
+            let rest = &name[1..];
+            rest.strip_prefix('\'').unwrap_or(rest)
+        }
         _ => name,
     }
 }

@@ -21,6 +21,7 @@ fn user_stack(user: &[u64]) -> StackRequest {
     StackRequest {
         user: user.to_vec(),
         kernel: Vec::new(),
+        v8: Vec::new(),
     }
 }
 
@@ -149,6 +150,7 @@ fn kernel_frames_follow_user_frames() {
     let stack = StackRequest {
         user: vec![native_addr()],
         kernel: vec![schedule, schedule + 1, 0x1],
+        v8: Vec::new(),
     };
     let symbolized = symbolizer
         .symbolize_blocking(std::process::id(), vec![stack])

@@ -6,6 +6,7 @@ use std::sync::mpsc::Receiver;
 use super::maps::{unknown_kernel_frame, unknown_user_frame, ProcessMaps};
 use super::native::NativeSymbolizer;
 use super::perf_map::{PerfMap, PerfMapError};
+use super::v8_frames::{ProcessV8, V8Binaries};
 use super::{Command, Frame, FrameKind, LocatePerfMap, PerfMapStatus, StackRequest, Symbolized};
 
 /// Past this many cached native names the cache starts over, bounding memory
@@ -17,6 +18,7 @@ pub(super) struct Worker {
     processes: HashMap<u32, ProcessState>,
     native: NativeSymbolizer,
     names: HashMap<CacheKey, String>,
+    v8_binaries: V8Binaries,
 }
 
 /// Kept until `forget`, so stacks of a process that exited meanwhile still
@@ -24,6 +26,8 @@ pub(super) struct Worker {
 struct ProcessState {
     perf_map: PerfMap,
     maps: ProcessMaps,
+    /// Read on the first stack that carries V8 slots.
+    v8: Option<ProcessV8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +73,7 @@ impl Worker {
             processes: HashMap::new(),
             native: NativeSymbolizer::new(),
             names: HashMap::new(),
+            v8_binaries: V8Binaries::default(),
         }
     }
 
@@ -86,6 +91,7 @@ impl Worker {
         let process = self.processes.entry(pid).or_insert_with(|| ProcessState {
             perf_map: PerfMap::new(locate_perf_map(pid)),
             maps: ProcessMaps::new(pid),
+            v8: None,
         });
         let perf_map = refresh_perf_map(&mut process.perf_map);
         // A refresh (no stacks) also re-reads the mappings, so they are known
@@ -99,12 +105,29 @@ impl Worker {
         let user = self.resolve_user(pid, user_sites);
         let kernel = self.resolve_kernel(kernel_sites);
 
+        let mut v8 = None;
+        if stacks.iter().any(|s| !s.v8.is_empty()) {
+            let Self {
+                processes,
+                v8_binaries,
+                ..
+            } = self;
+            if let Some(process) = processes.get_mut(&pid) {
+                let state = process.v8.get_or_insert_with(|| v8_binaries.process(pid));
+                state.refresh(pid);
+                v8 = Some(state);
+            }
+        }
         let stacks = stacks
             .iter()
             .map(|stack| {
                 let user_frames = sites(&stack.user).rev().map(|site| &user[&site]);
                 let kernel_frames = sites(&stack.kernel).rev().map(|site| &kernel[&site]);
-                user_frames.chain(kernel_frames).cloned().collect()
+                let mut frames: Vec<Frame> = user_frames.chain(kernel_frames).cloned().collect();
+                if let Some(state) = v8.as_deref_mut() {
+                    state.name(pid, stack, &mut frames);
+                }
+                frames
             })
             .collect();
         Symbolized { stacks, perf_map }
@@ -187,8 +210,14 @@ impl Worker {
             }
         }
         for site in still_unknown {
-            let name = unknown_user_frame(process.maps.find(site.lookup), site.captured);
-            frames.insert(site, frame(&name, FrameKind::Unknown));
+            let region = process.maps.find(site.lookup);
+            let name = unknown_user_frame(region, site.captured);
+            let kind = if region.is_some_and(|r| r.is_jit()) {
+                FrameKind::Js
+            } else {
+                FrameKind::Unknown
+            };
+            frames.insert(site, frame(&name, kind));
         }
         frames
     }

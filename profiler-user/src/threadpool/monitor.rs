@@ -228,9 +228,11 @@ impl PoolMonitor {
             .filter(|s| s.time_ns >= start_ns && s.time_ns <= end_ns && workers.contains(&s.tid))
         {
             samples += 1;
+            // Threadpool workers run no JavaScript: no V8 frames to name.
             let stack = RawStack {
                 user: s.user.clone().into(),
                 kernel: s.kernel.clone().into(),
+                v8: Box::new([]),
             };
             let kept = stacks.len();
             match stacks.get_mut(&stack) {
@@ -428,6 +430,7 @@ mod tests {
             time_ns: t,
             user: vec![0x1000 + u64::from(tid)],
             kernel: vec![],
+            v8: vec![],
         }
     }
 

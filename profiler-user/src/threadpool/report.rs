@@ -46,6 +46,7 @@ impl PoolReport {
             .map(|(s, _)| StackRequest {
                 user: s.user.to_vec(),
                 kernel: s.kernel.to_vec(),
+                v8: Vec::new(),
             })
             .collect();
         let (named, err) = match symbolizer.symbolize(e.pid, requests).await {
