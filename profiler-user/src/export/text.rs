@@ -114,7 +114,10 @@ fn hottest_and_file(
     }
     match (files, error) {
         ([_, ..], _) => {
-            let shown: Vec<String> = files.iter().map(|p| printable::path(p).to_string()).collect();
+            let shown: Vec<String> = files
+                .iter()
+                .map(|p| printable::path(p).to_string())
+                .collect();
             line.push_str(&format!(" -> {}", shown.join(" ")));
         }
         ([], Some(err)) => line.push_str(&format!(" (stacks not saved: {})", Printable(err))),
