@@ -3,6 +3,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+use crate::export::{FileFormat, DEFAULT_FORMATS};
+
 /// Why was my Node.js event loop blocked? Measures every event-loop iteration of
 /// running Node processes from the kernel (no inspector, flag or restart) and,
 /// for each iteration busy longer than --threshold, prints an episode and
@@ -47,10 +49,16 @@ pub struct Cli {
     #[arg(long, short = 'd', value_parser = parse_run_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 
-    /// Directory for one folded-stacks file per episode, named
-    /// PID-TID-STARTNS.folded so episodes never overwrite each other.
+    /// Directory for the stack files of each episode, named
+    /// PID-TID-STARTNS.EXT so episodes never overwrite each other.
     #[arg(long, short = 'o', default_value = "loopbpf-out", value_name = "DIR")]
     pub output: PathBuf,
+
+    /// Stack files written per episode, comma-separated: folded (flamegraph
+    /// tools), svg (a flamegraph to open in a browser), pprof (.pb.gz, for
+    /// go tool pprof, Parca, Pyroscope).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = DEFAULT_FORMATS, value_name = "LIST")]
+    pub formats: Vec<FileFormat>,
 
     /// One JSON object per line on stdout (types: ready, episode, warning, summary).
     #[arg(long)]
@@ -73,6 +81,46 @@ pub enum Command {
     /// and from the kernel's exec events), serve Prometheus metrics and keep
     /// episodes in a state directory. SIGHUP reloads the config, SIGTERM stops.
     Daemon(DaemonArgs),
+    /// Write one self-contained HTML page of the episodes in a `--pid` output
+    /// directory or the daemon's state directory: a timeline per process and
+    /// thread, the busy-time histogram, each episode's verdict, where the
+    /// time went and its flamegraph, threadpool saturations.
+    Report(ReportArgs),
+    /// List the episodes of an output or state directory in the terminal.
+    Episodes(EpisodesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SelectArgs {
+    /// A `--pid` output directory or the daemon's state directory.
+    #[arg(default_value = "loopbpf-out", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Only episodes that started within this long (e.g. 1h, 30m).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub since: Option<Duration>,
+    /// Only this process's episodes (repeat for several).
+    #[arg(long = "pid", short = 'p', value_name = "PID")]
+    pub pids: Vec<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The HTML file to write.
+    #[arg(
+        long,
+        short = 'o',
+        default_value = "loopbpf-report.html",
+        value_name = "FILE"
+    )]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EpisodesArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `loopbpf __assets DIR` writes the man pages and completions (packaging:
@@ -132,13 +180,19 @@ pub struct DaemonArgs {
     /// Overrides `metrics_address` in the file (e.g. 127.0.0.1:9569).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<SocketAddr>,
+    /// Stack files stored per episode: folded, svg, pprof (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = DEFAULT_FORMATS, value_name = "LIST")]
+    pub formats: Vec<FileFormat>,
 }
 
 const EXAMPLES: &str = "Examples:
   sudo loopbpf --pid 4242                      # report stalls over 50ms until Ctrl-C
   sudo loopbpf -p 4242 -t 200ms -d 10m --json  # JSON lines for 10 minutes
   sudo loopbpf daemon --config /etc/loopbpf/loopbpf.toml  # the always-on service
-  inferno-flamegraph < loopbpf-out/4242-4242-123456789.folded > stall.svg
+  sudo loopbpf -p 4242 --formats folded,svg,pprof  # also a pprof profile per episode
+  loopbpf report /var/lib/loopbpf --since 1h -o stalls.html  # one HTML page to look at
+  loopbpf episodes loopbpf-out                 # the episodes, one line each
+  go tool pprof -top loopbpf-out/4242-4242-123456789.pb.gz
 
 Start node with --perf-basic-prof-only-functions --interpreted-frames-native-stack
 to see JavaScript function names.";
@@ -268,6 +322,7 @@ mod tests {
             "--duration",
             "--output",
             "--json",
+            "--formats",
         ] {
             assert!(help.contains(opt), "--help lacks {opt}");
         }
@@ -301,6 +356,16 @@ mod tests {
             bash.contains("--threshold") && !bash.contains(ASSETS_ARG),
             "{bash}"
         );
+    }
+
+    #[test]
+    fn formats_are_a_comma_separated_choice() {
+        let cli = Cli::try_parse_from(["loopbpf", "-p", "1"]).unwrap();
+        assert_eq!(cli.formats, [FileFormat::Folded, FileFormat::Svg]);
+        let cli = Cli::try_parse_from(["loopbpf", "-p", "1", "--formats", "pprof,svg"]).unwrap();
+        assert_eq!(cli.formats, [FileFormat::Pprof, FileFormat::Svg]);
+        let err = Cli::try_parse_from(["loopbpf", "-p", "1", "--formats", "png"]).unwrap_err();
+        assert!(err.to_string().contains("png"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod collect;
 pub mod daemon;
 pub mod episode;
 pub mod export;
+pub mod html;
 pub mod kernel_btf;
 pub mod loop_stats;
 pub mod metrics;

@@ -2,8 +2,8 @@ use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use profiler_user::{
-    cli::{Cli, Command, DaemonArgs},
-    daemon,
+    cli::{Cli, Command, DaemonArgs, SelectArgs},
+    daemon, html,
     printable::escape,
     run,
 };
@@ -37,6 +37,27 @@ fn main() -> ExitCode {
                 .block_on(daemon::run(daemon_settings(args)))
                 .map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))
         }
+        Some(Command::Report(args)) => {
+            let now = std::time::SystemTime::now();
+            html::write_report(&args.select.dir, &filter(&args.select), &args.output, now)
+                .map(|n| eprintln!("loopbpf: {n} episodes -> {}", args.output.display()))
+                .map_err(Into::into)
+        }
+        Some(Command::Episodes(args)) => {
+            html::read(
+                &args.select.dir,
+                &filter(&args.select),
+                std::time::SystemTime::now(),
+            )
+            .map(|e| {
+                // A closed stdout (`loopbpf episodes | head`) is not an error.
+                use std::io::Write;
+                let _ = std::io::stdout()
+                    .lock()
+                    .write_all(html::table(&e).as_bytes());
+            })
+            .map_err(Into::into)
+        }
         None => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .format(|buf, record| {
@@ -57,6 +78,7 @@ fn main() -> ExitCode {
                 frequency_hz: cli.frequency,
                 duration: cli.duration,
                 output: cli.output,
+                formats: cli.formats,
                 json: cli.json,
                 force: cli.force,
                 threadpool: !cli.no_threadpool,
@@ -103,6 +125,13 @@ fn write_assets(dir: Option<std::ffi::OsString>) -> ExitCode {
     }
 }
 
+fn filter(s: &SelectArgs) -> html::Filter {
+    html::Filter {
+        since: s.since,
+        pids: s.pids.clone(),
+    }
+}
+
 fn daemon_settings(a: DaemonArgs) -> daemon::Settings {
     daemon::Settings {
         config: a.config,
@@ -110,6 +139,7 @@ fn daemon_settings(a: DaemonArgs) -> daemon::Settings {
         frequency_hz: a.frequency,
         state_dir: a.state_dir,
         metrics_address: a.metrics_address,
+        formats: a.formats,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct EpisodeReport {
     pub off_cpu: Vec<OffCpuStack>,
     pub breakdown: Breakdown,
     pub folded_path: Option<PathBuf>,
+    /// Every file written for it (folded, SVG, pprof, as chosen).
+    pub files: Vec<PathBuf>,
     pub folded_error: Option<String>,
 }
 
@@ -74,6 +76,7 @@ impl EpisodeReport {
             off_cpu,
             breakdown,
             folded_path: None,
+            files: Vec::new(),
             folded_error: None,
         }
     }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     episode::Episode,
-    export::{folded, json, text},
+    export::{common::Profile, json, text, write_all, FileFormat, Written},
     probes::SyscallProbes,
     report::{EpisodeReport, ProcessSummary},
     symbolize::{PerfMapStatus, Symbolizer},
@@ -50,6 +50,8 @@ pub struct Reporter {
     pub symbolizer: Symbolizer,
     pub threshold_ns: u64,
     pub frequency_hz: u64,
+    /// The files written per episode.
+    pub formats: Vec<FileFormat>,
     pub clock: text::WallClock,
     perf_map_warned: HashSet<u32>,
     episodes: HashMap<u32, u64>,
@@ -63,8 +65,10 @@ impl Reporter {
         symbolizer: Symbolizer,
         threshold_ns: u64,
         frequency_hz: u64,
+        formats: Vec<FileFormat>,
     ) -> Self {
         Reporter {
+            formats,
             json,
             output_dir,
             symbolizer,
@@ -163,22 +167,22 @@ impl Reporter {
         }
     }
 
-    /// Path of a folded file written, or why not (said once: a full disk
-    /// must not drown the episodes, which are still printed).
-    fn folded_outcome(
+    /// Paths of the files written, the folded one, and why one was not
+    /// (said once: a full disk must not drown the episodes, which are still
+    /// printed).
+    fn files_outcome(
         &mut self,
-        written: Result<std::path::PathBuf, folded::FoldedError>,
-    ) -> (Option<std::path::PathBuf>, Option<String>) {
-        match written {
-            Ok(path) => (Some(path), None),
-            Err(err) => {
-                if !self.write_error_warned {
-                    self.write_error_warned = true;
-                    self.warn(None, &format!("{err}; episodes are still reported here"));
-                }
-                (None, Some(err.to_string()))
+        written: Written,
+    ) -> (Vec<PathBuf>, Option<PathBuf>, Option<String>) {
+        let folded = written.folded();
+        let error = written.error.map(|err| {
+            if !self.write_error_warned {
+                self.write_error_warned = true;
+                self.warn(None, &format!("{err}; episodes are still reported here"));
             }
-        }
+            err.to_string()
+        });
+        (written.paths, folded, error)
     }
 
     async fn pool_saturation(&mut self, e: PoolEpisode) {
@@ -190,13 +194,34 @@ impl Reporter {
             self.warn(Some(pid), &message);
         }
         if !report.stacks.is_empty() {
-            let written = folded::write_pool(&self.output_dir, &report);
-            (report.folded_path, report.folded_error) = self.folded_outcome(written);
+            let profile = Profile::of_pool(&report, self.frequency_hz);
+            let written = write_all(&self.output_dir, &profile, &self.formats);
+            (report.files, report.folded_path, report.folded_error) = self.files_outcome(written);
         }
+        let record = json::pool_saturation(&report);
+        let id = format!(
+            "{}-threadpool-{}",
+            report.episode.pid, report.episode.start_ns
+        );
+        self.index(record.clone(), &id, report.episode.start_ns);
         if self.json {
-            stdout_line(&json::pool_saturation(&report).to_string());
+            stdout_line(&record.to_string());
         } else {
             stdout_line(&text::pool_saturation(&report, &self.clock));
+        }
+    }
+
+    /// Appends the episode's record to `index.jsonl` in the output
+    /// directory, the same lines as the daemon's state directory, so
+    /// `loopbpf report DIR` reads either.
+    fn index(&mut self, mut record: serde_json::Value, id: &str, start_ns: u64) {
+        record["id"] = id.into();
+        record["start_unix_ms"] = (self.clock.unix_ns(start_ns) / 1_000_000).into();
+        if let Err(err) = append_line(&self.output_dir.join("index.jsonl"), &record.to_string()) {
+            if !self.write_error_warned {
+                self.write_error_warned = true;
+                self.warn(None, &format!("{err}; episodes are still reported here"));
+            }
         }
     }
 
@@ -238,16 +263,45 @@ impl Reporter {
             }
         }
         if !report.stacks.is_empty() || !report.off_cpu.is_empty() {
-            let written = folded::write(&self.output_dir, &report, self.frequency_hz);
-            (report.folded_path, report.folded_error) = self.folded_outcome(written);
+            let profile = Profile::of_episode(&report, self.frequency_hz);
+            let written = write_all(&self.output_dir, &profile, &self.formats);
+            (report.files, report.folded_path, report.folded_error) = self.files_outcome(written);
         }
         *self.episodes.entry(report.episode.pid).or_default() += 1;
+        let record = json::episode(&report);
+        let e = &report.episode;
+        let id = format!("{}-{}-{}", e.pid, e.tid, e.start_ns);
+        self.index(record.clone(), &id, e.start_ns);
         if self.json {
-            stdout_line(&json::episode(&report).to_string());
+            stdout_line(&record.to_string());
         } else {
             stdout_line(&text::episode(&report, &self.clock));
         }
     }
+}
+
+/// One whole line per write, so a reader never sees two lines mixed; the
+/// directory and file are checked as every output file is (`secure_fs`).
+fn append_line(
+    path: &std::path::Path,
+    line: &str,
+) -> Result<(), crate::export::common::ExportError> {
+    use crate::{
+        export::common::ExportError,
+        secure_fs::{self, DirPolicy, SecureFsError},
+    };
+    if let Some(dir) = path.parent() {
+        secure_fs::ensure_dir(dir, &DirPolicy::output()).map_err(ExportError::Dir)?;
+    }
+    secure_fs::open_append(path, 0o644)
+        .map_err(ExportError::Write)?
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(|source| {
+            ExportError::Write(SecureFsError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
 }
 
 /// A closed stdout (`loopbpf | head`) must not panic or stop the measurement.

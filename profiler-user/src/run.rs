@@ -50,6 +50,8 @@ pub struct Settings {
     pub frequency_hz: u64,
     pub duration: Option<Duration>,
     pub output: PathBuf,
+    /// Stack files written per episode.
+    pub formats: Vec<crate::export::FileFormat>,
     pub json: bool,
     pub force: bool,
     /// Attach the threadpool uprobes.
@@ -126,6 +128,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         symbolizer.clone(),
         threshold_ns,
         settings.frequency_hz,
+        settings.formats.clone(),
     );
     // Load perf maps now: if the process dies before its first episode is
     // symbolized, /proc/PID/root is gone but the map we read stays cached.

@@ -31,6 +31,8 @@ pub struct Scenario {
     node_binary: Option<PathBuf>,
     /// Environment of loopbpf beyond ours.
     loopbpf_env: Vec<(String, String)>,
+    /// Arguments of loopbpf after ours (e.g. `--formats`).
+    loopbpf_args: Vec<String>,
     /// Run loopbpf where tracefs is not mounted (see `without_tracefs`).
     without_tracefs: Option<Tracefs>,
     /// The `syscall_probes` its ready line must name.
@@ -59,9 +61,16 @@ impl Scenario {
             contained: false,
             node_binary: None,
             loopbpf_env: Vec::new(),
+            loopbpf_args: Vec::new(),
             without_tracefs: None,
             syscall_probes: default_syscall_probes(),
         }
+    }
+
+    /// An argument of loopbpf after the harness's own.
+    pub fn loopbpf_arg(mut self, arg: &str) -> Self {
+        self.loopbpf_args.push(arg.to_string());
+        self
     }
 
     /// Set an environment variable of loopbpf (e.g. `LOOPBPF_SYSCALL_PROBES`).
@@ -236,7 +245,8 @@ impl Scenario {
         cmd.args(["--pid", &pid, "--json", "--duration", &duration])
             .args(["--threshold", &format!("{THRESHOLD_MS}ms")])
             .arg("--output")
-            .arg(output.path());
+            .arg(output.path())
+            .args(&self.loopbpf_args);
         session.loopbpf = Some(Process::spawn("loopbpf", &mut cmd).or_fail(&mut session));
 
         let deadline = Instant::now() + timeout(READY_TIMEOUT);

@@ -8,6 +8,7 @@ mod node;
 mod prometheus;
 mod test;
 mod toolchain;
+mod tools;
 mod vm;
 
 use anyhow::{Context, Result};

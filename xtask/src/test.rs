@@ -18,6 +18,7 @@ pub fn run(paths: &Paths, majors: &[u32], args: &[String]) -> Result<()> {
     let dist = dist::run(paths)?;
     let nodes = node::ensure(&paths.cache, majors)?.env_value();
     crate::prometheus::ensure()?;
+    crate::tools::ensure()?;
     let path = cmd::path_with(&bin_dir)?;
     let cargo_test = || {
         let mut c = Command::new("cargo");

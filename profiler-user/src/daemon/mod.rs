@@ -45,6 +45,8 @@ pub struct Settings {
     pub frequency_hz: Option<u64>,
     pub state_dir: Option<PathBuf>,
     pub metrics_address: Option<SocketAddr>,
+    /// Stack files stored per episode.
+    pub formats: Vec<crate::export::FileFormat>,
 }
 
 impl Settings {
@@ -105,6 +107,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         metrics: metrics.clone(),
         realtime_minus_monotonic_ns: sink::realtime_offset(),
         frequency_hz: config.frequency_hz,
+        formats: settings.formats.clone(),
     };
     let sink = sink::spawn(sink, rx)?;
     let mut st = State {

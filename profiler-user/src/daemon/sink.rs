@@ -1,13 +1,14 @@
 //! The daemon's last stage, on a thread of its own so symbolization and disk
 //! writes (two fsyncs per file) never hold up draining the ring buffer: name
-//! the frames, store the episode (folded + JSON + index line), log one line.
+//! the frames, store the episode (its files as `formats` chose + JSON + index
+//! line), log one line.
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::discovery::Identity;
 use crate::{
     episode::Episode,
-    export::{folded, json, text},
+    export::{common::Profile, json, render_all, text, FileFormat},
     metrics::Metrics,
     report::EpisodeReport,
     store::{Retention, Store},
@@ -34,6 +35,8 @@ pub struct Sink {
     pub realtime_minus_monotonic_ns: i128,
     /// Sampling rate: off-CPU time is written to folded files in samples.
     pub frequency_hz: u64,
+    /// The stack files stored per episode.
+    pub formats: Vec<FileFormat>,
 }
 
 /// Runs `sink` on its own thread until every sender of `rx` is gone and the
@@ -75,6 +78,16 @@ impl Sink {
         }
     }
 
+    /// The chosen files of a profile; a format that fails is logged and
+    /// left out (the record and the other files are still stored).
+    fn render(&self, profile: &Profile) -> Vec<(String, Vec<u8>)> {
+        let (files, error) = render_all(profile, &self.formats);
+        if let Some(err) = error {
+            log::warn!("episode {}: {err}", profile.id);
+        }
+        files
+    }
+
     /// Identity and wall-clock fields every stored record carries.
     fn label(&self, record: &mut serde_json::Value, file_id: &str, start_ns: u64, id: &Identity) {
         let wall_ms =
@@ -99,19 +112,22 @@ impl Sink {
         if let Some(err) = err {
             log::warn!("pid {pid}: symbolization failed: {err}");
         }
-        let file_id = folded::pool_file_name(&report)
-            .trim_end_matches(".folded")
-            .to_string();
+        let profile = Profile::of_pool(&report, self.frequency_hz);
+        let file_id = profile.id.clone();
         let mut record = json::pool_saturation(&report);
         self.label(&mut record, &file_id, report.episode.start_ns, &id);
-        let folded_text = (!report.stacks.is_empty()).then(|| folded::render_pool(&report));
+        let files = if report.stacks.is_empty() {
+            Vec::new()
+        } else {
+            self.render(&profile)
+        };
         let e = &report.episode;
         let work = report
             .top_work
             .as_ref()
             .map(|h| format!("{} ({:.0}%)", h.name, h.share * 100.0))
             .unwrap_or_else(|| "-".into());
-        match self.store.put(&file_id, folded_text.as_deref(), record) {
+        match self.store.put(&file_id, &files, record) {
             Ok((_, json_path)) => {
                 self.metrics.episode_stored();
                 log::info!(
@@ -138,14 +154,16 @@ impl Sink {
             report.episode.tid,
             report.breakdown.verdict,
         );
-        let file_id = folded::file_name(&report)
-            .trim_end_matches(".folded")
-            .to_string();
+        let profile = Profile::of_episode(&report, self.frequency_hz);
+        let file_id = profile.id.clone();
         let mut record = json::episode(&report);
         self.label(&mut record, &file_id, report.episode.start_ns, &id);
-        let folded_text =
-            (report.episode.samples > 0).then(|| folded::render(&report, self.frequency_hz));
-        let stored = self.store.put(&file_id, folded_text.as_deref(), record);
+        let files = if report.episode.samples > 0 {
+            self.render(&profile)
+        } else {
+            Vec::new()
+        };
+        let stored = self.store.put(&file_id, &files, record);
         let e = &report.episode;
         let hottest = report
             .top_frame

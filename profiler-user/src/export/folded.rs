@@ -2,59 +2,43 @@
 //! inferno and speedscope read. One file per episode, written atomically
 //! (temp file, then rename) so a reader or a crash never sees half a file.
 //! The output directory is not followed through a symlink and must be root's
-//! or the sudo user's (see `secure_fs`).
+//! or the sudo user's (see `secure_fs`, used by `common::write_file`).
 use std::path::{Path, PathBuf};
 
-use crate::{
-    report::EpisodeReport,
-    secure_fs::{self, DirPolicy, SecureFsError},
-    symbolize::{Frame, FrameKind},
-    threadpool::report::PoolReport,
-};
+use super::common::{self, ExportError, Format, Profile};
+use crate::{report::EpisodeReport, symbolize::Frame, threadpool::report::PoolReport};
 
-#[derive(Debug, thiserror::Error)]
-pub enum FoldedError {
-    #[error("output directory: {0}")]
-    Dir(#[source] SecureFsError),
-    #[error("folded stacks: {0}")]
-    Write(#[source] SecureFsError),
+pub type FoldedError = ExportError;
+
+pub struct Folded;
+
+impl Format for Folded {
+    const NAME: &'static str = "folded";
+    const EXT: &'static str = "folded";
+    fn render(p: &Profile) -> Result<Vec<u8>, ExportError> {
+        Ok(render_profile(p).into_bytes())
+    }
 }
 
-/// Mode of `--output` files: the operator who ran `sudo loopbpf` reads them.
-const OUTPUT_FILE_MODE: u32 = 0o644;
-
-/// Folded text of an episode. On-CPU stacks count samples; off-CPU stacks are
+/// Folded text of a profile. On-CPU stacks count samples; off-CPU stacks are
 /// converted to samples at the sampling frequency (time × Hz) so widths in a
 /// flamegraph are proportional to time, and end in a marker leaf: `[off-cpu]`
 /// for time asleep, `[runqueue]` for time waiting for a CPU (alone on its line
 /// when the thread was preempted: no stack is taken then). Stacks with no
 /// frames at all are kept as `[no stack]` so counts still add up.
-pub fn render(r: &EpisodeReport, frequency_hz: u64) -> String {
+pub fn render_profile(p: &Profile) -> String {
     let mut out = String::new();
-    for (frames, n) in &r.stacks {
-        line(&mut out, frames, None, *n);
-    }
-    // With sampling off, off-CPU time is written in milliseconds.
-    let per_ns = if frequency_hz == 0 {
-        1e-6
-    } else {
-        frequency_hz as f64 / 1e9
-    };
-    for o in &r.off_cpu {
-        for (marker, ns) in [("[off-cpu]", o.blocked_ns), ("[runqueue]", o.runq_ns)] {
-            let n = (ns as f64 * per_ns).round() as u64;
-            if n > 0 {
-                line(&mut out, &o.frames, Some(marker), n);
-            }
-        }
-    }
-    if r.episode.samples_without_stack > 0 {
-        out.push_str(&format!(
-            "[stack not kept] {}\n",
-            r.episode.samples_without_stack
-        ));
+    for s in &p.stacks {
+        let frames: Vec<Frame> = p.frames(s).map(|f| f.into_owned()).collect();
+        line(&mut out, &frames, s.state.marker(), s.weight);
     }
     out
+}
+
+/// An episode's folded text (with sampling off, off-CPU time is written in
+/// milliseconds).
+pub fn render(r: &EpisodeReport, frequency_hz: u64) -> String {
+    render_profile(&Profile::of_episode(r, frequency_hz))
 }
 
 fn line(out: &mut String, frames: &[Frame], leaf: Option<&str>, n: u64) {
@@ -92,45 +76,26 @@ pub fn file_name(r: &EpisodeReport) -> String {
 }
 
 pub fn write(dir: &Path, r: &EpisodeReport, frequency_hz: u64) -> Result<PathBuf, FoldedError> {
-    write_file(dir, &file_name(r), &render(r, frequency_hz))
+    common::write_file(dir, &file_name(r), render(r, frequency_hz).as_bytes())
 }
 
 /// A threadpool saturation's worker stacks, under a `[threadpool]` root so
 /// they never mix with a loop's in a merged flamegraph.
 pub fn render_pool(r: &PoolReport) -> String {
-    let mut text = String::new();
-    for (frames, n) in &r.stacks {
-        let mut rooted = Vec::with_capacity(frames.len() + 1);
-        rooted.push(Frame::new("[threadpool]", FrameKind::Unknown));
-        rooted.extend(frames.iter().cloned());
-        line(&mut text, &rooted, None, *n);
-    }
-    if r.episode.samples_without_stack > 0 {
-        text.push_str(&format!(
-            "[threadpool];[stack not kept] {}\n",
-            r.episode.samples_without_stack
-        ));
-    }
-    text
+    // The frequency only converts off-CPU time, which pool profiles lack.
+    render_profile(&Profile::of_pool(r, 0))
 }
 
 pub fn pool_file_name(r: &PoolReport) -> String {
     format!("{}-threadpool-{}.folded", r.episode.pid, r.episode.start_ns)
 }
 
-pub fn write_pool(dir: &Path, r: &PoolReport) -> Result<PathBuf, FoldedError> {
-    write_file(dir, &pool_file_name(r), &render_pool(r))
-}
-
-fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf, FoldedError> {
-    secure_fs::ensure_dir(dir, &DirPolicy::output()).map_err(FoldedError::Dir)?;
-    secure_fs::write_new(dir, name, text.as_bytes(), OUTPUT_FILE_MODE).map_err(FoldedError::Write)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{breakdown::OffCpuStack, episode::Episode, target::ThreadRole};
+    use crate::{
+        breakdown::OffCpuStack, episode::Episode, symbolize::FrameKind, target::ThreadRole,
+    };
     use std::fs;
 
     fn report(stacks: Vec<(Vec<Frame>, u64)>, off_cpu: Vec<OffCpuStack>) -> EpisodeReport {

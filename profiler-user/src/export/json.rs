@@ -66,6 +66,7 @@ pub fn episode(r: &EpisodeReport) -> Value {
         "gc_share": (r.breakdown.gc_share * 1000.0).round() / 1000.0,
         "syscall": r.breakdown.syscall,
         "folded": r.folded_path,
+        "files": r.files,
         "folded_error": r.folded_error,
         "ongoing": e.ongoing,
     })
@@ -156,6 +157,7 @@ pub fn pool_saturation(r: &PoolReport) -> Value {
         "top_frame": r.top_frame.as_ref().map(|h| h.name.as_str()),
         "top_frame_share": r.top_frame.as_ref().map(|h| share(h.share)),
         "folded": r.folded_path,
+        "files": r.files,
         "folded_error": r.folded_error,
         "ongoing": e.ongoing,
     })

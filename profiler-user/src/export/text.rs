@@ -26,6 +26,11 @@ impl WallClock {
         }
     }
 
+    /// Nanoseconds since the epoch of a monotonic timestamp.
+    pub fn unix_ns(&self, monotonic_ns: u64) -> i64 {
+        (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).clamp(0, i64::MAX as i128) as i64
+    }
+
     /// `HH:MM:SS.mmm` UTC of a monotonic timestamp.
     pub fn format(&self, monotonic_ns: u64) -> String {
         let real_ms =
@@ -89,12 +94,7 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
         ));
     }
     line.push(')');
-    hottest_and_file(
-        &mut line,
-        r.top_frame.as_ref(),
-        &r.folded_path,
-        &r.folded_error,
-    );
+    hottest_and_file(&mut line, r.top_frame.as_ref(), &r.files, &r.folded_error);
     line
 }
 
@@ -102,7 +102,7 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
 fn hottest_and_file(
     line: &mut String,
     top: Option<&crate::report::HotFrame>,
-    folded: &Option<std::path::PathBuf>,
+    files: &[std::path::PathBuf],
     error: &Option<String>,
 ) {
     if let Some(h) = top {
@@ -112,9 +112,15 @@ fn hottest_and_file(
             h.share * 100.0
         ));
     }
-    match (folded, error) {
-        (Some(p), _) => line.push_str(&format!(" -> {}", printable::path(p))),
-        (None, Some(err)) => line.push_str(&format!(" (stacks not saved: {})", Printable(err))),
+    match (files, error) {
+        ([_, ..], _) => {
+            let shown: Vec<String> = files
+                .iter()
+                .map(|p| printable::path(p).to_string())
+                .collect();
+            line.push_str(&format!(" -> {}", shown.join(" ")));
+        }
+        ([], Some(err)) => line.push_str(&format!(" (stacks not saved: {})", Printable(err))),
         _ => {}
     }
 }
@@ -221,12 +227,7 @@ pub fn pool_saturation(r: &PoolReport, clock: &WallClock) -> String {
             w.share * 100.0
         ));
     }
-    hottest_and_file(
-        &mut line,
-        r.top_frame.as_ref(),
-        &r.folded_path,
-        &r.folded_error,
-    );
+    hottest_and_file(&mut line, r.top_frame.as_ref(), &r.files, &r.folded_error);
     line
 }
 

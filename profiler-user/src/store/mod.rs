@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! STATE/episodes/PID-TID-STARTNS.folded   stacks, for flamegraph tools
+//! STATE/episodes/PID-TID-STARTNS.svg      the flamegraph (as `--formats` chose)
+//! STATE/episodes/PID-TID-STARTNS.pb.gz    the pprof profile (as chosen)
 //! STATE/episodes/PID-TID-STARTNS.json     the episode record
 //! STATE/index.jsonl                       one line per stored episode, oldest first
 //! ```
@@ -42,6 +44,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
 }
+
+/// Extensions of an episode's files (`ID.EXT`).
+const EXTS: [&str; 4] = ["json", "folded", "svg", "pb.gz"];
 
 /// Limits on what the store keeps; the oldest episodes go first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,9 +165,9 @@ impl Store {
                 let _ = fs::remove_file(f.path());
                 continue;
             }
-            let Some(id) = name
-                .strip_suffix(".json")
-                .or_else(|| name.strip_suffix(".folded"))
+            let Some(id) = EXTS
+                .iter()
+                .find_map(|ext| name.strip_suffix(ext).and_then(|n| n.strip_suffix('.')))
             else {
                 continue;
             };
@@ -184,32 +189,30 @@ impl Store {
         self.total_bytes = self.entries.iter().map(|e| e.bytes).sum();
     }
 
-    /// Stores one episode: `id` names its files, `folded` may be absent (an
-    /// episode without samples). Returns the paths written.
+    /// Stores one episode: `id` names its record, `files` are its stack
+    /// files (`ID.folded`, `ID.svg`, … ; none for an episode without
+    /// samples). Returns the paths written.
     pub fn put(
         &mut self,
         id: &str,
-        folded: Option<&str>,
+        files: &[(String, Vec<u8>)],
         mut record: Value,
-    ) -> Result<(Option<PathBuf>, PathBuf), StoreError> {
+    ) -> Result<(Vec<PathBuf>, PathBuf), StoreError> {
         let dir = self.episodes_dir();
         // Cheap (open + fstat), and catches the directory being removed or swapped.
         secure_fs::ensure_dir(&dir, &DirPolicy::private()).map_err(StoreError::Dir)?;
         let mut bytes = 0;
-        let folded_path = match folded {
-            Some(text) => {
-                let p = secure_fs::write_new(
-                    &dir,
-                    &format!("{id}.folded"),
-                    text.as_bytes(),
-                    FILE_MODE,
-                )?;
-                bytes += text.len() as u64;
-                Some(p)
-            }
-            None => None,
-        };
+        let mut paths = Vec::with_capacity(files.len());
+        for (name, content) in files {
+            // Names come from the exporters, never from a watched process.
+            paths.push(secure_fs::write_new(&dir, name, content, FILE_MODE)?);
+            bytes += content.len() as u64;
+        }
+        let folded_path = paths
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "folded"));
         record["folded"] = serde_json::json!(folded_path);
+        record["files"] = serde_json::json!(paths);
         let text = record.to_string();
         let json_path =
             secure_fs::write_new(&dir, &format!("{id}.json"), text.as_bytes(), FILE_MODE)?;
@@ -225,7 +228,7 @@ impl Store {
         });
         self.total_bytes += bytes;
         self.enforce(now)?;
-        Ok((folded_path, json_path))
+        Ok((paths, json_path))
     }
 
     /// Appends `record` as one line; returns its length.
@@ -259,7 +262,7 @@ impl Store {
             let Some(e) = self.entries.pop_front() else {
                 break;
             };
-            for ext in ["folded", "json"] {
+            for ext in EXTS {
                 let _ = fs::remove_file(self.episodes_dir().join(format!("{}.{ext}", e.id)));
             }
             self.total_bytes = self.total_bytes.saturating_sub(e.bytes);

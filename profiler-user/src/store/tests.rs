@@ -20,17 +20,22 @@ fn index_ids(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `ID.folded` with `text`, as the exporters hand files over.
+fn folded(id: &str, text: &str) -> Vec<(String, Vec<u8>)> {
+    vec![(format!("{id}.folded"), text.as_bytes().to_vec())]
+}
+
 #[test]
 fn episodes_get_two_files_and_an_index_line() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), BIG).unwrap();
-    let (folded, json_path) = s
-        .put("1-1-5", Some("a;b 3\n"), json!({"id": "1-1-5"}))
+    let (files, json_path) = s
+        .put("1-1-5", &folded("1-1-5", "a;b 3\n"), json!({"id": "1-1-5"}))
         .unwrap();
-    assert_eq!(fs::read_to_string(folded.unwrap()).unwrap(), "a;b 3\n");
+    assert_eq!(fs::read_to_string(&files[0]).unwrap(), "a;b 3\n");
     let record: Value = serde_json::from_str(&fs::read_to_string(json_path).unwrap()).unwrap();
     assert!(record["folded"].as_str().unwrap().ends_with("1-1-5.folded"));
-    s.put("1-1-6", None, json!({"id": "1-1-6"})).unwrap();
+    s.put("1-1-6", &[], json!({"id": "1-1-6"})).unwrap();
     assert_eq!(index_ids(dir.path()), ["1-1-5", "1-1-6"]);
     // No temp file is left behind.
     let names: Vec<_> = fs::read_dir(dir.path().join("episodes")).unwrap().collect();
@@ -43,20 +48,29 @@ fn size_limit_drops_the_oldest_and_the_index_follows() {
     let mut s = Store::open(dir.path(), BIG).unwrap();
     for i in 0..5 {
         let id = format!("1-1-{i}");
-        s.put(&id, Some(&"x".repeat(100)), json!({ "id": id }))
-            .unwrap();
+        let mut files = folded(&id, &"x".repeat(50));
+        files.push((format!("{id}.svg"), vec![b'<'; 25]));
+        files.push((format!("{id}.pb.gz"), vec![0; 25]));
+        s.put(&id, &files, json!({ "id": id })).unwrap();
     }
     // Entries are the same size: over the limit, the store goes down to 90% of it.
     let each = s.total_bytes() / 5;
-    s.set_retention(Retention {
+    let limit = Retention {
         max_bytes: each * 5 / 2,
         max_age: BIG.max_age,
-    })
-    .unwrap();
+    };
+    s.set_retention(limit).unwrap();
     assert_eq!(s.len(), 2);
     assert_eq!(index_ids(dir.path()), ["1-1-3", "1-1-4"]);
-    assert!(!dir.path().join("episodes/1-1-0.folded").exists());
+    for ext in ["folded", "svg", "pb.gz", "json"] {
+        assert!(!dir.path().join(format!("episodes/1-1-0.{ext}")).exists());
+    }
+    assert!(dir.path().join("episodes/1-1-4.pb.gz").exists());
     assert_eq!(s.total_bytes(), bytes_on_disk(dir.path()));
+    // Reopening counts every file of an episode under its id.
+    drop(s);
+    let s = Store::open(dir.path(), limit).unwrap();
+    assert_eq!(s.len(), 2);
 }
 
 fn bytes_on_disk(dir: &Path) -> u64 {
@@ -74,7 +88,7 @@ fn the_size_limit_counts_the_index() {
     let mut s = Store::open(dir.path(), BIG).unwrap();
     for i in 0..3 {
         let id = format!("1-1-{i}");
-        s.put(&id, None, json!({ "id": id, "pad": "y".repeat(200) }))
+        s.put(&id, &[], json!({ "id": id, "pad": "y".repeat(200) }))
             .unwrap();
     }
     assert_eq!(s.total_bytes(), bytes_on_disk(dir.path()));
@@ -91,7 +105,7 @@ fn retention_does_not_reread_the_kept_records() {
     let mut s = Store::open(dir.path(), BIG).unwrap();
     for i in 0..4 {
         let id = format!("1-1-{i}");
-        s.put(&id, None, json!({ "id": id })).unwrap();
+        s.put(&id, &[], json!({ "id": id })).unwrap();
     }
     // A kept record that would be unreadable if it were read again.
     fs::write(dir.path().join("episodes/1-1-3.json"), "not json").unwrap();
@@ -112,7 +126,7 @@ fn only_root_reads_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let mut s = Store::open(&state, BIG).unwrap();
-    s.put("1-1-1", Some("a 1\n"), json!({"id": "1-1-1"}))
+    s.put("1-1-1", &folded("1-1-1", "a 1\n"), json!({"id": "1-1-1"}))
         .unwrap();
     let mode = |p: &str| fs::metadata(state.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!((mode(""), mode("episodes")), (0o700, 0o700));
@@ -140,7 +154,7 @@ fn a_symlinked_state_directory_is_refused() {
 fn age_limit_and_reopen_rebuild_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), BIG).unwrap();
-    s.put("1-1-1", Some("a 1\n"), json!({"id": "1-1-1"}))
+    s.put("1-1-1", &folded("1-1-1", "a 1\n"), json!({"id": "1-1-1"}))
         .unwrap();
     // A torn last line, as a crash mid-append would leave.
     fs::OpenOptions::new()

@@ -32,6 +32,8 @@ pub struct PoolReport {
     /// dispatch, e.g. `node::crypto::PBKDF2Traits::DeriveBits`.
     pub top_work: Option<HotFrame>,
     pub folded_path: Option<PathBuf>,
+    /// Every file written for it (folded, SVG, pprof, as chosen).
+    pub files: Vec<PathBuf>,
     pub folded_error: Option<String>,
 }
 
@@ -82,6 +84,7 @@ impl PoolReport {
             top_work: hottest_frame(&work),
             stacks,
             folded_path: None,
+            files: Vec::new(),
             folded_error: None,
         }
     }
