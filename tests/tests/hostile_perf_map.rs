@@ -137,12 +137,6 @@ fn daemon_keeps_storing_episodes_past_a_fifo_perf_map() {
         other_record.is_some(),
         daemon.process.describe()
     );
-    let log = daemon.process.describe();
-    assert!(
-        log.contains("fifo"),
-        "the daemon's log does not say the perf map is a fifo:\n{log}"
-    );
-
     let started = Instant::now();
     let status = daemon.terminate(Duration::from_secs(5));
     assert!(
@@ -150,6 +144,12 @@ fn daemon_keeps_storing_episodes_past_a_fifo_perf_map() {
         "SIGTERM: {status:?} after {:?}\n{}",
         started.elapsed(),
         daemon.process.describe()
+    );
+    // Read once it has exited (reading stderr ends the process).
+    let log = daemon.process.stderr().to_owned();
+    assert!(
+        log.contains("perf map") && log.contains("is a fifo"),
+        "the daemon's log does not say the perf map is a fifo:\n{log}"
     );
     let _ = hostile.write_line("exit");
     let _ = other.write_line("exit");
