@@ -130,6 +130,9 @@ struct CacheKey {
     addr: u64,
 }
 
+/// A mapped file: its path in /proc/PID/maps and its (device, inode).
+type MappedFile = (String, (u64, u64));
+
 /// A captured address and the address to name it by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Site {
@@ -256,7 +259,7 @@ impl Worker {
         // remember them: name file-backed addresses from the files
         // themselves, opened inside the process's root and only if they
         // still are the (device, inode) that was mapped.
-        let mut by_file: HashMap<(String, (u64, u64)), Vec<(Site, u64)>> = HashMap::new();
+        let mut by_file: HashMap<MappedFile, Vec<(Site, u64)>> = HashMap::new();
         let mut still_unknown = Vec::new();
         for site in unknown {
             match process.maps.file_offset(site.lookup) {
