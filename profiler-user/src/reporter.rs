@@ -236,6 +236,14 @@ impl Reporter {
     /// Says once per process what it means that its perf map can't be read.
     pub fn perf_map_status(&mut self, pid: u32, status: &PerfMapStatus) {
         let message = match status {
+            PerfMapStatus::Loaded {
+                path,
+                dropped_lines,
+                ..
+            } if *dropped_lines > 0 => format!(
+                "pid {pid}: perf map {}: {dropped_lines} lines dropped over loopbpf's limits (line length, entries or name bytes): some JavaScript frames may be left unnamed",
+                path.display()
+            ),
             PerfMapStatus::Loaded { .. } => return,
             PerfMapStatus::Missing { path } => format!(
                 "pid {pid}: no perf map at {}: JavaScript frames cannot be named until node runs with --perf-basic-prof-only-functions (and --interpreted-frames-native-stack for interpreted functions); native frames are still reported",

@@ -264,14 +264,24 @@ pub fn node_target(major: u32) -> Process {
 
 /// [`node_target`] that sets `process.title` (hence its `comm`) to `title` first.
 pub fn node_target_titled(major: u32, title: Option<&str>) -> Process {
+    spawn_target(major, title, true)
+}
+
+/// [`node_target`], writing its perf map or not.
+pub fn node_target_with(major: u32, perf_map: bool) -> Process {
+    spawn_target(major, None, perf_map)
+}
+
+fn spawn_target(major: u32, title: Option<&str>, perf_map: bool) -> Process {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/daemon_target.js");
     let mut cmd = Command::new(node_for(major));
     if let Some(t) = title {
         cmd.env("DAEMON_TARGET_TITLE", t);
     }
-    cmd.arg(PERF_MAP_FLAG)
-        .arg("--interpreted-frames-native-stack")
-        .arg(script);
+    if perf_map {
+        cmd.arg(PERF_MAP_FLAG);
+    }
+    cmd.arg("--interpreted-frames-native-stack").arg(script);
     let mut p = Process::spawn("daemon_target.js", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
     p.wait_for_line(Instant::now() + Duration::from_secs(10), "ready", |l| {
         l.contains("\"ready\"")

@@ -37,6 +37,9 @@ pub struct Scenario {
     without_tracefs: Option<Tracefs>,
     /// The `syscall_probes` its ready line must name.
     syscall_probes: &'static str,
+    /// Puts something at /tmp/perf-<pid>.map once Node is ready and before
+    /// loopbpf starts (see `perf_map_planted`).
+    plant_perf_map: Option<fn(&Path)>,
 }
 
 /// What loopbpf may do about a missing tracefs.
@@ -64,6 +67,7 @@ impl Scenario {
             loopbpf_args: Vec::new(),
             without_tracefs: None,
             syscall_probes: default_syscall_probes(),
+            plant_perf_map: None,
         }
     }
 
@@ -71,6 +75,14 @@ impl Scenario {
     pub fn loopbpf_arg(mut self, arg: &str) -> Self {
         self.loopbpf_args.push(arg.to_string());
         self
+    }
+
+    /// Node writes no perf map; `plant` puts whatever it likes (a FIFO, a
+    /// symlink, a huge file) at its path before loopbpf starts, as a local
+    /// user could. Removed afterwards.
+    pub fn perf_map_planted(mut self, plant: fn(&Path)) -> Self {
+        self.plant_perf_map = Some(plant);
+        self.without_perf_map()
     }
 
     /// Set an environment variable of loopbpf (e.g. `LOOPBPF_SYSCALL_PROBES`).
@@ -217,6 +229,9 @@ impl Scenario {
         if !self.node_flags.iter().any(|f| f == PERF_MAP_FLAG) {
             // Left by an earlier process with this pid, it would be read as ours.
             let _ = std::fs::remove_file(&perf_map.0);
+        }
+        if let Some(plant) = self.plant_perf_map {
+            plant(&perf_map.0);
         }
 
         let pid = target.to_string();

@@ -1,8 +1,9 @@
-//! loopbpf's build tooling: `cargo xtask <setup|build|run|test|lint|install|dist|bench>`.
+//! loopbpf's build tooling: `cargo xtask <setup|build|run|test|lint|install|dist|fuzz|bench>`.
 
 mod bench;
 mod cmd;
 mod dist;
+mod fuzz;
 mod install;
 mod node;
 mod prometheus;
@@ -81,6 +82,9 @@ enum Cmd {
     /// Benchmarks (not CI; as root): target overhead, agent cost, latency, accuracy,
     /// symbolization; prints a table and writes BENCHMARKS.md.
     Bench(bench::Opts),
+    /// Run each fuzz target (perf-map parser, ring-record decoder) for a
+    /// bounded time; installs cargo-fuzz into the cache.
+    Fuzz(fuzz::Opts),
 }
 
 pub struct Paths {
@@ -124,6 +128,7 @@ fn real_main() -> Result<()> {
         Cmd::Bench(opts) => bench::run(&paths, opts),
         Cmd::VmTest(opts) => vm::run(&paths, opts),
         Cmd::VmGuestBench(opts) => vm::guest_bench::run(opts),
+        Cmd::Fuzz(opts) => fuzz::run(&paths, &opts),
     }
 }
 

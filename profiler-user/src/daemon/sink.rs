@@ -12,7 +12,7 @@ use crate::{
     metrics::Metrics,
     report::EpisodeReport,
     store::{Retention, Store},
-    symbolize::Symbolizer,
+    symbolize::{PerfMapStatus, Symbolizer},
     threadpool::{report::PoolReport, PoolEpisode},
 };
 
@@ -143,8 +143,23 @@ impl Sink {
     async fn episode(&mut self, e: Episode, id: Identity) {
         let pid = e.pid;
         let (report, status) = EpisodeReport::symbolize(e, &self.symbolizer).await;
-        if let Err(err) = status {
-            log::warn!("pid {pid}: symbolization failed: {err}");
+        match status {
+            Err(err) => log::warn!("pid {pid}: symbolization failed: {err}"),
+            // A refused or bounded perf map is worth a line: it may be an
+            // attack (a FIFO, a symlink, a forged or huge file).
+            Ok(PerfMapStatus::Unreadable { path, reason }) => log::warn!(
+                "pid {pid}: perf map {} unreadable ({reason}): JavaScript frames are not named",
+                path.display()
+            ),
+            Ok(PerfMapStatus::Loaded {
+                path,
+                dropped_lines,
+                ..
+            }) if dropped_lines > 0 => log::warn!(
+                "pid {pid}: perf map {}: {dropped_lines} lines dropped over loopbpf's limits",
+                path.display()
+            ),
+            Ok(_) => {}
         }
         let role = report.role;
         // Counted whether or not the store takes it: it happened.

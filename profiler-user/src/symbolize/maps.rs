@@ -1,12 +1,23 @@
 //! `/proc/PID/maps`, read only to say where an address nobody could name lives.
 
+use std::io::Read;
+
 use super::perf_map::sanitize_frame_name;
+
+/// /proc/PID/maps is at most max_map_count (65,530 by default) lines of
+/// about 100 bytes; a process with more mappings than this is named from
+/// the first ones only.
+const MAX_MAPS_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Region {
     start: u64,
     end: u64,
     offset: u64,
+    /// The mapped file's device and inode: a file opened by `path` must be
+    /// this one, not whatever was put at that path since.
+    dev: u64,
+    inode: u64,
     /// Empty for anonymous memory (where V8's JIT code lives).
     path: String,
     executable: bool,
@@ -17,6 +28,16 @@ impl Region {
     /// JavaScript, even when nothing names it.
     pub(super) fn is_jit(&self) -> bool {
         self.executable && self.path.is_empty()
+    }
+}
+
+impl Region {
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub(super) fn identity(&self) -> (u64, u64) {
+        (self.dev, self.inode)
     }
 }
 
@@ -34,13 +55,13 @@ impl ProcessMaps {
         }
     }
 
-    /// The file and file offset behind `addr`, if it is file-backed: enough
-    /// to name it from the file itself once the process is gone.
-    pub(super) fn file_offset(&self, addr: u64) -> Option<(&str, u64)> {
+    /// The mapping and file offset behind `addr`, if it is file-backed:
+    /// enough to name it from the file itself once the process is gone.
+    pub(super) fn file_offset(&self, addr: u64) -> Option<(&Region, u64)> {
         let r = self.find(addr)?;
         r.path
             .starts_with('/')
-            .then(|| (r.path.as_str(), addr - r.start + r.offset))
+            .then(|| (r, addr - r.start + r.offset))
     }
 
     pub(super) fn find(&self, addr: u64) -> Option<&Region> {
@@ -51,8 +72,13 @@ impl ProcessMaps {
 
     /// Keeps the previous mappings if the process is gone.
     pub(super) fn reload(&mut self) {
-        match std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) {
-            Ok(text) => self.regions = parse_maps(&text),
+        let mut text = Vec::new();
+        let read = std::fs::File::open(format!("/proc/{}/maps", self.pid))
+            .and_then(|file| file.take(MAX_MAPS_BYTES).read_to_end(&mut text));
+        match read {
+            // Paths are bytes; a lossy one is only shown, never opened
+            // (it would not match the file's identity).
+            Ok(_) => self.regions = parse_maps(&String::from_utf8_lossy(&text)),
             Err(error) => log::debug!("failed to read /proc/{}/maps: {error}", self.pid),
         }
     }
@@ -70,13 +96,18 @@ fn parse_maps_line(line: &str) -> Option<Region> {
     let (start, end) = fields.next()?.split_once('-')?;
     let perms = fields.next()?;
     let offset = fields.next()?;
-    let _dev = fields.next()?;
-    let _inode = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let inode = fields.next()?;
     let path = fields.next().unwrap_or("").trim_start();
     Some(Region {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: libc::makedev(
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        ),
+        inode: inode.parse().ok()?,
         path: path.to_owned(),
         executable: perms.as_bytes().get(2) == Some(&b'x'),
     })
@@ -156,5 +187,8 @@ mod tests {
         maps.reload();
         let region = maps.find(here).expect("test code is mapped");
         assert!(region.path.starts_with('/'), "{region:?}");
+        let meta = std::fs::metadata(&region.path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(region.identity(), (meta.dev(), meta.ino()));
     }
 }

@@ -9,13 +9,18 @@ mod maps;
 mod name_table;
 mod native;
 mod perf_map;
+mod untrusted;
 mod v8_frames;
 mod worker;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
-pub use perf_map::{normalize_v8_name, perf_map_path, PerfMap, PerfMapError};
+pub use perf_map::{normalize_v8_name, perf_map_path, Limits, PerfMap, PerfMapError};
+pub use untrusted::{start_ticks, UntrustedFileError};
 
 /// One captured stack; addresses leaf-first, as the kernel captured them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,6 +66,9 @@ pub enum PerfMapStatus {
         path: PathBuf,
         entries: usize,
         bad_lines: usize,
+        /// Lines dropped over a limit (line length, entries, name bytes, or
+        /// the total read), so some JS frames may be left unnamed.
+        dropped_lines: usize,
     },
     Missing {
         path: PathBuf,
@@ -84,13 +92,17 @@ pub enum SymbolizeError {
     Spawn(std::io::Error),
     #[error("symbolizer thread has exited")]
     ThreadGone,
+    #[error("symbolizing pid {pid} took over {after:?} (symbolizer restarted)")]
+    TimedOut { pid: u32, after: Duration },
+    #[error("pid {pid} stalled the symbolizer before and is no longer symbolized")]
+    Skipped { pid: u32 },
 }
 
 /// Lets the same worker answer both async and blocking callers.
 type Reply = Box<dyn FnOnce(Symbolized) + Send>;
 
-/// Where a pid's perf map is; injectable so tests can use a temp file.
-type LocatePerfMap = Box<dyn Fn(u32) -> PathBuf + Send>;
+/// The perf map of a pid; injectable so tests can use a temp file.
+type LocatePerfMap = Arc<dyn Fn(u32) -> PerfMap + Send + Sync>;
 
 enum Command {
     Symbolize {
@@ -103,40 +115,92 @@ enum Command {
     },
 }
 
-/// Handle to the symbolizer thread. The thread exits once every clone is dropped.
+/// How long one request may take before the worker is taken to be stuck (a
+/// read from a hung FUSE or NFS file, say) and replaced by a fresh one.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters of what went wrong inside the symbolizer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SymbolizerHealth {
+    /// Workers replaced after a request outran [`REQUEST_TIMEOUT`].
+    pub restarts: u64,
+    /// Requests whose symbolization panicked (answered with addresses).
+    pub panics: u64,
+}
+
+/// Handle to the symbolizer thread. The thread exits once every clone is
+/// dropped; a stuck one is abandoned and replaced.
 #[derive(Clone)]
 pub struct Symbolizer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    locate_perf_map: LocatePerfMap,
+    current: Mutex<Current>,
+    restarts: AtomicU64,
+    panics: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+struct Current {
     commands: mpsc::Sender<Command>,
+    generation: u64,
+    /// Processes a worker got stuck on: not asked again, so one hostile
+    /// process cannot stall every later request by REQUEST_TIMEOUT.
+    stuck: HashSet<u32>,
 }
 
 impl Symbolizer {
     /// Spawns the symbolizer thread.
     pub fn start() -> Result<Self, SymbolizeError> {
-        Self::start_with(Box::new(perf_map_path))
+        Self::start_with(Arc::new(PerfMap::for_pid), REQUEST_TIMEOUT)
     }
 
-    fn start_with(locate_perf_map: LocatePerfMap) -> Result<Self, SymbolizeError> {
-        let (commands, receiver) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("loopbpf-symbolize".to_owned())
-            .spawn(move || worker::Worker::new(locate_perf_map).run(receiver))
-            .map_err(SymbolizeError::Spawn)?;
-        Ok(Self { commands })
+    fn start_with(
+        locate_perf_map: LocatePerfMap,
+        timeout: Duration,
+    ) -> Result<Self, SymbolizeError> {
+        let panics = Arc::new(AtomicU64::new(0));
+        let commands = spawn_worker(locate_perf_map.clone(), panics.clone())?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                locate_perf_map,
+                current: Mutex::new(Current {
+                    commands,
+                    generation: 0,
+                    stuck: HashSet::new(),
+                }),
+                restarts: AtomicU64::new(0),
+                panics,
+                timeout,
+            }),
+        })
+    }
+
+    pub fn health(&self) -> SymbolizerHealth {
+        SymbolizerHealth {
+            restarts: self.shared.restarts.load(Ordering::Relaxed),
+            panics: self.shared.panics.load(Ordering::Relaxed),
+        }
     }
 
     /// Names every frame of `stacks`, captured in process `pid`. Frames that
-    /// cannot be named come back as [`FrameKind::Unknown`]; the only error is
-    /// the symbolizer thread being gone.
+    /// cannot be named come back as [`FrameKind::Unknown`]; errors (the
+    /// worker stuck or gone) leave the caller to keep the addresses.
     pub async fn symbolize(
         &self,
         pid: u32,
         stacks: Vec<StackRequest>,
     ) -> Result<Symbolized, SymbolizeError> {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.request(pid, stacks, move |symbolized| {
+        let generation = self.request(pid, stacks, move |symbolized| {
             let _ = sender.send(symbolized);
         })?;
-        receiver.await.map_err(|_| SymbolizeError::ThreadGone)
+        match tokio::time::timeout(self.shared.timeout, receiver).await {
+            Ok(reply) => reply.map_err(|_| SymbolizeError::ThreadGone),
+            Err(_) => Err(self.stuck(pid, generation)),
+        }
     }
 
     /// [`Self::symbolize`] for callers outside an async runtime.
@@ -146,17 +210,31 @@ impl Symbolizer {
         stacks: Vec<StackRequest>,
     ) -> Result<Symbolized, SymbolizeError> {
         let (sender, receiver) = mpsc::sync_channel(1);
-        self.request(pid, stacks, move |symbolized| {
+        let generation = self.request(pid, stacks, move |symbolized| {
             let _ = sender.send(symbolized);
         })?;
-        receiver.recv().map_err(|_| SymbolizeError::ThreadGone)
+        match receiver.recv_timeout(self.shared.timeout) {
+            Ok(symbolized) => Ok(symbolized),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(self.stuck(pid, generation)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(SymbolizeError::ThreadGone),
+        }
     }
 
     /// Drops what is cached for `pid`; call once the process has exited so a
     /// reused pid starts clean.
     pub fn forget(&self, pid: u32) {
+        let mut current = self.lock();
+        current.stuck.remove(&pid);
         // A dead thread holds no caches, so there is nothing to report.
-        let _ = self.commands.send(Command::Forget { pid });
+        let _ = current.commands.send(Command::Forget { pid });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        // The lock guards a few plain fields, left consistent at every step.
+        self.shared
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn request(
@@ -164,16 +242,64 @@ impl Symbolizer {
         pid: u32,
         stacks: Vec<StackRequest>,
         reply: impl FnOnce(Symbolized) + Send + 'static,
-    ) -> Result<(), SymbolizeError> {
+    ) -> Result<u64, SymbolizeError> {
+        let current = self.lock();
+        if current.stuck.contains(&pid) {
+            return Err(SymbolizeError::Skipped { pid });
+        }
         let command = Command::Symbolize {
             pid,
             stacks,
             reply: Box::new(reply),
         };
-        self.commands
+        current
+            .commands
             .send(command)
-            .map_err(|_| SymbolizeError::ThreadGone)
+            .map_err(|_| SymbolizeError::ThreadGone)?;
+        Ok(current.generation)
     }
+
+    /// A request to worker `generation` timed out: replace that worker (once,
+    /// however many of its requests time out) and stop asking about `pid`.
+    fn stuck(&self, pid: u32, generation: u64) -> SymbolizeError {
+        let mut current = self.lock();
+        current.stuck.insert(pid);
+        if current.generation == generation {
+            match spawn_worker(
+                self.shared.locate_perf_map.clone(),
+                self.shared.panics.clone(),
+            ) {
+                Ok(commands) => {
+                    // The old worker keeps its thread until its read returns,
+                    // then finds its channel closed and exits.
+                    current.commands = commands;
+                    current.generation += 1;
+                    self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "symbolizing pid {pid} took over {:?}: symbolizer restarted; its frames are left as addresses",
+                        self.shared.timeout
+                    );
+                }
+                Err(error) => log::warn!("restarting the stuck symbolizer failed: {error}"),
+            }
+        }
+        SymbolizeError::TimedOut {
+            pid,
+            after: self.shared.timeout,
+        }
+    }
+}
+
+fn spawn_worker(
+    locate_perf_map: LocatePerfMap,
+    panics: Arc<AtomicU64>,
+) -> Result<mpsc::Sender<Command>, SymbolizeError> {
+    let (commands, receiver) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("loopbpf-symbolize".to_owned())
+        .spawn(move || worker::run(locate_perf_map, panics, receiver))
+        .map_err(SymbolizeError::Spawn)?;
+    Ok(commands)
 }
 
 #[cfg(test)]

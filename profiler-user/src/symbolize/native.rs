@@ -28,20 +28,16 @@ impl NativeSymbolizer {
         if addrs.is_empty() {
             return Vec::new();
         }
-        let mut names = self.process_names(pid, addrs, true);
-        // map_files needs CAP_SYS_ADMIN; the paths in /proc/PID/maps work
-        // without it as long as we share the process's mount namespace.
-        let failed: Vec<usize> = (0..addrs.len())
-            .filter(|&i| matches!(names[i], Lookup::Failed))
-            .collect();
-        if !failed.is_empty() {
-            let retry: Vec<u64> = failed.iter().map(|&i| addrs[i]).collect();
-            let retried = self.process_names(pid, &retry, false);
-            for (i, lookup) in failed.into_iter().zip(retried) {
-                names[i] = lookup;
-            }
-        }
-        names.into_iter().map(Lookup::into_name).collect()
+        // Only through /proc/PID/map_files, which are the very files mapped:
+        // blazesym would open the paths in /proc/PID/maps by name, in our
+        // root and blocking, which a process can point at a FIFO or, from a
+        // container, at a host file. Addresses this cannot name (map_files
+        // needs CAP_SYS_ADMIN) are named by the caller from files it opens
+        // safely (see `file_names`).
+        self.process_names(pid, addrs)
+            .into_iter()
+            .map(Lookup::into_name)
+            .collect()
     }
 
     pub(super) fn kernel_names(&self, addrs: &[u64]) -> Vec<Option<String>> {
@@ -61,10 +57,19 @@ impl NativeSymbolizer {
             .collect()
     }
 
-    /// Names by file offset in the ELF file at `path`: for a process that has
-    /// exited, whose mappings we remember.
-    pub(super) fn file_names(&self, path: &str, offsets: &[u64]) -> Vec<Option<String>> {
-        let mut elf = Elf::new(path);
+    /// Names by file offset in `file`, already opened and checked by the
+    /// caller: for a process that has exited, whose mappings we remember,
+    /// or one whose map_files we cannot read. blazesym opens by path, so it
+    /// gets our descriptor's /proc/self/fd link, which reopens that same
+    /// file (no name lookup an attacker could race).
+    pub(super) fn file_names(
+        &self,
+        file: &std::fs::File,
+        path: &str,
+        offsets: &[u64],
+    ) -> Vec<Option<String>> {
+        use std::os::fd::AsRawFd;
+        let mut elf = Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
         elf.debug_syms = false;
         match self
             .blazesym
@@ -91,14 +96,14 @@ impl NativeSymbolizer {
         }
     }
 
-    fn process_names(&self, pid: u32, addrs: &[u64], map_files: bool) -> Vec<Lookup> {
+    fn process_names(&self, pid: u32, addrs: &[u64]) -> Vec<Lookup> {
         let mut process = Process::new(pid.into());
         // Our own incremental PerfMap answers JIT addresses before we get here.
         process.perf_map = false;
         // ELF symbol tables name functions; DWARF of a large node binary is
         // slow to parse and would only add line numbers we do not report.
         process.debug_syms = false;
-        process.map_files = map_files;
+        process.map_files = true;
         self.names(&Source::Process(process), addrs)
     }
 

@@ -4,12 +4,12 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::name_table::NameTable;
+use super::untrusted::{Expect, ProcessIdentity, Root, UntrustedFileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PerfMapError {
@@ -17,24 +17,63 @@ pub enum PerfMapError {
     Missing { path: PathBuf },
     #[error("failed to read perf map {}: {error}", path.display())]
     Read { path: PathBuf, error: io::Error },
+    #[error("perf map {}: {error}", path.display())]
+    Refused {
+        path: PathBuf,
+        error: UntrustedFileError,
+    },
 }
 
-/// Where V8 writes the perf map of `pid`: named by the pid the process sees
-/// (NSpid), in its own /tmp. A node inside a container (another mount
-/// namespace) is reached through its root, /proc/PID/root. One in our own
-/// mount namespace is read at /tmp directly: V8 never deletes the file, so
-/// that path still answers after the process died (killed mid-block), when
-/// /proc/PID is gone.
+/// What one process's perf map may cost us. A hostile map (a sparse
+/// `truncate -s 1T` file, a 1 GiB line, millions of names at one address)
+/// meets these instead of our memory; what they drop is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A V8 line is a few hundred bytes (the name carries the script's
+    /// path); longer ones are dropped, so a file without newlines cannot
+    /// grow memory.
+    pub line_bytes: usize,
+    /// Read per refresh, so one refresh of a huge (or sparse) file takes
+    /// bounded time; the rest is read by the next refreshes.
+    pub read_per_refresh: u64,
+    /// Read over the life of one map: past this the file is no longer read
+    /// (a real map of a long-lived process is a few hundred MiB at most).
+    pub read_total: u64,
+    /// JIT ranges kept (about 30 bytes each in memory).
+    pub entries: usize,
+    /// Bytes of distinct names kept; past it the table is compacted to the
+    /// live names, and lines are dropped if that is not enough.
+    pub name_bytes: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        line_bytes: 64 * 1024,
+        read_per_refresh: 128 * 1024 * 1024,
+        read_total: 1024 * 1024 * 1024,
+        entries: 2_000_000,
+        name_bytes: 128 * 1024 * 1024,
+    };
+}
+
+/// Where V8 writes the perf map of `pid`, as shown to the operator: named by
+/// the pid the process sees (NSpid), in its own /tmp. A node inside a
+/// container (another mount namespace) is reached through its root. The file
+/// itself is always opened inside the process's root (see [`PerfMap::for_pid`]).
 pub fn perf_map_path(pid: u32) -> PathBuf {
-    let ns_pid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| ns_pid_from_status(&status))
-        .unwrap_or(pid);
+    let ns_pid = ns_pid(pid);
     if same_mount_namespace(pid) {
         PathBuf::from(format!("/tmp/perf-{ns_pid}.map"))
     } else {
         PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map"))
     }
+}
+
+fn ns_pid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| ns_pid_from_status(&status))
+        .unwrap_or(pid)
 }
 
 fn same_mount_namespace(pid: u32) -> bool {
@@ -67,40 +106,103 @@ struct FileIdentity {
     ino: u64,
 }
 
+/// How the map file is reached: the path opened inside `root`, the path
+/// shown in messages, and what the opened file must satisfy.
+struct Location {
+    root: Root,
+    open_path: PathBuf,
+    shown_path: PathBuf,
+    expect: Expect,
+}
+
 /// The symbols of one perf map, kept in sync with the file incrementally.
 pub struct PerfMap {
-    path: PathBuf,
+    location: Location,
     symbols: BTreeMap<u64, JitSymbol>,
     names: NameTable,
     file: Option<FileIdentity>,
     read_offset: u64,
     /// Bytes after the last newline: V8 may be midway through writing a line.
     partial_line: Vec<u8>,
+    /// The current line outgrew [`Limits::line_bytes`]: skip to its newline.
+    skipping_line: bool,
+    /// The file is longer than [`Limits::read_total`] and its rest unread.
+    truncated: bool,
     bad_lines: usize,
+    dropped_lines: usize,
     ever_read: bool,
+    limits: Limits,
 }
 
 impl PerfMap {
-    /// A map that reads `path` on the first `refresh`.
+    /// A map at an operator-given `path`: opened without following a final
+    /// symlink and read only if it is a regular file.
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        Self::at(Location {
+            root: Root::Host,
+            open_path: path.clone(),
+            shown_path: path,
+            expect: Expect::default(),
+        })
+    }
+
+    /// The perf map V8 writes for `pid`, opened inside the process's root
+    /// (held open, so it still answers once the process has exited), owned
+    /// by the process's uid or root and written since the process started.
+    pub fn for_pid(pid: u32) -> Self {
+        let shown_path = perf_map_path(pid);
+        let open_path = PathBuf::from(format!("/tmp/perf-{}.map", ns_pid(pid)));
+        let identity = ProcessIdentity::of(pid);
+        let root = match Root::of_process(pid) {
+            Ok(root) => root,
+            // Gone already: /proc/PID/root no longer resolves, nor may the
+            // path be trusted to be this process's.
+            Err(_) => Root::Host,
+        };
+        let expect = Expect {
+            owner: identity.map(|id| id.uid).or(Some(0)),
+            not_before: identity.and_then(|id| id.started_at()),
+            identity: None,
+        };
+        let open_path = match &root {
+            Root::Process(_) => open_path,
+            // Refuses to read anything rather than the host's /tmp.
+            Root::Host => PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{}.map", ns_pid(pid))),
+        };
+        Self::at(Location {
+            root,
+            open_path,
+            shown_path,
+            expect,
+        })
+    }
+
+    fn at(location: Location) -> Self {
         Self {
-            path: path.into(),
+            location,
             symbols: BTreeMap::new(),
             names: NameTable::default(),
             file: None,
             read_offset: 0,
             partial_line: Vec::new(),
+            skipping_line: false,
+            truncated: false,
             bad_lines: 0,
+            dropped_lines: 0,
             ever_read: false,
+            limits: Limits::DEFAULT,
         }
     }
 
-    pub fn for_pid(pid: u32) -> Self {
-        Self::new(perf_map_path(pid))
+    /// The same map under other limits (tests use small ones).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.location.shown_path
     }
 
     pub fn len(&self) -> usize {
@@ -116,17 +218,33 @@ impl PerfMap {
         self.bad_lines
     }
 
+    /// Lines dropped for exceeding a limit (line length, entries, name bytes;
+    /// the unread rest of a file over the read limit counts as one) since the
+    /// file was last read from scratch.
+    pub fn dropped_lines(&self) -> usize {
+        self.dropped_lines
+    }
+
+    /// Whether reading stopped at [`Limits::read_total`].
+    pub fn read_limit_reached(&self) -> bool {
+        self.read_offset >= self.limits.read_total
+    }
+
     /// Whether any refresh succeeded, i.e. whether the symbols are worth
     /// using after the file has gone away with its process.
     pub fn ever_read(&self) -> bool {
         self.ever_read
     }
 
-    /// Reads what was appended since the last refresh. A file that shrank or
-    /// was replaced is read again from the start. On error the symbols read
-    /// so far are kept.
+    /// Reads what was appended since the last refresh, at most
+    /// [`Limits::read_per_refresh`] bytes. A file that shrank or was replaced is
+    /// read again from the start. On error the symbols read so far are kept.
     pub fn refresh(&mut self) -> Result<(), PerfMapError> {
-        let file = File::open(&self.path).map_err(|error| self.open_error(error))?;
+        let location = &self.location;
+        let file = location
+            .root
+            .open(&location.open_path, &location.expect)
+            .map_err(|error| self.open_error(error))?;
         let metadata = file.metadata().map_err(|error| self.read_error(error))?;
         let identity = FileIdentity {
             dev: metadata.dev(),
@@ -137,39 +255,68 @@ impl PerfMap {
             self.file = Some(identity);
         }
         self.ever_read = true;
-        if metadata.len() == self.read_offset {
+        let end = metadata.len().min(self.limits.read_total);
+        if end <= self.read_offset {
+            if metadata.len() > end && !self.truncated {
+                // What lies past the limit is never read: one drop, once.
+                self.truncated = true;
+                self.dropped_lines += 1;
+            }
             return Ok(());
         }
+        let budget = (end - self.read_offset).min(self.limits.read_per_refresh);
 
         let mut reader = BufReader::with_capacity(1 << 16, file);
         reader
             .seek(SeekFrom::Start(self.read_offset))
             .map_err(|error| self.read_error(error))?;
-        let mut line = std::mem::take(&mut self.partial_line);
+        let mut reader = reader.take(budget);
         loop {
-            let accounted = line.len();
-            let read = match reader.read_until(b'\n', &mut line) {
-                Ok(read) => read,
-                Err(error) => {
-                    // What this failed read appended is not in read_offset.
-                    line.truncate(accounted);
-                    self.partial_line = line;
-                    return Err(self.read_error(error));
-                }
+            let chunk = match reader.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(self.read_error(error)),
             };
-            if read == 0 {
+            if chunk.is_empty() {
                 break;
             }
+            let read = chunk.len();
+            self.feed(chunk);
             self.read_offset += read as u64;
-            if line.last() != Some(&b'\n') {
-                break;
-            }
-            line.pop();
-            self.insert_line(&line);
-            line.clear();
+            reader.consume(read);
         }
-        self.partial_line = line;
         Ok(())
+    }
+
+    /// Parses `bytes` as the continuation of what was fed before: complete
+    /// lines are inserted, a trailing partial line waits for the rest.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let newline = memchr::memchr(b'\n', bytes);
+            let (part, rest, complete) = match newline {
+                Some(at) => (&bytes[..at], &bytes[at + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            bytes = rest;
+            if !self.skipping_line {
+                if self.partial_line.len() + part.len() > self.limits.line_bytes {
+                    self.partial_line = Vec::new();
+                    self.skipping_line = true;
+                    self.dropped_lines += 1;
+                } else {
+                    self.partial_line.extend_from_slice(part);
+                }
+            }
+            if complete {
+                if !self.skipping_line {
+                    let line = std::mem::take(&mut self.partial_line);
+                    self.insert_line(&line);
+                    self.partial_line = line;
+                    self.partial_line.clear();
+                }
+                self.skipping_line = false;
+            }
+        }
     }
 
     /// The normalised name of the JIT function containing `addr`.
@@ -182,8 +329,11 @@ impl PerfMap {
         self.symbols.clear();
         self.names = NameTable::default();
         self.read_offset = 0;
-        self.partial_line.clear();
+        self.partial_line = Vec::new();
+        self.skipping_line = false;
+        self.truncated = false;
         self.bad_lines = 0;
+        self.dropped_lines = 0;
     }
 
     fn insert_line(&mut self, line: &[u8]) {
@@ -204,6 +354,19 @@ impl PerfMap {
     /// V8 reuses code space after GC, so a new range replaces every older
     /// range it overlaps: the newest entry is the live code.
     fn insert(&mut self, start: u64, len: u32, raw_name: &str) {
+        let name = normalize(raw_name);
+        let name_bytes = self.limits.name_bytes;
+        if self.names.bytes() + name.len() > name_bytes {
+            // Only when at least half the names are dead, so compacting
+            // stays amortised O(1) per line.
+            if self.names.len() > 2 * self.symbols.len() {
+                self.compact_names();
+            }
+            if self.names.bytes() + name.len() > name_bytes {
+                self.dropped_lines += 1;
+                return;
+            }
+        }
         let end = start + u64::from(len);
         let after_last = match self.symbols.last_key_value() {
             Some((&last, symbol)) => last + u64::from(symbol.len) <= start,
@@ -214,8 +377,23 @@ impl PerfMap {
         if !after_last {
             self.remove_overlapping(start, end);
         }
-        let name = self.names.intern(&normalize(raw_name));
+        if self.symbols.len() >= self.limits.entries {
+            self.dropped_lines += 1;
+            return;
+        }
+        let name = self.names.intern(&name);
         self.symbols.insert(start, JitSymbol { len, name });
+    }
+
+    /// Names of ranges that were since replaced stay in the table; rebuild
+    /// it from the live ranges only (many names at one address otherwise
+    /// grow it without bound).
+    fn compact_names(&mut self) {
+        let mut names = NameTable::default();
+        for symbol in self.symbols.values_mut() {
+            symbol.name = names.intern(self.names.get(symbol.name));
+        }
+        self.names = names;
     }
 
     fn remove_overlapping(&mut self, start: u64, end: u64) {
@@ -229,19 +407,18 @@ impl PerfMap {
         }
     }
 
-    fn open_error(&self, error: io::Error) -> PerfMapError {
-        if error.kind() == io::ErrorKind::NotFound {
-            PerfMapError::Missing {
-                path: self.path.clone(),
-            }
-        } else {
-            self.read_error(error)
+    fn open_error(&self, error: UntrustedFileError) -> PerfMapError {
+        let path = self.location.shown_path.clone();
+        match error {
+            UntrustedFileError::Missing { .. } => PerfMapError::Missing { path },
+            UntrustedFileError::Open { error, .. } => PerfMapError::Read { path, error },
+            error => PerfMapError::Refused { path, error },
         }
     }
 
     fn read_error(&self, error: io::Error) -> PerfMapError {
         PerfMapError::Read {
-            path: self.path.clone(),
+            path: self.location.shown_path.clone(),
             error,
         }
     }

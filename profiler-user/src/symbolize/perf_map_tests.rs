@@ -285,3 +285,169 @@ fn loads_a_million_lines() {
     assert_eq!(map.len(), 1_000_000);
     assert_eq!(map.names.len(), 250_000);
 }
+
+const SMALL: Limits = Limits {
+    line_bytes: 64,
+    read_per_refresh: 256,
+    read_total: 4096,
+    entries: 4,
+    name_bytes: 200,
+};
+
+#[test]
+fn overlong_lines_are_dropped_and_counted() {
+    let mut map = PerfMap::new("/nonexistent").with_limits(SMALL);
+    map.feed(b"1000 10 JS:*a /x.js:1:1\n2000 10 JS:*");
+    // The second line goes on without a newline, fed in pieces.
+    for _ in 0..100 {
+        map.feed(&[b'b'; 50]);
+    }
+    assert!(map.partial_line.capacity() <= 2 * SMALL.line_bytes);
+    map.feed(b" /y.js:1:1\n3000 10 JS:*c /z.js:1:1\n");
+    assert_eq!(map.lookup(0x1000), Some("a /x.js:1:1"));
+    assert_eq!(map.lookup(0x2000), None);
+    assert_eq!(map.lookup(0x3000), Some("c /z.js:1:1"));
+    assert_eq!(map.dropped_lines(), 1);
+    assert_eq!(map.bad_lines(), 0);
+}
+
+#[test]
+fn entries_are_capped() {
+    let mut map = PerfMap::new("/nonexistent").with_limits(SMALL);
+    for i in 0..10u64 {
+        map.feed(format!("{:x} 10 JS:*f{i} /x.js:1:1\n", 0x1000 * (i + 1)).as_bytes());
+    }
+    assert_eq!(map.len(), SMALL.entries);
+    assert_eq!(map.dropped_lines(), 10 - SMALL.entries);
+}
+
+#[test]
+fn many_names_at_one_address_stay_bounded() {
+    let mut map = PerfMap::new("/nonexistent").with_limits(SMALL);
+    for i in 0..10_000u64 {
+        map.feed(format!("1000 10 JS:*name{i} /x.js:1:1\n").as_bytes());
+    }
+    assert_eq!(map.len(), 1);
+    assert!(
+        map.names.bytes() <= SMALL.name_bytes,
+        "{}",
+        map.names.bytes()
+    );
+    assert_eq!(map.lookup(0x1000), Some("name9999 /x.js:1:1"));
+    assert_eq!(map.dropped_lines(), 0);
+}
+
+#[test]
+fn reads_are_bounded_per_refresh_and_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perf-1.map");
+    let text: String = (0..200u64)
+        .map(|i| format!("{:x} 10 JS:*f /x.js:1:1\n", 0x100 * (i + 1)))
+        .collect();
+    fs::write(&path, &text).unwrap();
+    let limits = Limits {
+        entries: 1000,
+        name_bytes: 1 << 20,
+        ..SMALL
+    };
+    let mut map = PerfMap::new(&path).with_limits(limits);
+    map.refresh().unwrap();
+    assert_eq!(map.read_offset, limits.read_per_refresh);
+    while map.read_offset < limits.read_total && map.read_offset < text.len() as u64 {
+        map.refresh().unwrap();
+    }
+    assert!(map.read_limit_reached());
+    map.refresh().unwrap();
+    assert_eq!(map.read_offset, limits.read_total);
+    // The unread rest is reported, once.
+    map.refresh().unwrap();
+    assert_eq!(map.dropped_lines(), 1);
+}
+
+/// Peak RSS a child test process may reach reading the hostile maps below
+/// (its baseline is the test binary, ~10 MiB).
+const RSS_CAP_KIB: i64 = 100 * 1024;
+
+/// Reads the map named by LOOPBPF_HOSTILE_MAP under the default limits, as
+/// loopbpf would, refresh after refresh; run by `huge_maps_stay_under_the_rss_cap`.
+#[test]
+#[ignore]
+fn hostile_map_reader() {
+    let Ok(path) = std::env::var("LOOPBPF_HOSTILE_MAP") else {
+        return;
+    };
+    let mut map = PerfMap::new(&path);
+    while !map.read_limit_reached() && map.read_offset < fs::metadata(&path).unwrap().len() {
+        map.refresh().unwrap();
+    }
+    // One more, as loopbpf keeps refreshing: reads nothing past the limit.
+    map.refresh().unwrap();
+    println!(
+        "entries {} dropped {} read {}",
+        map.len(),
+        map.dropped_lines(),
+        map.read_offset
+    );
+}
+
+/// A 1 TiB sparse map without a newline, and a 1 GiB line followed by a good
+/// one: each read in a child process whose peak RSS is then checked.
+#[test]
+fn huge_maps_stay_under_the_rss_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("perf-sparse.map");
+    fs::File::create(&sparse).unwrap().set_len(1 << 40).unwrap();
+    let long_line = dir.path().join("perf-line.map");
+    {
+        let mut file = fs::File::create(&long_line).unwrap();
+        file.write_all(b"1000 10 JS:*").unwrap();
+        // A hole: a gigabyte (less 4 KiB, to end within the read limit) of
+        // NULs, no newline, costing no disk.
+        file.set_len((1 << 30) - 4096 + 12).unwrap();
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::End(0)).unwrap();
+        file.write_all(b"\n2000 10 JS:*after /x.js:1:1\n").unwrap();
+    }
+    for (path, want) in [
+        // The open line, and the rest past the 1 GiB read limit.
+        (&sparse, "entries 0 dropped 2 read 1073741824"),
+        (&long_line, "entries 1 dropped 1 read 1073737769"),
+    ] {
+        let (stdout, max_rss_kib) = run_reader(path);
+        eprintln!(
+            "{}: peak RSS {max_rss_kib} KiB: {}",
+            path.display(),
+            stdout.trim()
+        );
+        assert!(stdout.contains(want), "{}: {stdout}", path.display());
+        assert!(
+            max_rss_kib < RSS_CAP_KIB,
+            "{}: peak RSS {max_rss_kib} KiB over {RSS_CAP_KIB} KiB",
+            path.display()
+        );
+    }
+}
+
+fn run_reader(map: &Path) -> (String, i64) {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "symbolize::perf_map::tests::hostile_map_reader"])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .env("LOOPBPF_HOSTILE_MAP", map)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut stdout).unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled in by wait4 for this one child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` are valid for writes; `pid` is our child.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{stdout}"
+    );
+    (stdout, usage.ru_maxrss)
+}

@@ -1,4 +1,6 @@
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::*;
 
@@ -14,7 +16,11 @@ fn native_addr() -> u64 {
 /// A symbolizer whose perf map for every pid is `path`.
 fn with_perf_map(path: &Path) -> Symbolizer {
     let path = path.to_path_buf();
-    Symbolizer::start_with(Box::new(move |_pid| path.clone())).unwrap()
+    Symbolizer::start_with(
+        Arc::new(move |_pid| PerfMap::new(path.clone())),
+        REQUEST_TIMEOUT,
+    )
+    .unwrap()
 }
 
 fn user_stack(user: &[u64]) -> StackRequest {
@@ -96,7 +102,8 @@ fn names_jit_frames_from_the_perf_map_root_first() {
         PerfMapStatus::Loaded {
             path: path.clone(),
             entries: 2,
-            bad_lines: 1
+            bad_lines: 1,
+            dropped_lines: 0,
         }
     );
 
@@ -214,6 +221,87 @@ async fn async_callers_share_one_thread() {
     assert_eq!(symbolized.stacks.len(), 2);
     assert_eq!(symbolized.stacks[0][0].kind, FrameKind::Native);
     assert!(symbolized.stacks[1].is_empty());
+}
+
+#[test]
+fn a_fifo_perf_map_does_not_block_the_symbolizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("perf-1.map");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c_fifo` is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let symbolizer = Symbolizer::start_with(
+        Arc::new(move |_pid| PerfMap::new(fifo.clone())),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let symbolized = symbolizer
+        .symbolize_blocking(std::process::id(), vec![user_stack(&[native_addr()])])
+        .expect("answered, not stuck on the fifo");
+    assert_eq!(symbolized.stacks[0][0].kind, FrameKind::Native);
+    match symbolized.perf_map {
+        PerfMapStatus::Unreadable { reason, .. } => assert!(reason.contains("fifo"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(symbolizer.health(), SymbolizerHealth::default());
+}
+
+#[test]
+fn a_panicking_request_is_answered_with_addresses_and_counted() {
+    let symbolizer = Symbolizer::start_with(
+        Arc::new(|pid| {
+            assert_ne!(pid, 1, "simulated symbolizer bug");
+            PerfMap::new("/nonexistent/perf.map")
+        }),
+        REQUEST_TIMEOUT,
+    )
+    .unwrap();
+    let symbolized = symbolizer
+        .symbolize_blocking(1, vec![user_stack(&[0x1234])])
+        .unwrap();
+    assert_eq!(names(&symbolized.stacks[0]), ["[unknown] 0x1234"]);
+    assert_eq!(symbolizer.health().panics, 1);
+    // The worker goes on serving other processes.
+    let symbolized = symbolizer
+        .symbolize_blocking(std::process::id(), vec![user_stack(&[native_addr()])])
+        .unwrap();
+    assert_eq!(symbolized.stacks[0][0].kind, FrameKind::Native);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stuck_worker_is_replaced_and_its_pid_skipped() {
+    let (release, stalled) = std::sync::mpsc::channel::<()>();
+    let stalled = Mutex::new(stalled);
+    let symbolizer = Symbolizer::start_with(
+        Arc::new(move |pid| {
+            if pid == 1 {
+                // A read that never returns (a hung FUSE file, say).
+                let _ = stalled.lock().unwrap().recv();
+            }
+            PerfMap::new("/nonexistent/perf.map")
+        }),
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    let stuck = symbolizer.symbolize(1, vec![user_stack(&[0x1])]).await;
+    assert!(
+        matches!(stuck, Err(SymbolizeError::TimedOut { pid: 1, .. })),
+        "{stuck:?}"
+    );
+    assert_eq!(symbolizer.health().restarts, 1);
+    // The next request goes to a fresh worker, and pid 1 is not asked again.
+    let other = symbolizer
+        .symbolize(std::process::id(), vec![user_stack(&[native_addr()])])
+        .await
+        .unwrap();
+    assert_eq!(other.stacks[0][0].kind, FrameKind::Native);
+    let again = symbolizer.symbolize(1, vec![user_stack(&[0x1])]).await;
+    assert!(
+        matches!(again, Err(SymbolizeError::Skipped { pid: 1 })),
+        "{again:?}"
+    );
+    assert_eq!(symbolizer.health().restarts, 1);
+    drop(release);
 }
 
 fn kallsyms_addr(symbol: &str) -> Option<u64> {

@@ -1,13 +1,73 @@
 //! The symbolizer thread: owns blazesym, every perf map and all caches.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
 use super::maps::{unknown_kernel_frame, unknown_user_frame, ProcessMaps};
 use super::native::NativeSymbolizer;
-use super::perf_map::{PerfMap, PerfMapError};
+use super::perf_map::{perf_map_path, PerfMap, PerfMapError};
+use super::untrusted::{start_ticks, Expect, Root};
 use super::v8_frames::{ProcessV8, V8Binaries};
 use super::{Command, Frame, FrameKind, LocatePerfMap, PerfMapStatus, StackRequest, Symbolized};
+
+/// Serves `commands` until every handle is gone. A panic (a malformed ELF
+/// file tripping blazesym, say) answers that request with addresses, is
+/// counted, and the worker starts over with empty caches.
+pub(super) fn run(
+    locate_perf_map: LocatePerfMap,
+    panics: Arc<AtomicU64>,
+    commands: Receiver<Command>,
+) {
+    let mut worker = Worker::new(locate_perf_map.clone());
+    for command in commands {
+        match command {
+            Command::Symbolize { pid, stacks, reply } => {
+                match catch_unwind(AssertUnwindSafe(|| worker.symbolize(pid, &stacks))) {
+                    Ok(symbolized) => reply(symbolized),
+                    Err(_) => {
+                        panics.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("symbolizing pid {pid} panicked: its frames are left as addresses; caches cleared");
+                        worker = Worker::new(locate_perf_map.clone());
+                        reply(unnamed(pid, &stacks));
+                    }
+                }
+            }
+            Command::Forget { pid } => worker.forget(pid),
+        }
+    }
+}
+
+/// Every frame as its address, for a request that could not be served.
+fn unnamed(pid: u32, stacks: &[StackRequest]) -> Symbolized {
+    let stacks = stacks
+        .iter()
+        .map(|stack| {
+            let user = stack
+                .user
+                .iter()
+                .rev()
+                .map(|&addr| unknown_user_frame(None, addr));
+            let kernel = stack
+                .kernel
+                .iter()
+                .rev()
+                .map(|&addr| unknown_kernel_frame(addr));
+            user.chain(kernel)
+                .map(|name| Frame::new(name, FrameKind::Unknown))
+                .collect()
+        })
+        .collect();
+    Symbolized {
+        stacks,
+        perf_map: PerfMapStatus::Unreadable {
+            path: perf_map_path(pid),
+            reason: "the symbolizer panicked on this request".to_owned(),
+        },
+    }
+}
 
 /// Past this many cached native names the cache starts over, bounding memory
 /// when many processes or libraries come and go.
@@ -26,8 +86,41 @@ pub(super) struct Worker {
 struct ProcessState {
     perf_map: PerfMap,
     maps: ProcessMaps,
+    /// The process's root, held from first sight: mapped files are opened
+    /// inside it, also after the process has exited.
+    root: Option<Root>,
+    /// Start time when first seen; once /proc/PID shows another (or none),
+    /// the pid is no longer this process and /proc/PID is not read again.
+    start_ticks: Option<u64>,
+    alive: bool,
     /// Read on the first stack that carries V8 slots.
     v8: Option<ProcessV8>,
+}
+
+impl ProcessState {
+    fn new(pid: u32, perf_map: PerfMap) -> Self {
+        let start = start_ticks(pid);
+        let root = Root::of_process(pid).ok();
+        // Opened after the start time was read: if the pid was reused in
+        // between, the start time no longer matches and we never use it.
+        let alive = start.is_some() && start_ticks(pid) == start;
+        Self {
+            perf_map,
+            maps: ProcessMaps::new(pid),
+            root: root.filter(|_| alive),
+            start_ticks: start,
+            alive,
+            v8: None,
+        }
+    }
+
+    /// Whether /proc/PID still is the process first seen.
+    fn still_alive(&mut self, pid: u32) -> bool {
+        if self.alive && start_ticks(pid) != self.start_ticks {
+            self.alive = false;
+        }
+        self.alive
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,6 +134,9 @@ struct CacheKey {
     space: AddrSpace,
     addr: u64,
 }
+
+/// A mapped file: its path in /proc/PID/maps and its (device, inode).
+type MappedFile = (String, (u64, u64));
 
 /// A captured address and the address to name it by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,26 +173,17 @@ impl Worker {
         }
     }
 
-    pub(super) fn run(mut self, commands: Receiver<Command>) {
-        for command in commands {
-            match command {
-                Command::Symbolize { pid, stacks, reply } => reply(self.symbolize(pid, &stacks)),
-                Command::Forget { pid } => self.forget(pid),
-            }
-        }
-    }
-
     fn symbolize(&mut self, pid: u32, stacks: &[StackRequest]) -> Symbolized {
         let locate_perf_map = &self.locate_perf_map;
-        let process = self.processes.entry(pid).or_insert_with(|| ProcessState {
-            perf_map: PerfMap::new(locate_perf_map(pid)),
-            maps: ProcessMaps::new(pid),
-            v8: None,
-        });
+        let process = self
+            .processes
+            .entry(pid)
+            .or_insert_with(|| ProcessState::new(pid, locate_perf_map(pid)));
+        let alive = process.still_alive(pid);
         let perf_map = refresh_perf_map(&mut process.perf_map);
         // A refresh (no stacks) also re-reads the mappings, so they are known
         // if the process exits before its stacks are named.
-        if stacks.is_empty() {
+        if stacks.is_empty() && alive {
             process.maps.reload();
         }
 
@@ -105,8 +192,10 @@ impl Worker {
         let user = self.resolve_user(pid, user_sites);
         let kernel = self.resolve_kernel(kernel_sites);
 
+        // Heap reads of a pid that is no longer this process would name
+        // another process's functions.
         let mut v8 = None;
-        if stacks.iter().any(|s| !s.v8.is_empty()) {
+        if alive && stacks.iter().any(|s| !s.v8.is_empty()) {
             let Self {
                 processes,
                 v8_binaries,
@@ -159,9 +248,17 @@ impl Worker {
             }
         }
 
+        // Once the pid is no longer this process, asking blazesym about it
+        // would name another process's code.
+        let alive = process.still_alive(pid);
         let lookups: Vec<u64> = pending.iter().map(|site| site.lookup).collect();
+        let native_names = if alive {
+            native.user_names(pid, &lookups)
+        } else {
+            vec![None; lookups.len()]
+        };
         let mut unknown = Vec::new();
-        for (site, name) in pending.into_iter().zip(native.user_names(pid, &lookups)) {
+        for (site, name) in pending.into_iter().zip(native_names) {
             match name {
                 Some(name) => {
                     frames.insert(site, frame(&name, FrameKind::Native));
@@ -176,30 +273,52 @@ impl Worker {
         }
 
         // JIT code and late dlopen()s add mappings after we last looked.
-        if unknown
-            .iter()
-            .any(|site| process.maps.find(site.lookup).is_none())
+        if alive
+            && unknown
+                .iter()
+                .any(|site| process.maps.find(site.lookup).is_none())
         {
             process.maps.reload();
         }
         // A process that has exited cannot be asked for its mappings, but we
-        // remember them: name file-backed addresses from the files themselves.
-        let mut by_file: HashMap<String, Vec<Site>> = HashMap::new();
+        // remember them: name file-backed addresses from the files
+        // themselves, opened inside the process's root and only if they
+        // still are the (device, inode) that was mapped.
+        let mut by_file: HashMap<MappedFile, Vec<(Site, u64)>> = HashMap::new();
         let mut still_unknown = Vec::new();
         for site in unknown {
             match process.maps.file_offset(site.lookup) {
-                Some((path, _)) => by_file.entry(path.to_string()).or_default().push(site),
+                Some((region, offset)) => by_file
+                    .entry((region.path().to_owned(), region.identity()))
+                    .or_default()
+                    .push((site, offset)),
                 None => still_unknown.push(site),
             }
         }
-        for (path, file_sites) in by_file {
-            let offsets: Vec<u64> = file_sites
-                .iter()
-                .filter_map(|s| process.maps.file_offset(s.lookup).map(|(_, o)| o))
-                .collect();
-            for (site, name) in file_sites
+        for ((path, identity), file_sites) in by_file {
+            let expect = Expect {
+                identity: Some(identity),
+                ..Expect::default()
+            };
+            let opened = match &process.root {
+                Some(root) => root.open(std::path::Path::new(&path), &expect),
+                None => {
+                    still_unknown.extend(file_sites.into_iter().map(|(site, _)| site));
+                    continue;
+                }
+            };
+            let file = match opened {
+                Ok(file) => file,
+                Err(error) => {
+                    log::debug!("pid {pid}: not naming frames from a mapped file: {error}");
+                    still_unknown.extend(file_sites.into_iter().map(|(site, _)| site));
+                    continue;
+                }
+            };
+            let offsets: Vec<u64> = file_sites.iter().map(|&(_, offset)| offset).collect();
+            for ((site, _), name) in file_sites
                 .into_iter()
-                .zip(native.file_names(&path, &offsets))
+                .zip(native.file_names(&file, &path, &offsets))
             {
                 match name {
                     Some(name) => {
@@ -295,6 +414,10 @@ fn refresh_perf_map(perf_map: &mut PerfMap) -> PerfMapStatus {
             path,
             reason: error.to_string(),
         },
+        Err(PerfMapError::Refused { error, .. }) => PerfMapStatus::Unreadable {
+            path,
+            reason: format!("refused: {error}"),
+        },
     }
 }
 
@@ -303,6 +426,7 @@ fn loaded(perf_map: &PerfMap) -> PerfMapStatus {
         path: perf_map.path().to_path_buf(),
         entries: perf_map.len(),
         bad_lines: perf_map.bad_lines(),
+        dropped_lines: perf_map.dropped_lines(),
     }
 }
 
