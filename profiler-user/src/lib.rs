@@ -24,3 +24,4 @@ pub mod symbolize;
 pub mod target;
 pub mod threadpool;
 pub mod threads;
+pub mod unwind;
