@@ -257,6 +257,7 @@ mod tests {
             time_ns: 2_000,
             user: vec![leaf, 99],
             kernel: vec![],
+            ..Default::default()
         }
     }
 
@@ -330,6 +331,7 @@ mod tests {
             time_ns: 3_000,
             user: vec![leaf],
             kernel: vec![7],
+            ..Default::default()
         }
     }
 

@@ -14,6 +14,7 @@ pub(crate) mod report;
 mod symbolization;
 mod syscall_cost;
 mod threadpool_cost;
+mod unwind_cost;
 
 use crate::{cmd, toolchain, Paths};
 use anyhow::{bail, Context, Result};
@@ -32,7 +33,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 4)]
     wrk_secs: u64,
     /// Only these sections: overhead, agent, syscall, poll, latency,
-    /// accuracy, symbolization, threadpool, probes.
+    /// accuracy, symbolization, threadpool, probes, unwind.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not write BENCHMARKS.md (print the table only).
@@ -141,7 +142,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     let mut failures = Vec::new();
     // Other work on the machine makes every figure noisier; the report says how much there was.
     let busy_before = wait_for_quiet()?;
-    let sections: [(&str, Section); 9] = [
+    let sections: [(&str, Section); 10] = [
         ("symbolization", symbolization::run),
         ("latency", latency::run),
         ("accuracy", accuracy::run),
@@ -151,6 +152,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
         ("overhead", overhead::run),
         ("threadpool", threadpool_cost::run),
         ("probes", probe_cost::run),
+        ("unwind", unwind_cost::run),
     ];
     let mut timings = Vec::new();
     for (name, section) in sections {
