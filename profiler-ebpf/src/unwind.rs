@@ -10,7 +10,8 @@ use aya_ebpf::{
     bindings::pt_regs,
     cty::c_void,
     helpers::{
-        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs, generated,
+        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        generated,
     },
 };
 use profiler_common::{UserRegs, MAX_USER_FRAMES, STACK_COPY_BYTES};
@@ -145,8 +146,9 @@ pub fn copy_user_stack(regs: &mut UserRegs, stack: *mut u8) -> bool {
         if size == 0 || size > STACK_COPY_BYTES as u64 {
             continue;
         }
-        let err =
-            unsafe { generated::bpf_probe_read_user(stack.cast(), size as u32, sp as *const c_void) };
+        let err = unsafe {
+            generated::bpf_probe_read_user(stack.cast(), size as u32, sp as *const c_void)
+        };
         if err == 0 {
             regs.stack_bytes = size as u32;
             return true;

@@ -358,7 +358,7 @@ pub struct KernelCounters {
 
 impl KernelCounters {
     /// Everything the kernel side dropped, by cause: (label, count, what it means).
-    pub fn drops(&self) -> [(&'static str, u64, &'static str); 8] {
+    pub fn drops(&self) -> [(&'static str, u64, &'static str); 9] {
         [
             (
                 "samples",
@@ -399,6 +399,11 @@ impl KernelCounters {
                 "user_stacks",
                 self.user_stack_errors,
                 "user stacks that could not be walked",
+            ),
+            (
+                "stack_copies",
+                self.stack_copy_errors,
+                "user stacks not copied (unwound by frame pointers only)",
             ),
         ]
     }

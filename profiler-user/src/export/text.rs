@@ -195,12 +195,6 @@ pub fn summary(s: &ProcessSummary) -> String {
             dropped.join(", ")
         ));
     }
-    if k.stack_copy_errors > 0 {
-        out.push_str(&format!(
-            "\n  stacks without a copy of the user stack (all targets): {} (frame pointers only)",
-            k.stack_copy_errors
-        ));
-    }
     out
 }
 

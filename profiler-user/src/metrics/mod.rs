@@ -234,12 +234,6 @@ fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
     )?;
     counter(
         enc,
-        "loopbpf_stack_copy_errors",
-        "Stacks without a copy of the user stack: unwound by frame pointers only",
-        k.stack_copy_errors,
-    )?;
-    counter(
-        enc,
         "loopbpf_episodes_lost",
         "Episodes dropped: ring buffer full",
         k.episodes_lost,

@@ -74,15 +74,14 @@ impl Unwinder {
     /// Reads `pid`'s mappings and the tables of its executable files now, so
     /// the first samples do not pay for it. Safe to call again.
     pub fn prepare(&mut self, pid: u32) {
-        if !self.processes.contains_key(&pid) {
-            let p = ProcessUnwinder {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.processes.entry(pid) {
+            e.insert(ProcessUnwinder {
                 mappings: Vec::new(),
                 unwinder: UnwinderX86_64::new(),
                 cache: CacheX86_64::new(),
                 added: HashSet::new(),
                 loaded_at: Instant::now(),
-            };
-            self.processes.insert(pid, p);
+            });
             self.reload(pid);
         }
     }
