@@ -130,22 +130,27 @@ impl Unwinder {
         self.stats.unwound += 1;
         let mut frames = walk.frames;
         let mut truncated = walk.truncated;
-        if walk.copy_ended {
-            // Continue with the kernel's walk from the last frame both saw.
+        if walk.copy_ended || walk.truncated {
+            // Continue with the kernel's walk from the last frame both saw:
+            // past the copy, and where tables were missing or wrong (V8's
+            // embedded builtins sit in node's text with no FDE, yet keep
+            // frame pointers).
             let last = frames.last().map(|f| f.pc);
             let from = last.and_then(|pc| fp_walk.iter().rposition(|&a| a == pc));
             match from {
-                Some(i) if i + 1 < fp_walk.len() => {
-                    self.stats.spliced += 1;
-                    let room = MAX_FRAMES.saturating_sub(frames.len());
-                    frames.extend(
-                        fp_walk[i + 1..]
-                            .iter()
-                            .take(room)
-                            .map(|&pc| UnwoundFrame { pc, fp: None }),
-                    );
+                Some(i) => {
+                    truncated = false;
+                    if i + 1 < fp_walk.len() {
+                        self.stats.spliced += 1;
+                        let room = MAX_FRAMES.saturating_sub(frames.len());
+                        frames.extend(
+                            fp_walk[i + 1..]
+                                .iter()
+                                .take(room)
+                                .map(|&pc| UnwoundFrame { pc, fp: None }),
+                        );
+                    }
                 }
-                Some(_) => {}
                 None => truncated = true,
             }
         }
