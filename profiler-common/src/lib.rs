@@ -26,6 +26,26 @@ pub const MAX_KERNEL_FRAMES: usize = 64;
 /// at fp-8, as they were when the sample was taken.
 pub const V8_FRAMES: usize = 32;
 
+/// Bytes of user stack copied above %rsp with each sample and off-CPU stack,
+/// for userspace to unwind code without frame pointers (glibc, OpenSSL, zlib,
+/// addons) with its unwind tables. It only has to reach the first frame that
+/// keeps a frame pointer above the native code (V8's, node's); the kernel's
+/// frame-pointer walk, taken too, supplies the rest. A power of two: the
+/// kernel side masks read sizes with `STACK_COPY_BYTES * 2 - 1`.
+pub const STACK_COPY_BYTES: usize = 16384;
+
+/// The user registers an unwinder starts from, and how much stack was copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of the copy filled from `sp` up (0: registers or stack unreadable).
+    pub stack_bytes: u32,
+    pub _pad: u32,
+}
+
 /// Size of the `WATCHED_BITMAP`, one bit per tgid: 2^22 is the kernel's
 /// `PID_MAX_LIMIT` on 64-bit, so every tgid has a bit of its own.
 pub const WATCHED_BITS: u32 = 1 << 22;
@@ -58,7 +78,10 @@ pub const COUNTER_POOL_WORKERS_FULL: u32 = 8;
 /// or its `POOL_PENDING` entry was evicted): its queue wait is not counted.
 pub const COUNTER_POOL_UNMATCHED: u32 = 9;
 pub const COUNTER_POOL_EVENTS_LOST: u32 = 10;
-pub const NUM_COUNTERS: u32 = 11;
+/// A sample or off-CPU stack went out without a copy of the user stack (its
+/// registers or every page above %rsp unreadable): frame pointers only.
+pub const COUNTER_STACK_COPY_ERRORS: u32 = 11;
+pub const NUM_COUNTERS: u32 = 12;
 
 /// Runtime settings userspace writes into the one-element `CONFIG` array.
 /// A map rather than load-time globals so a running daemon can change them.
@@ -82,6 +105,10 @@ pub struct Config {
     /// period) has been busy this long: samples of anything shorter could
     /// never be part of an episode, and under load nearly every iteration is.
     pub sample_after_ns: u64,
+    /// Non-zero: copy the top of the user stack with each sample and off-CPU
+    /// stack (see `STACK_COPY_BYTES`); zero leaves frame pointers only.
+    pub copy_stack: u32,
+    pub _pad: u32,
 }
 
 /// Value of the `WATCHED` map, keyed by tgid.
@@ -217,6 +244,7 @@ pub struct OffCpuHeader {
     pub runq_ns: u64,
     /// When it left the CPU.
     pub time_ns: u64,
+    pub regs: UserRegs,
 }
 
 #[repr(C)]
@@ -225,6 +253,7 @@ pub struct OffCpuEvent {
     pub header: OffCpuHeader,
     pub user_stack: [u64; MAX_USER_FRAMES],
     pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
+    pub stack: [u8; STACK_COPY_BYTES],
 }
 
 /// A process started a new program (every process, when discovering) or a
@@ -321,6 +350,7 @@ pub struct SampleHeader {
     /// Start of the open busy window, as `now - busy so far`.
     pub busy_start_ns: u64,
     pub time_ns: u64,
+    pub regs: UserRegs,
 }
 
 #[repr(C)]
@@ -333,10 +363,11 @@ pub struct SampleEvent {
     pub v8_frames: u64,
     /// Per frame of the frame-pointer chain: the words at fp-16 and fp-8.
     pub v8_slots: [[u64; 2]; V8_FRAMES],
+    pub stack: [u8; STACK_COPY_BYTES],
 }
 
 // No implicit padding anywhere: a hole would be uninitialised bytes on one side.
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
 const _: () = assert!(core::mem::size_of::<WatchedProcess>() == 8);
 const _: () = assert!(core::mem::size_of::<LoopSlot>() == 4 + 4 + 6 * 8 + 4 + 4 + 8);
 const _: () = assert!(
@@ -345,22 +376,26 @@ const _: () = assert!(
 const _: () = assert!(core::mem::size_of::<LoopKey>() == 8);
 const _: () = assert!(core::mem::size_of::<LoopStats>() == 7 * 8 + histogram::BUCKETS * 8);
 const _: () = assert!(core::mem::size_of::<EpisodeEvent>() == 16 + 5 * 8);
-const _: () = assert!(core::mem::size_of::<OffCpuHeader>() == 24 + 4 * 8);
+const _: () = assert!(core::mem::size_of::<UserRegs>() == 32);
+const _: () = assert!(core::mem::size_of::<OffCpuHeader>() == 24 + 4 * 8 + 32);
 const _: () = assert!(
     core::mem::size_of::<OffCpuEvent>()
-        == core::mem::size_of::<OffCpuHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
+        == core::mem::size_of::<OffCpuHeader>()
+            + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
+            + STACK_COPY_BYTES
 );
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<PoolWorker>() == 8 + 8 * 8 + histogram::BUCKETS * 8);
 const _: () = assert!(core::mem::size_of::<PendingWork>() == 16);
 const _: () = assert!(core::mem::size_of::<PoolBusyEvent>() == 16 + 3 * 8);
-const _: () = assert!(core::mem::size_of::<SampleHeader>() == 24 + 3 * 8);
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 24 + 3 * 8 + 32);
 const _: () = assert!(
     core::mem::size_of::<SampleEvent>()
         == core::mem::size_of::<SampleHeader>()
             + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
             + 8
             + V8_FRAMES * 16
+            + STACK_COPY_BYTES
 );
 
 #[cfg(feature = "user")]

@@ -80,8 +80,10 @@ static LOOP_STATS: HashMap<LoopKey, LoopStats> = HashMap::with_max_entries(8192,
 
 /// Stacks of each loop thread as it last left the CPU in a busy iteration,
 /// sent when it runs again. LRU: one entry per thread that ever blocked.
+/// Entries are ~18 KiB with the stack copy, preallocated (LRU maps are): 1024
+/// loop threads blocking at once is plenty, and costs 18 MiB.
 #[map]
-static OFF_CPU: LruHashMap<u32, OffCpuEvent> = LruHashMap::with_max_entries(4096, 0);
+static OFF_CPU: LruHashMap<u32, OffCpuEvent> = LruHashMap::with_max_entries(1024, 0);
 
 /// libuv threadpool workers of watched processes (4 per process by default,
 /// up to 1024). Not preallocated: entries are ~4.5 KiB (queue-wait histogram).
@@ -93,8 +95,9 @@ static POOL_WORKERS: HashMap<u32, PoolWorker> = HashMap::with_max_entries(4096, 
 #[map]
 static POOL_PENDING: LruHashMap<PendingWork, u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// Episodes and stack samples to userspace. 8 MiB holds ~5000 samples: several
-/// seconds of every watched thread at 199 Hz between two drains.
+/// Episodes and stack samples to userspace. 8 MiB holds ~470 samples of
+/// ~17.7 KiB (most of it the stack copy): at 999 Hz on two busy threads,
+/// ~2 s of samples, and userspace drains every 100 ms.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 

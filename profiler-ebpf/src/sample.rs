@@ -1,4 +1,6 @@
-//! `cpu-clock` samples of busy loop threads, with user and kernel stacks.
+//! `cpu-clock` samples of busy loop threads, with user and kernel stacks and
+//! a copy of the top of the user stack with its registers (unwound in
+//! userspace through code without frame pointers, see `unwind`).
 //!
 //! Only event-loop threads while their loop is busy, and libuv threadpool
 //! workers while they run work items, and only once that has lasted
@@ -16,12 +18,12 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    SampleEvent, SampleHeader, COUNTER_SAMPLES_LOST, COUNTER_SAMPLES_SENT,
-    COUNTER_USER_STACK_ERRORS, EVENT_POOL_SAMPLE, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS,
-    MAX_USER_FRAMES,
+    SampleEvent, SampleHeader, UserRegs, COUNTER_SAMPLES_LOST, COUNTER_SAMPLES_SENT,
+    COUNTER_STACK_COPY_ERRORS, COUNTER_USER_STACK_ERRORS, EVENT_POOL_SAMPLE, EVENT_SAMPLE,
+    MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS, MAX_USER_FRAMES,
 };
 
-use crate::{config, count, is_watched, EVENTS, POOL_WORKERS, THREADS};
+use crate::{config, count, is_watched, unwind::copy_user_stack, EVENTS, POOL_WORKERS, THREADS};
 
 #[perf_event]
 pub fn sample_stack(ctx: PerfEventContext) -> u32 {
@@ -31,8 +33,8 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
     if pid == 0 || !is_watched(pid) {
         return 0;
     }
-    let sample_after_ns = match config() {
-        Some(c) if c.sample_stacks != 0 => c.sample_after_ns,
+    let (sample_after_ns, copy_stack) = match config() {
+        Some(c) if c.sample_stacks != 0 => (c.sample_after_ns, c.copy_stack != 0),
         _ => return 0,
     };
     let Some((kind, seq, busy_start_ns)) = busy_window(tid) else {
@@ -52,6 +54,7 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
         seq,
         busy_start_ns,
         time_ns: now,
+        regs: UserRegs::default(),
     };
     let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) else {
         count(COUNTER_SAMPLES_LOST);
@@ -78,6 +81,9 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
         (*e).header.user_bytes = user as i32;
         (*e).header.kernel_bytes = kernel as i32;
         (*e).v8_frames = crate::unwind::copy_v8_slots(&mut (*e).v8_slots) as u64;
+        if copy_stack && !copy_user_stack(&mut (*e).header.regs, (*e).stack.as_mut_ptr()) {
+            count(COUNTER_STACK_COPY_ERRORS);
+        }
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     count(COUNTER_SAMPLES_SENT);

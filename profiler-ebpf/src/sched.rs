@@ -16,11 +16,15 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    Config, OffCpuEvent, ThreadLoops, COUNTER_OFF_CPU_LOST, EVENT_OFF_CPU, IN_POLL_BEFORE_ATTACH,
-    MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS, MAX_USER_FRAMES,
+    Config, OffCpuEvent, ThreadLoops, COUNTER_OFF_CPU_LOST, COUNTER_STACK_COPY_ERRORS,
+    EVENT_OFF_CPU, IN_POLL_BEFORE_ATTACH, MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS, MAX_USER_FRAMES,
 };
 
-use crate::{config, count, is_watched, unwind::recover_user_stack, EVENTS, OFF_CPU, THREADS};
+use crate::{
+    config, count, is_watched,
+    unwind::{copy_user_stack, recover_user_stack},
+    EVENTS, OFF_CPU, THREADS,
+};
 
 // Too big for the BPF stack: inserted by reference from read-only data.
 static ZERO_OFF_CPU: OffCpuEvent = unsafe { core::mem::zeroed() };
@@ -34,7 +38,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // context switch of the host, and a clock read is not free in a VM.
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
-    switched_out(&ctx, preempt != 0 || prev_state as u32 == 0);
+    switched_out(
+        &ctx,
+        preempt != 0 || prev_state as u32 == 0,
+        c.copy_stack != 0,
+    );
     let next: u64 = ctx.arg(2);
     switched_in(next, c);
     0
@@ -57,7 +65,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
 
 /// The current task (`prev`) leaves the CPU.
 #[inline(always)]
-fn switched_out(ctx: &BtfTracePointContext, runnable: bool) {
+fn switched_out(ctx: &BtfTracePointContext, runnable: bool, copy_stack: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if !is_watched(pid) {
@@ -99,6 +107,7 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool) {
         if runnable {
             (*e).header.user_bytes = 0;
             (*e).header.kernel_bytes = 0;
+            (*e).header.regs.stack_bytes = 0;
             return;
         }
         let user = bpf_get_stack(
@@ -121,6 +130,10 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool) {
             user as i32
         };
         (*e).header.kernel_bytes = kernel as i32;
+        (*e).header.regs.stack_bytes = 0;
+        if copy_stack && !copy_user_stack(&mut (*e).header.regs, (*e).stack.as_mut_ptr()) {
+            count(COUNTER_STACK_COPY_ERRORS);
+        }
     }
 }
 

@@ -8,9 +8,13 @@
 //! address: find that pair in the first words above %rsp and walk on from it.
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    cty::c_void,
+    helpers::{
+        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        generated,
+    },
 };
-use profiler_common::{MAX_USER_FRAMES, V8_FRAMES};
+use profiler_common::{UserRegs, MAX_USER_FRAMES, STACK_COPY_BYTES, V8_FRAMES};
 
 /// Words above %rsp searched for the saved (%rbp, return address) pair, in
 /// chunks that fit the BPF stack. Deep enough for glibc's
@@ -137,3 +141,56 @@ pub fn copy_v8_slots(slots: &mut [[u64; 2]; V8_FRAMES]) -> usize {
 unsafe fn read_user<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T) }.ok()
 }
+
+/// Fills `regs` with the thread's user registers and copies the top of its
+/// user stack, from %rsp up, into `stack` (`STACK_COPY_BYTES` long) for
+/// userspace to unwind with unwind tables. A thread near the top of its stack
+/// has fewer bytes mapped above %rsp than the copy holds, and one fault fails
+/// the whole read: then retry with sizes ending at the page boundaries below,
+/// so the copy always ends at the last readable page. Returns false (and
+/// leaves `stack_bytes` 0) when nothing could be copied.
+#[inline(always)]
+pub fn copy_user_stack(regs: &mut UserRegs, stack: *mut u8) -> bool {
+    regs.stack_bytes = 0;
+    let task_regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if task_regs.is_null() {
+        return false;
+    }
+    let Ok(r) = (unsafe { bpf_probe_read_kernel(task_regs) }) else {
+        return false;
+    };
+    regs.ip = r.rip;
+    regs.sp = r.rsp;
+    regs.bp = r.rbp;
+    let sp = r.rsp;
+    if sp == 0 || sp >= USER_TOP {
+        return false;
+    }
+    // Bytes from %rsp to the end of its page, then whole pages: every size
+    // but the first full one ends at a page boundary.
+    let to_page_end = PAGE - (sp & (PAGE - 1));
+    for k in 0..=PAGES {
+        let want = if k == 0 {
+            STACK_COPY_BYTES as u64
+        } else {
+            to_page_end + (PAGES - k) * PAGE
+        };
+        // The mask and the bound let the verifier see 0 < size <= the copy.
+        let size = want & (2 * STACK_COPY_BYTES as u64 - 1);
+        if size == 0 || size > STACK_COPY_BYTES as u64 {
+            continue;
+        }
+        let err = unsafe {
+            generated::bpf_probe_read_user(stack.cast(), size as u32, sp as *const c_void)
+        };
+        if err == 0 {
+            regs.stack_bytes = size as u32;
+            return true;
+        }
+    }
+    false
+}
+
+const PAGE: u64 = 4096;
+/// Whole pages below the full copy tried after it fails.
+const PAGES: u64 = STACK_COPY_BYTES as u64 / PAGE - 1;

@@ -5,10 +5,14 @@ use std::mem::size_of;
 
 use bytes::Buf;
 use profiler_common::{
-    EpisodeEvent, OffCpuHeader, PoolBusyEvent, ProcessEvent, SampleEvent, SampleHeader,
+    EpisodeEvent, OffCpuHeader, PoolBusyEvent, ProcessEvent, SampleEvent, SampleHeader, UserRegs,
     EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT, EVENT_OFF_CPU, EVENT_POOL_BUSY, EVENT_POOL_SAMPLE,
-    EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, V8_FRAMES,
+    EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, STACK_COPY_BYTES, V8_FRAMES,
 };
+
+/// Bytes of the fixed stacks and the stack copy after a sample's or off-CPU
+/// record's header.
+const STACKS_BYTES: usize = (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8 + STACK_COPY_BYTES;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -19,23 +23,28 @@ pub enum DecodeError {
 }
 
 /// One stack sample of a busy loop thread.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
     pub pid: u32,
     pub tid: u32,
     pub seq: u64,
     pub busy_start_ns: u64,
     pub time_ns: u64,
-    /// Leaf first; empty when the kernel could not walk the stack.
+    /// Leaf first; empty when the kernel could not walk the stack. The
+    /// kernel's frame-pointer walk until [`crate::unwind::Unwinder::apply`]
+    /// replaces it with the unwound stack.
     pub user: Vec<u64>,
     pub kernel: Vec<u64>,
     /// Per user frame (leaf first, at most `V8_FRAMES`): the words at fp-16
     /// and fp-8 when the sample was taken (a V8 frame's function and context).
     pub v8: Vec<[u64; 2]>,
+    /// User registers and the copy of the stack above %rsp (emptied once unwound).
+    pub regs: UserRegs,
+    pub stack: Vec<u8>,
 }
 
 /// A busy loop thread was off the CPU: asleep, then waiting for a CPU.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OffCpu {
     pub pid: u32,
     pub tid: u32,
@@ -44,9 +53,11 @@ pub struct OffCpu {
     pub runq_ns: u64,
     /// When it left the CPU.
     pub time_ns: u64,
-    /// Leaf first, taken as it left the CPU.
+    /// Leaf first, taken as it left the CPU (see `Sample::user`).
     pub user: Vec<u64>,
     pub kernel: Vec<u64>,
+    pub regs: UserRegs,
+    pub stack: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,11 +118,13 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 seq: buf.get_u64_le(),
                 busy_start_ns: buf.get_u64_le(),
                 time_ns: buf.get_u64_le(),
+                regs: regs(&mut buf),
             };
             let user = frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes);
             let kernel = frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes);
             buf.advance((MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8);
             let v8 = v8_slots(buf, user.len());
+            let stack = copy(&buf[8 + V8_FRAMES * 16..], &h.regs);
             let sample = Sample {
                 pid: h.pid,
                 tid: h.tid,
@@ -121,6 +134,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 user,
                 kernel,
                 v8,
+                regs: h.regs,
+                stack,
             };
             Ok(if kind == EVENT_SAMPLE {
                 Record::Sample(sample)
@@ -129,7 +144,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         EVENT_OFF_CPU => {
-            if len < size_of::<OffCpuHeader>() + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8 {
+            if len < size_of::<OffCpuHeader>() + STACKS_BYTES {
                 return Err(DecodeError::Short(len));
             }
             let h = OffCpuHeader {
@@ -143,7 +158,9 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 blocked_ns: buf.get_u64_le(),
                 runq_ns: buf.get_u64_le(),
                 time_ns: buf.get_u64_le(),
+                regs: regs(&mut buf),
             };
+            let stack = copy(&buf[(MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8..], &h.regs);
             Ok(Record::OffCpu(OffCpu {
                 pid: h.pid,
                 tid: h.tid,
@@ -153,6 +170,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 time_ns: h.time_ns,
                 user: frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes),
                 kernel: frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes),
+                regs: h.regs,
+                stack,
             }))
         }
         EVENT_POOL_BUSY => {
@@ -186,6 +205,25 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     }
 }
 
+fn regs(buf: &mut &[u8]) -> UserRegs {
+    UserRegs {
+        ip: buf.get_u64_le(),
+        sp: buf.get_u64_le(),
+        bp: buf.get_u64_le(),
+        stack_bytes: buf.get_u32_le(),
+        _pad: buf.get_u32_le(),
+    }
+}
+
+/// The filled part of the stack copy (the kernel never claims more than it
+/// holds, but the count is bounded here all the same).
+fn copy(area: &[u8], regs: &UserRegs) -> Vec<u8> {
+    let n = (regs.stack_bytes as usize)
+        .min(STACK_COPY_BYTES)
+        .min(area.len());
+    area[..n].to_vec()
+}
+
 /// The first `bytes` bytes of `area` as addresses (a negative count is an errno:
 /// no frames).
 fn frames(mut area: &[u8], bytes: i32) -> Vec<u64> {
@@ -212,6 +250,12 @@ mod tests {
         b.put_u64_le(7);
         b.put_u64_le(100);
         b.put_u64_le(150);
+        // regs: ip, sp, bp, 3 bytes of stack copied
+        b.put_u64_le(0x1234);
+        b.put_u64_le(0x7000);
+        b.put_u64_le(0x7010);
+        b.put_u32_le(3);
+        b.put_u32_le(0);
         for i in 0..MAX_USER_FRAMES {
             b.put_u64_le(user.get(i).copied().unwrap_or(0xdead));
         }
@@ -223,6 +267,9 @@ mod tests {
         for i in 0..V8_FRAMES as u64 {
             b.put_u64_le(0x1000 + i);
             b.put_u64_le(0x2000 + i);
+        }
+        for i in 0..STACK_COPY_BYTES {
+            b.put_u8(i as u8 + 1);
         }
         b
     }
@@ -239,6 +286,8 @@ mod tests {
         assert_eq!(s.user, vec![1, 2, 3]);
         assert_eq!(s.kernel, vec![0xffff_0000, 0xffff_0001]);
         assert_eq!(s.v8, vec![[0x1000, 0x2000], [0x1001, 0x2001]]);
+        assert_eq!((s.regs.ip, s.regs.sp, s.regs.bp), (0x1234, 0x7000, 0x7010));
+        assert_eq!(s.stack, vec![1, 2, 3]);
     }
 
     #[test]

@@ -272,7 +272,7 @@ mod tests {
             time_ns: 2_000,
             user: vec![leaf, 99],
             kernel: vec![],
-            v8: vec![],
+            ..Default::default()
         }
     }
 
@@ -346,6 +346,7 @@ mod tests {
             time_ns: 3_000,
             user: vec![leaf],
             kernel: vec![7],
+            ..Default::default()
         }
     }
 

@@ -42,8 +42,14 @@ pub fn kernel_config(
         task_tgid_offset: task.tgid,
         off_cpu_min_ns: OFF_CPU_MIN_NS,
         sample_after_ns: threshold_ns / SAMPLE_AFTER_THRESHOLD_DIVISOR,
+        copy_stack: u32::from(std::env::var_os(STACK_COPY_ENV).is_none_or(|v| v != "off")),
+        _pad: 0,
     })
 }
+
+/// `LOOPBPF_STACK_COPY=off` takes stacks by frame pointer only, as before
+/// issue 16 (for `cargo xtask bench`'s before/after, and as an escape hatch).
+pub const STACK_COPY_ENV: &str = "LOOPBPF_STACK_COPY";
 
 /// Where tracefs is looked for, in aya's order (the first non-empty one).
 pub const TRACEFS_PATHS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -347,11 +353,12 @@ pub struct KernelCounters {
     pub pool_workers_full: u64,
     pub pool_unmatched: u64,
     pub pool_events_lost: u64,
+    pub stack_copy_errors: u64,
 }
 
 impl KernelCounters {
     /// Everything the kernel side dropped, by cause: (label, count, what it means).
-    pub fn drops(&self) -> [(&'static str, u64, &'static str); 8] {
+    pub fn drops(&self) -> [(&'static str, u64, &'static str); 9] {
         [
             (
                 "samples",
@@ -392,6 +399,11 @@ impl KernelCounters {
                 "user_stacks",
                 self.user_stack_errors,
                 "user stacks that could not be walked",
+            ),
+            (
+                "stack_copies",
+                self.stack_copy_errors,
+                "user stacks not copied (unwound by frame pointers only)",
             ),
         ]
     }
@@ -642,6 +654,7 @@ impl Probes {
             pool_workers_full: sum(COUNTER_POOL_WORKERS_FULL),
             pool_unmatched: sum(COUNTER_POOL_UNMATCHED),
             pool_events_lost: sum(COUNTER_POOL_EVENTS_LOST),
+            stack_copy_errors: sum(COUNTER_STACK_COPY_ERRORS),
         }
     }
 

@@ -134,8 +134,12 @@ impl EpisodeReport {
 
 /// Frames for when symbolization failed outright: addresses, root first.
 pub(crate) fn unnamed(user: &[u64], kernel: &[u64]) -> Vec<Frame> {
-    let user = user.iter().rev().map(|a| Frame {
-        name: format!("[unknown] {a:#x}"),
+    let user = user.iter().rev().map(|&a| Frame {
+        name: if a == crate::unwind::TRUNCATED {
+            "[truncated]".to_owned()
+        } else {
+            format!("[unknown] {a:#x}")
+        },
         kind: FrameKind::Unknown,
     });
     let kernel = kernel.iter().rev().map(|a| Frame {

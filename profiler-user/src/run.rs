@@ -26,6 +26,7 @@ use crate::{
     target::{self, Target, TargetError, ThreadRole},
     threadpool::{monitor::PoolMonitor, uprobes::PoolAttach, PoolOutput},
     threads::{self, ThreadInfo},
+    unwind::Unwinder,
 };
 
 /// Distinct stacks kept per open iteration (see `EpisodeBuilder`).
@@ -169,6 +170,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         tx: tx.clone(),
         decode_errors: 0,
         exited: Vec::new(),
+        unwinder: Unwinder::new(),
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -296,25 +298,31 @@ struct Collector {
     decode_errors: u64,
     /// Watched processes whose main thread exited, to finish.
     exited: Vec<u32>,
+    unwinder: Unwinder,
 }
 
 impl Collector {
     fn drain(&mut self, ring: &mut RingBuf<MapData>, watched: &mut HashMap<u32, Watched>) {
         while let Some(item) = ring.next() {
             match collect::decode(&item) {
-                Ok(Record::Sample(s)) => {
+                Ok(Record::Sample(mut s)) => {
                     if let Some(w) = watched.get_mut(&s.pid) {
                         w.samples += 1;
                     }
+                    self.unwinder.unwind_sample(&mut s);
                     self.builder.add_sample(s);
                 }
                 Ok(Record::Episode(e)) => {
                     let _ = self.tx.send(Output::Episode(self.builder.close(&e)));
                 }
-                Ok(Record::OffCpu(o)) => self.builder.add_off_cpu(o),
-                Ok(Record::PoolSample(s)) => {
+                Ok(Record::OffCpu(mut o)) => {
+                    self.unwinder.unwind_off_cpu(&mut o);
+                    self.builder.add_off_cpu(o);
+                }
+                Ok(Record::PoolSample(mut s)) => {
                     if let Some(w) = watched.get_mut(&s.pid) {
                         w.samples += 1;
+                        self.unwinder.unwind_sample(&mut s);
                         w.pool.add_sample(s);
                     }
                 }
@@ -435,6 +443,7 @@ async fn finish(
     let _ = collector.tx.send(Output::Forget(pid));
     probes.unwatch(pid);
     collector.builder.forget_pid(pid);
+    collector.unwinder.forget(pid);
 }
 
 pub fn too_busy_message(pid: u32, items_per_s: f64) -> String {

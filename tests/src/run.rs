@@ -33,6 +33,8 @@ pub struct Scenario {
     loopbpf_env: Vec<(String, String)>,
     /// Arguments of loopbpf after ours (e.g. `--formats`).
     loopbpf_args: Vec<String>,
+    /// Environment of Node beyond ours.
+    node_env: Vec<(String, String)>,
     /// Run loopbpf where tracefs is not mounted (see `without_tracefs`).
     without_tracefs: Option<Tracefs>,
     /// The `syscall_probes` its ready line must name.
@@ -65,6 +67,7 @@ impl Scenario {
             node_binary: None,
             loopbpf_env: Vec::new(),
             loopbpf_args: Vec::new(),
+            node_env: Vec::new(),
             without_tracefs: None,
             syscall_probes: default_syscall_probes(),
             plant_perf_map: None,
@@ -93,6 +96,11 @@ impl Scenario {
 
     /// Run loopbpf in a mount namespace of its own where tracefs is
     /// unmounted (the host's mounts are untouched).
+    pub fn node_env(mut self, key: &str, value: &str) -> Self {
+        self.node_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     pub fn without_tracefs(mut self, tracefs: Tracefs) -> Self {
         self.without_tracefs = Some(tracefs);
         self
@@ -206,6 +214,7 @@ impl Scenario {
         };
         cmd.args(&self.node_flags)
             .arg(&script_arg)
+            .envs(self.node_env.iter().map(|(k, v)| (k, v)))
             .current_dir(cwd.path());
         let node = Process::spawn("node", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
         // The process to watch: node itself, not the unshare that started it.

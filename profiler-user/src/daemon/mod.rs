@@ -122,6 +122,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         decode_errors: 0,
         pools: HashMap::new(),
         pool_candidates: HashMap::new(),
+        unwinder: crate::unwind::Unwinder::new(),
     };
     // Attached before the scan: a process started during the scan is caught by its exec event.
     st.scan();

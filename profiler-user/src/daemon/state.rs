@@ -27,6 +27,7 @@ use crate::{
     symbolize::Symbolizer,
     target,
     threadpool::{monitor::PoolMonitor, PoolOutput},
+    unwind::Unwinder,
 };
 
 /// Distinct stacks kept per open iteration (as in a --pid session).
@@ -52,6 +53,8 @@ pub struct State {
     pub pools: HashMap<u32, PoolMonitor>,
     /// Watched processes waiting for their threadpool uprobes, since when.
     pub pool_candidates: HashMap<u32, Instant>,
+    /// Unwinds user stacks from the copies taken with them.
+    pub unwinder: Unwinder,
 }
 
 impl State {
@@ -124,6 +127,7 @@ impl State {
         }
         self.probes.unwatch(pid);
         self.builder.forget_pid(pid);
+        self.unwinder.forget(pid);
         self.metrics.remove_process(pid);
         let _ = self.sink.send(SinkMsg::Forget(pid));
         log::info!("unwatched pid={pid} comm={} ({why})", id.comm);
@@ -155,16 +159,19 @@ impl State {
             let record = collect::decode(&item);
             drop(item);
             match record {
-                Ok(Record::Sample(s)) if self.watched.contains_key(&s.pid) => {
+                Ok(Record::Sample(mut s)) if self.watched.contains_key(&s.pid) => {
+                    self.unwinder.unwind_sample(&mut s);
                     self.builder.add_sample(s)
                 }
                 Ok(Record::Sample(_)) => {}
-                Ok(Record::OffCpu(o)) if self.watched.contains_key(&o.pid) => {
+                Ok(Record::OffCpu(mut o)) if self.watched.contains_key(&o.pid) => {
+                    self.unwinder.unwind_off_cpu(&mut o);
                     self.builder.add_off_cpu(o)
                 }
                 Ok(Record::OffCpu(_)) => {}
-                Ok(Record::PoolSample(s)) => {
+                Ok(Record::PoolSample(mut s)) => {
                     if let Some(m) = self.pools.get_mut(&s.pid) {
+                        self.unwinder.unwind_sample(&mut s);
                         m.add_sample(s);
                     }
                 }

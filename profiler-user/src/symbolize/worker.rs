@@ -72,6 +72,8 @@ fn unnamed(pid: u32, stacks: &[StackRequest]) -> Symbolized {
 /// Past this many cached native names the cache starts over, bounding memory
 /// when many processes or libraries come and go.
 const NAME_CACHE_LIMIT: usize = 100_000;
+/// Where the unwinder stopped at a frame it could not trust.
+pub(crate) const TRUNCATED_FRAME: &str = "[truncated]";
 
 pub(super) struct Worker {
     locate_perf_map: LocatePerfMap,
@@ -239,7 +241,9 @@ impl Worker {
                 space: AddrSpace::User(pid),
                 addr: site.lookup,
             };
-            if let Some(name) = process.perf_map.lookup(site.lookup) {
+            if site.captured == crate::unwind::TRUNCATED {
+                frames.insert(site, frame(TRUNCATED_FRAME, FrameKind::Unknown));
+            } else if let Some(name) = process.perf_map.lookup(site.lookup) {
                 frames.insert(site, frame(name, FrameKind::Js));
             } else if let Some(name) = names.get(&key) {
                 frames.insert(site, frame(name, FrameKind::Native));

@@ -430,7 +430,7 @@ mod tests {
             time_ns: t,
             user: vec![0x1000 + u64::from(tid)],
             kernel: vec![],
-            v8: vec![],
+            ..Default::default()
         }
     }
 

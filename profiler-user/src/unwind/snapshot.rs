@@ -12,8 +12,9 @@
 /// One frame of an unwound user stack, leaf first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct UnwoundFrame {
-    /// The leaf's instruction pointer; for callers the return address minus
-    /// one, so it lies inside the calling instruction (as symbolizers want).
+    /// The leaf's instruction pointer; for callers the return address as
+    /// found on the stack (it points past the call: look up `pc - 1` to name
+    /// the calling function, as the symbolizer does).
     pub pc: u64,
     /// The frame pointer (%rbp) value of this frame: for a frame that keeps
     /// frame pointers (V8's JIT and interpreter frames, node's C++), the
@@ -25,11 +26,18 @@ pub struct UnwoundFrame {
 
 /// The bytes of user stack captured with one sample: `bytes[i]` is the byte
 /// at address `sp + i`. Empty when only a frame-pointer walk was possible.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct StackSnapshot {
     /// The thread's stack pointer when the sample was taken.
     pub sp: u64,
     pub bytes: Vec<u8>,
+}
+
+/// The range only: the bytes are the process's stack, not for logs.
+impl std::fmt::Debug for StackSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StackSnapshot({:#x}..{:#x})", self.sp, self.end())
+    }
 }
 
 impl StackSnapshot {

@@ -15,6 +15,7 @@ mod report_page;
 mod symbolization;
 mod syscall_cost;
 mod threadpool_cost;
+mod unwind_cost;
 
 use crate::{cmd, toolchain, Paths};
 use anyhow::{bail, Context, Result};
@@ -33,7 +34,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 4)]
     wrk_secs: u64,
     /// Only these sections: overhead, agent, syscall, poll, latency,
-    /// accuracy, symbolization, threadpool, probes, report.
+    /// accuracy, symbolization, threadpool, probes, report, unwind.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not write BENCHMARKS.md (print the table only).
@@ -142,7 +143,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     let mut failures = Vec::new();
     // Other work on the machine makes every figure noisier; the report says how much there was.
     let busy_before = wait_for_quiet()?;
-    let sections: [(&str, Section); 10] = [
+    let sections: [(&str, Section); 11] = [
         ("symbolization", symbolization::run),
         ("latency", latency::run),
         ("accuracy", accuracy::run),
@@ -153,6 +154,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
         ("threadpool", threadpool_cost::run),
         ("probes", probe_cost::run),
         ("report", report_page::run),
+        ("unwind", unwind_cost::run),
     ];
     let mut timings = Vec::new();
     for (name, section) in sections {
