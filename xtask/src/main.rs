@@ -50,7 +50,7 @@ enum Cmd {
     /// Unit tests, then the kernel tests against real Node processes (as root).
     Test {
         /// Node.js major versions to test against.
-        #[arg(long, value_delimiter = ',', default_value = "20,22,24")]
+        #[arg(long, value_delimiter = ',', default_value = "20,22,24,26")]
         node: Vec<u32>,
         /// Passed to `cargo test`, e.g. a test name filter.
         #[arg(last = true)]
@@ -58,7 +58,7 @@ enum Cmd {
     },
     /// Fetch the Node.js versions into the cache; prints the LOOPBPF_NODES value.
     Nodes {
-        #[arg(long, value_delimiter = ',', default_value = "20,22,24")]
+        #[arg(long, value_delimiter = ',', default_value = "20,22,24,26")]
         node: Vec<u32>,
     },
     /// rustfmt check and clippy (host crates, and the eBPF crate for its own target).
