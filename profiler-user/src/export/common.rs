@@ -103,6 +103,44 @@ pub struct Profile {
     pub stacks: Vec<Stack>,
 }
 
+/// `pid P tid T ROLE: loop blocked X ms, N samples`: an episode's headline,
+/// the same in the text line and in a flamegraph's title.
+pub fn episode_headline(r: &EpisodeReport) -> String {
+    let e = &r.episode;
+    format!(
+        "pid {} tid {} {}: loop {} {:.1} ms, {} samples",
+        e.pid,
+        e.tid,
+        r.role.as_str(),
+        if e.ongoing {
+            "still blocked after"
+        } else {
+            "blocked"
+        },
+        e.busy_ns as f64 / 1e6,
+        e.samples
+    )
+}
+
+/// `on-CPU x%, asleep y%, waiting for CPU z%` (and the GC share of on-CPU
+/// samples when there was any): where an episode's busy time went.
+pub fn where_time_went(r: &EpisodeReport) -> String {
+    let (e, b) = (&r.episode, &r.breakdown);
+    let mut out = format!(
+        "on-CPU {:.0}%, asleep {:.0}%, waiting for CPU {:.0}%",
+        pct(b.on_cpu_ns, e.busy_ns),
+        pct(b.blocked_ns, e.busy_ns),
+        pct(b.runq_ns, e.busy_ns)
+    );
+    if b.gc_share > 0.0 {
+        out.push_str(&format!(
+            ", GC {:.0}% of on-CPU samples",
+            b.gc_share * 100.0
+        ));
+    }
+    out
+}
+
 fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
@@ -155,36 +193,16 @@ impl Profile {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned));
         let mut detail = format!(
-            "{}: on-CPU {:.0}%, asleep {:.0}%, waiting for CPU {:.0}%",
+            "{}: {}",
             b.verdict.describe(b.syscall.as_deref()),
-            pct(b.on_cpu_ns, e.busy_ns),
-            pct(b.blocked_ns, e.busy_ns),
-            pct(b.runq_ns, e.busy_ns)
+            where_time_went(r)
         );
-        if b.gc_share > 0.0 {
-            detail.push_str(&format!(
-                ", GC {:.0}% of on-CPU samples",
-                b.gc_share * 100.0
-            ));
-        }
         if let Some(h) = &r.top_frame {
             detail.push_str(&format!("; hottest: {} ({:.0}%)", h.name, h.share * 100.0));
         }
         Profile {
             id: format!("{}-{}-{}", e.pid, e.tid, e.start_ns),
-            headline: format!(
-                "pid {} tid {} {}: loop {} {:.1} ms, {} samples",
-                e.pid,
-                e.tid,
-                r.role.as_str(),
-                if e.ongoing {
-                    "still blocked after"
-                } else {
-                    "blocked"
-                },
-                e.busy_ns as f64 / 1e6,
-                e.samples
-            ),
+            headline: episode_headline(r),
             detail,
             pid: e.pid,
             tid: Some(e.tid),

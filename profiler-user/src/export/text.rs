@@ -57,43 +57,14 @@ pub fn monotonic_ns() -> u64 {
 }
 
 pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
-    let e = &r.episode;
-    let mut line = format!(
-        "{} pid {} tid {} {}: loop {} {:.1} ms, {} samples",
-        clock.format(e.end_ns),
-        e.pid,
-        e.tid,
-        r.role.as_str(),
-        if e.ongoing {
-            "still blocked after"
-        } else {
-            "blocked"
-        },
-        e.busy_ns as f64 / 1e6,
-        e.samples
-    );
     let b = &r.breakdown;
-    let pct = |ns: u64| {
-        if e.busy_ns == 0 {
-            0.0
-        } else {
-            ns as f64 * 100.0 / e.busy_ns as f64
-        }
-    };
-    line.push_str(&format!(
-        ": {} (on-CPU {:.0}%, asleep {:.0}%, waiting for CPU {:.0}%",
+    let mut line = format!(
+        "{} {}: {} ({})",
+        clock.format(r.episode.end_ns),
+        super::common::episode_headline(r),
         b.verdict.describe(b.syscall.as_deref()),
-        pct(b.on_cpu_ns),
-        pct(b.blocked_ns),
-        pct(b.runq_ns)
-    ));
-    if b.gc_share > 0.0 {
-        line.push_str(&format!(
-            ", GC {:.0}% of on-CPU samples",
-            b.gc_share * 100.0
-        ));
-    }
-    line.push(')');
+        super::common::where_time_went(r)
+    );
     hottest_and_file(&mut line, r.top_frame.as_ref(), &r.files, &r.folded_error);
     line
 }

@@ -343,6 +343,12 @@ fn encode_agent(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "Processes watched now",
         s.processes.len() as f64,
     )?;
+    gauge(
+        enc,
+        "loopbpf_kernel_loop_threads",
+        "Loop threads of watched processes with statistics in the kernel's LOOP_STATS map, at the last refresh",
+        s.processes.values().map(|p| p.loops.len()).sum::<usize>() as f64,
+    )?;
     let own = agent::Usage::read(s.started);
     counter_f(
         enc,
