@@ -151,9 +151,15 @@ fn v8_slots_follow_the_unwound_frames() {
     bytes.extend_from_slice(&0x22u64.to_le_bytes());
     let unwound = UnwoundStack {
         frames: vec![
-            UnwoundFrame { pc: 0xa, fp: Some(0x1010) },
+            UnwoundFrame {
+                pc: 0xa,
+                fp: Some(0x1010),
+            },
             UnwoundFrame { pc: 0xb, fp: None },
-            UnwoundFrame { pc: 0xc, fp: Some(0x9000) },
+            UnwoundFrame {
+                pc: 0xc,
+                fp: Some(0x9000),
+            },
         ],
         truncated: false,
         snapshot: StackSnapshot::new(0x1000, bytes),
