@@ -20,17 +20,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` and returns its trimmed stdout; stderr is passed through so failures explain themselves.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let shown = show(cmd);
-    eprintln!("$ {shown}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot start: {shown}"))?;
-    if !out.status.success() {
-        bail!("command failed ({}): {shown}", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let stdout = output_bytes(cmd)?;
+    Ok(String::from_utf8_lossy(&stdout).trim().to_string())
 }
 
 /// Runs `cmd` and returns its stdout as bytes (stderr passed through).

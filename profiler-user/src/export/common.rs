@@ -141,6 +141,20 @@ pub fn where_time_went(r: &EpisodeReport) -> String {
     out
 }
 
+/// Sampled stacks as profile stacks, each sample standing for `ns_per_sample`.
+fn on_cpu_stacks(sampled: &[(Vec<Frame>, u64)], ns_per_sample: u64) -> Vec<Stack> {
+    sampled
+        .iter()
+        .map(|(frames, n)| Stack {
+            frames: frames.clone(),
+            state: State::OnCpu,
+            weight: *n,
+            samples: *n,
+            ns: n * ns_per_sample,
+        })
+        .collect()
+}
+
 fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
@@ -161,17 +175,7 @@ impl Profile {
         };
         let samples: u64 = r.stacks.iter().map(|s| s.1).sum();
         let ns_per_sample = b.on_cpu_ns.checked_div(samples).unwrap_or(0);
-        let mut stacks: Vec<Stack> = r
-            .stacks
-            .iter()
-            .map(|(frames, n)| Stack {
-                frames: frames.clone(),
-                state: State::OnCpu,
-                weight: *n,
-                samples: *n,
-                ns: n * ns_per_sample,
-            })
-            .collect();
+        let mut stacks = on_cpu_stacks(&r.stacks, ns_per_sample);
         for o in &r.off_cpu {
             for (state, ns) in [(State::OffCpu, o.blocked_ns), (State::Runqueue, o.runq_ns)] {
                 let weight = (ns as f64 * weight_per_ns).round() as u64;
@@ -223,17 +227,7 @@ impl Profile {
     pub fn of_pool(r: &PoolReport, frequency_hz: u64) -> Profile {
         let e = &r.episode;
         let period_ns = 1_000_000_000u64.checked_div(frequency_hz).unwrap_or(0);
-        let mut stacks: Vec<Stack> = r
-            .stacks
-            .iter()
-            .map(|(frames, n)| Stack {
-                frames: frames.clone(),
-                state: State::OnCpu,
-                weight: *n,
-                samples: *n,
-                ns: n * period_ns,
-            })
-            .collect();
+        let mut stacks = on_cpu_stacks(&r.stacks, period_ns);
         if e.samples_without_stack > 0 {
             stacks.push(not_kept(e.samples_without_stack, period_ns));
         }
