@@ -26,7 +26,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    let json_errors = cli.command.is_none() && cli.json;
+    let json_errors = match &cli.command {
+        None => cli.json,
+        Some(Command::Episodes(args)) => args.json,
+        Some(_) => false,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -56,19 +60,21 @@ fn main() -> ExitCode {
                 .map_err(Into::into)
         }
         Some(Command::Episodes(args)) => {
-            html::read(
-                &args.select.dir,
-                &filter(&args.select),
-                std::time::SystemTime::now(),
-            )
-            .map(|e| {
-                // A closed stdout (`loopbpf episodes | head`) is not an error.
-                use std::io::Write;
-                let _ = std::io::stdout()
-                    .lock()
-                    .write_all(html::table(&e).as_bytes());
-            })
-            .map_err(Into::into)
+            let filter = html::Filter {
+                lines: args.json,
+                ..filter(&args.select)
+            };
+            html::read(&args.select.dir, &filter, std::time::SystemTime::now())
+                .map(|e| {
+                    let text = if args.json {
+                        episode_lines(&e)
+                    } else {
+                        html::table(&e)
+                    };
+                    // A closed stdout (`loopbpf episodes | head`) is not an error.
+                    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                })
+                .map_err(Into::into)
         }
         None => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -171,7 +177,34 @@ fn filter(s: &SelectArgs) -> html::Filter {
     html::Filter {
         since: s.since,
         pids: s.pids.clone(),
+        lines: false,
     }
+}
+
+/// `loopbpf episodes --json`: each record as a line of the contract, then a
+/// warning line saying what was left out, if anything was.
+fn episode_lines(e: &html::Episodes) -> String {
+    let mut out = String::new();
+    let mut other_version = 0;
+    for r in &e.episodes {
+        match &r.line {
+            Some(line) => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            None => other_version += 1,
+        }
+    }
+    if other_version > 0 || e.malformed_lines > 0 {
+        let message = format!(
+            "{}: {other_version} records of another schema version and {} malformed index lines left out",
+            e.dir.display(),
+            e.malformed_lines
+        );
+        out.push_str(&json::warning(None, &message).to_json());
+        out.push('\n');
+    }
+    out
 }
 
 fn daemon_settings(a: DaemonArgs) -> daemon::Settings {

@@ -12,9 +12,9 @@
 //!
 //! Versioning: adding a key or a line type keeps `SCHEMA_VERSION`; renaming
 //! or removing a key, changing its type, unit or meaning bumps it.
-use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
+use std::{borrow::Cow, collections::BTreeMap, path::PathBuf, time::SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::text::WallClock;
 use crate::{
@@ -72,10 +72,10 @@ fn unix_ns(t: SystemTime) -> i64 {
 }
 
 /// One JSON line: the fields every line has, then the line's own.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Line<T> {
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     pub schema_version: u32,
     /// When the line was written (RFC 3339 UTC), unless the type says
     /// otherwise.
@@ -87,7 +87,7 @@ pub struct Line<T> {
 impl<T: Serialize> Line<T> {
     fn new(kind: &'static str, time: String, body: T) -> Self {
         Line {
-            kind,
+            kind: Cow::Borrowed(kind),
             schema_version: SCHEMA_VERSION,
             time,
             body,
@@ -201,7 +201,7 @@ pub fn stall(
 
 /// Who the process was, in the daemon's stored records (absent from
 /// `--pid` lines, whose operator named the process).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ProcessLabels {
     pub comm: String,
     pub exe: String,
@@ -211,13 +211,13 @@ pub struct ProcessLabels {
     pub cgroup: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Episode {
     /// `PID-TID-STARTNS`: the name of its files.
     pub id: String,
     pub pid: u32,
     pub tid: u32,
-    pub thread: &'static str,
+    pub thread: Cow<'static, str>,
     pub thread_name: Option<String>,
     pub start_ns: u64,
     pub start_time: String,
@@ -251,7 +251,7 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> Line<Episode> {
             id: super::common::episode_id(e.pid, e.tid, e.start_ns),
             pid: e.pid,
             tid: e.tid,
-            thread: r.role.as_str(),
+            thread: Cow::Borrowed(r.role.as_str()),
             thread_name: r.thread_name.clone(),
             start_ns: e.start_ns,
             start_time: rfc3339(clock.unix_ns(e.start_ns)),
@@ -425,7 +425,7 @@ pub fn summary(s: &ProcessSummary) -> Line<Summary> {
     )
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct PoolSaturation {
     /// `PID-threadpool-STARTNS`: the name of its files.
     pub id: String,
@@ -535,6 +535,31 @@ pub fn pool_utilization(p: &UtilizationPoint, clock: &WallClock) -> Line<PoolUti
             items_per_s: round(p.items_per_s, 10.0),
         },
     )
+}
+
+/// A stored record (a line of `index.jsonl`) read back and written again
+/// as a line of this schema version: `loopbpf episodes --json`. `None` for
+/// anything else: a record of another version or type, or damage.
+pub fn stored_record(line: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        kind: String,
+        schema_version: Option<u32>,
+    }
+    let head: Head = serde_json::from_slice(line).ok()?;
+    if head.schema_version != Some(SCHEMA_VERSION) {
+        return None;
+    }
+    match head.kind.as_str() {
+        "episode" => serde_json::from_slice::<Line<Episode>>(line)
+            .ok()
+            .map(|l| l.to_json()),
+        "threadpool_saturation" => serde_json::from_slice::<Line<PoolSaturation>>(line)
+            .ok()
+            .map(|l| l.to_json()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

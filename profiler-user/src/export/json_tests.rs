@@ -352,6 +352,27 @@ fn the_schema_refuses_what_the_contract_forbids() {
 }
 
 #[test]
+fn stored_records_read_back_as_the_same_lines() {
+    let mut record = episode(&episode_report(), &clock());
+    record.body.process = Some(labels());
+    let record = record.to_json();
+    assert_eq!(
+        stored_record(record.as_bytes()).as_deref(),
+        Some(record.as_str())
+    );
+    let pool = pool_saturation(&pool_report(), &clock()).to_json();
+    assert_eq!(
+        stored_record(pool.as_bytes()).as_deref(),
+        Some(pool.as_str())
+    );
+    let older = record.replace(r#""schema_version":1"#, r#""schema_version":0"#);
+    assert_eq!(stored_record(older.as_bytes()), None);
+    let summary = summary(&process_summary(None)).to_json();
+    assert_eq!(stored_record(summary.as_bytes()), None, "not a record type");
+    assert_eq!(stored_record(b"{\"torn"), None);
+}
+
+#[test]
 fn rounding_keeps_microseconds_and_never_writes_nan() {
     assert_eq!(ms(1_234_567), 1.235);
     assert_eq!(ms(999), 0.001);

@@ -77,6 +77,10 @@ pub struct Record {
     pub items: Option<u64>,
     pub top_work: Option<String>,
     pub ongoing: bool,
+    /// The record as a line of the JSON contract (`loopbpf episodes
+    /// --json` only; `None` there when it is of another version).
+    #[serde(skip)]
+    pub line: Option<String>,
 }
 
 /// What to show.
@@ -85,6 +89,8 @@ pub struct Filter {
     /// Only episodes that started within this long before now.
     pub since: Option<Duration>,
     pub pids: Vec<u32>,
+    /// Keep each record's JSON line (`Record::line`).
+    pub lines: bool,
 }
 
 /// The episodes of a directory, oldest first, with what could not be read.
@@ -151,6 +157,9 @@ pub fn read(dir: &Path, filter: &Filter, now: SystemTime) -> Result<Episodes, Re
         };
         if let Some(ms) = r.start_time.as_deref().and_then(unix_ms_of_rfc3339) {
             r.start_unix_ms = ms;
+        }
+        if filter.lines {
+            r.line = crate::export::json::stored_record(line);
         }
         if r.id.is_empty() || !is_safe_id(&r.id) {
             out.malformed_lines += 1;

@@ -38,6 +38,7 @@ fn filters_by_pid_and_age_and_skips_damage() {
     let filter = Filter {
         since: Some(Duration::from_secs(3600)),
         pids: vec![1],
+        lines: false,
     };
     let some = read(dir.path(), &filter, now()).unwrap();
     let ids: Vec<&str> = some.episodes.iter().map(|r| r.id.as_str()).collect();
@@ -151,10 +152,13 @@ fn records_of_the_json_contract_are_read_with_their_start_time() {
     // CLOCK_MONOTONIC 1 s is a minute before `now()` on the wall.
     let clock = WallClock::with_offset(i128::from(NOW_MS - 60_000) * 1_000_000 - 1_000_000_000);
     let report = EpisodeReport::new(e, ThreadRole::Main, None, vec![], vec![]);
-    let dir = dir_with(&[json::episode(&report, &clock).to_json()]);
+    let written = json::episode(&report, &clock).to_json();
+    let old = line("1-1-1", 1, 30_000, "old");
+    let dir = dir_with(&[written.clone(), old]);
     let filter = Filter {
         since: Some(Duration::from_secs(120)),
         pids: vec![],
+        lines: true,
     };
     let read = read(dir.path(), &filter, now()).unwrap();
     assert_eq!(read.malformed_lines, 0);
@@ -164,4 +168,8 @@ fn records_of_the_json_contract_are_read_with_their_start_time() {
         ("4-5-1000000000", 4, Some(5), NOW_MS - 60_000, 200.0)
     );
     assert_eq!(r.kind, "episode");
+    // `loopbpf episodes --json` gives the line back as written; a record
+    // of before the contract has none.
+    assert_eq!(r.line.as_deref(), Some(written.as_str()));
+    assert_eq!(read.episodes[1].line, None);
 }
