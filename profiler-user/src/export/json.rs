@@ -29,6 +29,20 @@ pub fn ready(
     })
 }
 
+/// Start-up time per phase (`btf`, `maps`, `load:<program>`, `attach`, …).
+pub fn startup_ms(startup: &crate::startup::Startup) -> Value {
+    let phases: serde_json::Map<String, Value> = startup
+        .phases()
+        .iter()
+        .map(|(phase, took)| (phase.name(), json!(round_ms(took.as_secs_f64() * 1e3))))
+        .collect();
+    Value::Object(phases)
+}
+
+fn round_ms(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
+}
+
 pub fn warning(pid: Option<u32>, message: &str) -> Value {
     json!({"type": "warning", "pid": pid, "message": message})
 }
@@ -105,6 +119,7 @@ pub fn summary(s: &ProcessSummary) -> Value {
     out.insert("samples".into(), s.samples.into());
     out.insert("samples_lost".into(), s.kernel.samples_lost.into());
     out.insert("episodes_lost".into(), s.kernel.episodes_lost.into());
+    out.insert("off_cpu_lost".into(), s.kernel.off_cpu_lost.into());
     let loops: Vec<Value> = s
         .loops
         .iter()
