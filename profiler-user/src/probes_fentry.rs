@@ -11,7 +11,7 @@ use crate::probes::{program, ProbeError};
 use crate::startup::{Phase, Startup};
 
 /// fentry programs and the kernel function each is loaded for.
-const FENTRY: [(&'static str, &str); 5] = [
+const FENTRY: [(&str, &str); 5] = [
     ("fentry_epoll_wait", "__x64_sys_epoll_wait"),
     ("fentry_epoll_pwait", "__x64_sys_epoll_pwait"),
     ("fentry_epoll_pwait2", "__x64_sys_epoll_pwait2"),
@@ -19,7 +19,7 @@ const FENTRY: [(&'static str, &str); 5] = [
     ("fentry_exit_group", "__x64_sys_exit_group"),
 ];
 /// fexit programs: only the polls' returns matter.
-const FEXIT: [(&'static str, &str); 3] = [
+const FEXIT: [(&str, &str); 3] = [
     ("fexit_epoll_wait", "__x64_sys_epoll_wait"),
     ("fexit_epoll_pwait", "__x64_sys_epoll_pwait"),
     ("fexit_epoll_pwait2", "__x64_sys_epoll_pwait2"),
