@@ -88,7 +88,7 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
     }])
 }
 
-/// `loopbpf_processes_watched` (since start) from the metrics endpoint.
+/// `loopbpf_processes_watched_total` (since start) from the metrics endpoint.
 fn watched(port: u16) -> Result<u64> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -96,10 +96,10 @@ fn watched(port: u16) -> Result<u64> {
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     text.lines()
-        .find_map(|l| l.strip_prefix("loopbpf_processes_watched "))
+        .find_map(|l| l.strip_prefix("loopbpf_processes_watched_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
-        .context("no loopbpf_processes_watched in /metrics")
+        .context("no loopbpf_processes_watched_total in /metrics")
 }
 
 fn free_port() -> Result<u16> {
