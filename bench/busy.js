@@ -7,6 +7,8 @@ function burn(ms) {
   while (process.hrtime.bigint() < end) x += Math.sqrt(x + 1);
   return x;
 }
-setInterval(() => burn(0.5), 10);
-setInterval(() => burn(60), 2000);
+// BUSY_SCALE=N stretches both intervals N times (for 100 processes on 2 CPUs).
+const scale = Number(process.env.BUSY_SCALE || 1);
+setInterval(() => burn(0.5), 10 * scale);
+setInterval(() => burn(60), 2000 * scale);
 console.log('ready');

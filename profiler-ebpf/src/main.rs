@@ -95,9 +95,9 @@ static POOL_WORKERS: HashMap<u32, PoolWorker> = HashMap::with_max_entries(4096, 
 #[map]
 static POOL_PENDING: LruHashMap<PendingWork, u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// Episodes and stack samples to userspace. 8 MiB holds ~470 samples of
-/// ~17.7 KiB (most of it the stack copy): at 999 Hz on two busy threads,
-/// ~2 s of samples, and userspace drains every 100 ms.
+/// Episodes and stack samples to userspace. Userspace sets its size at load
+/// from the CPUs and the sampling frequency (profiler-user's `ring_size`):
+/// 2 MiB at 199 Hz and 8 MiB at 999 Hz on 2 CPUs. This is only the default.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 

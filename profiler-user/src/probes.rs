@@ -3,6 +3,7 @@
 //! naming what failed and, where we know it, why.
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::startup::{Phase, Startup};
 use crate::target::ThreadRole;
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -195,12 +196,17 @@ fn ensure_tracefs() -> Result<(&'static str, bool), ProbeError> {
 }
 
 /// Loads and attaches the classic per-syscall tracepoint programs.
-fn attach_classic_syscall_probes(ebpf: &mut Ebpf) -> Result<String, ProbeError> {
+fn attach_classic_syscall_probes(
+    ebpf: &mut Ebpf,
+    startup: &mut Startup,
+) -> Result<String, ProbeError> {
     let (tracefs, mounted_now) = ensure_tracefs()?;
     for (name, tracepoints) in CLASSIC_SYSCALL_PROBES {
         let prog: &mut TracePoint = program(ebpf, name)?;
-        prog.load()
+        startup
+            .time(Phase::Load(name), || prog.load())
             .map_err(|source| ProbeError::Program { name, source })?;
+        let _attach = startup.timer(Phase::Attach);
         for &tracepoint in tracepoints {
             prog.attach("syscalls", tracepoint)
                 .map_err(|source| ProbeError::TracePoint {
@@ -228,19 +234,25 @@ fn unload_classic_syscall_probes(ebpf: &mut Ebpf) {
     }
 }
 
-fn attach_btf_syscall_probes(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), ProbeError> {
-    attach_btf_tracepoints(ebpf, btf, &BTF_SYSCALL_PROBES)
+fn attach_btf_syscall_probes(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    startup: &mut Startup,
+) -> Result<(), ProbeError> {
+    attach_btf_tracepoints(ebpf, btf, &BTF_SYSCALL_PROBES, startup)
 }
 
 fn attach_btf_tracepoints(
     ebpf: &mut Ebpf,
     btf: &Btf,
     programs: &[(&'static str, &str)],
+    startup: &mut Startup,
 ) -> Result<(), ProbeError> {
     for &(name, tracepoint) in programs {
         let prog: &mut BtfTracePoint = program(ebpf, name)?;
-        prog.load(tracepoint, btf)
-            .and_then(|()| prog.attach().map(drop))
+        startup
+            .time(Phase::Load(name), || prog.load(tracepoint, btf))
+            .and_then(|()| startup.time(Phase::Attach, || prog.attach().map(drop)))
             .map_err(|source| ProbeError::Program { name, source })?;
     }
     Ok(())
@@ -251,35 +263,36 @@ fn attach_syscall_probes(
     ebpf: &mut Ebpf,
     btf: &Btf,
     choice: SyscallProbesChoice,
+    startup: &mut Startup,
 ) -> Result<SyscallProbesInUse, ProbeError> {
     let (probes, reason) = match choice {
         SyscallProbesChoice::Only(SyscallProbes::TpBtf) => {
-            attach_btf_syscall_probes(ebpf, btf)?;
+            attach_btf_syscall_probes(ebpf, btf, startup)?;
             let why = format!("{SYSCALL_PROBES_ENV}=tp_btf asks for them");
             (SyscallProbes::TpBtf, why)
         }
         SyscallProbesChoice::Only(SyscallProbes::Fentry) => {
-            crate::probes_fentry::attach(ebpf, btf)?;
+            crate::probes_fentry::attach(ebpf, btf, startup)?;
             let why = format!("{SYSCALL_PROBES_ENV}=fentry asks for them");
             (SyscallProbes::Fentry, why)
         }
         SyscallProbesChoice::Only(SyscallProbes::Tracepoint) => {
-            let why = attach_classic_syscall_probes(ebpf)?;
+            let why = attach_classic_syscall_probes(ebpf, startup)?;
             let why = format!("{why}; {SYSCALL_PROBES_ENV}=tracepoint");
             (SyscallProbes::Tracepoint, why)
         }
         SyscallProbesChoice::Auto => {
-            let fentry = crate::probes_fentry::attach(ebpf, btf);
+            let fentry = crate::probes_fentry::attach(ebpf, btf, startup);
             match fentry {
                 Ok(()) => (SyscallProbes::Fentry, "the kernel allows them".to_string()),
                 Err(refused) => {
                     crate::probes_fentry::unload(ebpf);
                     let refused = format!("fentry refused: {refused}");
-                    match attach_classic_syscall_probes(ebpf) {
+                    match attach_classic_syscall_probes(ebpf, startup) {
                         Ok(why) => (SyscallProbes::Tracepoint, format!("{why}; {refused}")),
                         Err(e) => {
                             unload_classic_syscall_probes(ebpf);
-                            attach_btf_syscall_probes(ebpf, btf)?;
+                            attach_btf_syscall_probes(ebpf, btf, startup)?;
                             let why = format!(
                                 "{e}; with tracefs mounted (mount -t tracefs tracefs {TRACEFS_MOUNT_POINT}) loopbpf uses the per-syscall tracepoints; {refused}"
                             );
@@ -430,12 +443,27 @@ impl Probes {
         config: Config,
         frequency_hz: u64,
         syscall_probes: SyscallProbesChoice,
+        startup: &mut Startup,
     ) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
         raise_memlock_limit();
-        let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .load(OBJECT)
+        let btf = startup
+            .time(Phase::Btf, Btf::from_sys_fs)
+            .map_err(ProbeError::Btf)?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
+        let events_bytes = crate::ring_size::events_bytes(cpus.len() as u64, frequency_hz);
+        log::info!(
+            "ring buffer: {} KiB for {} CPUs at {frequency_hz} Hz",
+            events_bytes >> 10,
+            cpus.len()
+        );
+        let mut ebpf = startup
+            .time(Phase::Maps, || {
+                EbpfLoader::new()
+                    .btf(Some(&btf))
+                    .map_max_entries("EVENTS", events_bytes as u32)
+                    .load(OBJECT)
+            })
             .map_err(ProbeError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -456,7 +484,7 @@ impl Probes {
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
 
-        let syscall_probes = attach_syscall_probes(&mut ebpf, &btf, syscall_probes)?;
+        let syscall_probes = attach_syscall_probes(&mut ebpf, &btf, syscall_probes, startup)?;
         attach_btf_tracepoints(
             &mut ebpf,
             &btf,
@@ -466,16 +494,18 @@ impl Probes {
                 ("sched_switch", "sched_switch"),
                 ("sched_wakeup", "sched_wakeup"),
             ],
+            startup,
         )?;
 
         if frequency_hz > 0 {
             let prog: &mut PerfEvent = program(&mut ebpf, "sample_stack")?;
-            prog.load().map_err(|source| ProbeError::Program {
-                name: "sample_stack",
-                source,
-            })?;
-            let cpus = aya::util::online_cpus()
-                .map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
+            startup
+                .time(Phase::Load("sample_stack"), || prog.load())
+                .map_err(|source| ProbeError::Program {
+                    name: "sample_stack",
+                    source,
+                })?;
+            let _attach = startup.timer(Phase::Attach);
             for cpu in cpus {
                 prog.attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),

@@ -8,6 +8,7 @@ use aya::{
 use profiler_common::{LoopSlot, ThreadLoops, IN_POLL_BEFORE_ATTACH};
 
 use crate::probes::{program, ProbeError};
+use crate::startup::{Phase, Startup};
 
 /// fentry programs and the kernel function each is loaded for.
 const FENTRY: [(&str, &str); 5] = [
@@ -28,17 +29,19 @@ const FEXIT: [(&str, &str); 3] = [
 /// where ftrace function hooks are not allowed (EPERM from BPF_PROG_LOAD,
 /// ENOTSUPP without a trampoline): the caller then unloads what did load and
 /// falls back.
-pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), ProbeError> {
+pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, startup: &mut Startup) -> Result<(), ProbeError> {
     for (name, function) in FENTRY {
         let prog: &mut FEntry = program(ebpf, name)?;
-        prog.load(function, btf)
-            .and_then(|()| prog.attach().map(drop))
+        startup
+            .time(Phase::Load(name), || prog.load(function, btf))
+            .and_then(|()| startup.time(Phase::Attach, || prog.attach().map(drop)))
             .map_err(|source| ProbeError::Program { name, source })?;
     }
     for (name, function) in FEXIT {
         let prog: &mut FExit = program(ebpf, name)?;
-        prog.load(function, btf)
-            .and_then(|()| prog.attach().map(drop))
+        startup
+            .time(Phase::Load(name), || prog.load(function, btf))
+            .and_then(|()| startup.time(Phase::Attach, || prog.attach().map(drop)))
             .map_err(|source| ProbeError::Program { name, source })?;
     }
     Ok(())

@@ -14,6 +14,7 @@ use crate::{
     export::{common::Profile, json, text, write_all, FileFormat, Written},
     probes::SyscallProbes,
     report::{EpisodeReport, ProcessSummary},
+    startup::Startup,
     symbolize::{PerfMapStatus, Symbolizer},
     target::ThreadRole,
     threadpool::{report::PoolReport, PoolEpisode, PoolOutput},
@@ -24,6 +25,8 @@ pub enum Output {
         pids: Vec<u32>,
         /// Which syscall probes are attached.
         syscall_probes: SyscallProbes,
+        /// Where start-up time went.
+        startup: Startup,
     },
     Warning {
         pid: Option<u32>,
@@ -92,10 +95,16 @@ impl Reporter {
             Output::Ready {
                 pids,
                 syscall_probes,
+                startup,
             } => {
                 if self.json {
-                    let ready =
-                        json::ready(&pids, self.threshold_ns, self.frequency_hz, syscall_probes);
+                    let ready = json::ready(
+                        &pids,
+                        self.threshold_ns,
+                        self.frequency_hz,
+                        syscall_probes,
+                        json::StartupMs::of(&startup),
+                    );
                     stdout_line(&ready.to_json());
                 } else {
                     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();

@@ -22,6 +22,7 @@ use crate::{
     probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
     report::{LoopSummary, ProcessSummary},
     reporter::{Output, Reporter},
+    startup::{Phase, Startup},
     symbolize::{SymbolizeError, Symbolizer},
     target::{self, Target, TargetError, ThreadRole},
     threadpool::{monitor::PoolMonitor, uprobes::PoolAttach, PoolOutput},
@@ -95,8 +96,15 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     }
     let threshold_ns = settings.threshold.as_nanos() as u64;
     let symbolizer = Symbolizer::start()?;
+    // Symbols and unwind tables are read on other threads while the
+    // verifier runs, so the first episode is named as fast as the tenth.
+    let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+    let prepared = prepare_symbols(&symbolizer, &pids);
+    let unwinder = prepare_unwinder(pids);
+    let mut startup = Startup::default();
     let config = probes::kernel_config(threshold_ns, settings.frequency_hz, false)?;
-    let (mut probes, ring) = Probes::attach(config, settings.frequency_hz, syscall_probes)?;
+    let (mut probes, ring) =
+        Probes::attach(config, settings.frequency_hz, syscall_probes, &mut startup)?;
     let syscall_probes = probes.syscall_probes().clone();
     log::info!("{}", syscall_probes.describe());
     let mut watched = HashMap::new();
@@ -104,7 +112,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     for t in targets {
         probes.watch(t.pid)?;
         let attach = if settings.threadpool {
-            probes.attach_threadpool(t.pid)
+            startup.time(Phase::Threadpool, || probes.attach_threadpool(t.pid))
         } else {
             PoolAttach::default()
         };
@@ -131,13 +139,17 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         settings.frequency_hz,
         settings.formats.clone(),
     );
-    // Load perf maps now: if the process dies before its first episode is
-    // symbolized, /proc/PID/root is gone but the map we read stays cached.
-    for &pid in watched.keys() {
-        if let Ok(sym) = symbolizer.symbolize(pid, Vec::new()).await {
-            reporter.perf_map_status(pid, &sym.perf_map);
-        }
+    // Perf maps are read now: if the process dies before its first episode
+    // is symbolized, /proc/PID/root is gone but the map we read stays cached.
+    let waited = std::time::Instant::now();
+    for (pid, sym) in prepared.await {
+        reporter.perf_map_status(pid, &sym.perf_map);
     }
+    startup.add(Phase::Symbols, waited.elapsed());
+    let waited = std::time::Instant::now();
+    let unwinder = unwinder.await.unwrap_or_default();
+    startup.add(Phase::UnwindTables, waited.elapsed());
+    log::info!("start-up: {}", startup.describe());
     for (&pid, w) in watched.iter_mut() {
         w.threads = thread_census(&probes, &symbolizer, pid).await;
     }
@@ -148,6 +160,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let _ = tx.send(Output::Ready {
         pids,
         syscall_probes: syscall_probes.probes,
+        startup,
     });
     if syscall_probes.probes == SyscallProbes::TpBtf {
         // Users must know they pay the higher cost, and why.
@@ -170,7 +183,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         tx: tx.clone(),
         decode_errors: 0,
         exited: Vec::new(),
-        unwinder: Unwinder::new(),
+        unwinder,
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -282,6 +295,37 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     drop(tx);
     let _ = reporter.await;
     Ok(())
+}
+
+/// Prepares every target's symbols on the symbolizer thread; resolves to
+/// their perf maps' status. A target it fails for is named on demand.
+fn prepare_symbols(
+    symbolizer: &Symbolizer,
+    pids: &[u32],
+) -> impl std::future::Future<Output = Vec<(u32, crate::symbolize::Symbolized)>> {
+    let symbolizer = symbolizer.clone();
+    let pids = pids.to_vec();
+    let task = tokio::spawn(async move {
+        let mut prepared = Vec::new();
+        for pid in pids {
+            if let Ok(sym) = symbolizer.prepare(pid).await {
+                prepared.push((pid, sym));
+            }
+        }
+        prepared
+    });
+    async move { task.await.unwrap_or_default() }
+}
+
+/// Reads the targets' unwind tables on a blocking thread.
+fn prepare_unwinder(pids: Vec<u32>) -> tokio::task::JoinHandle<Unwinder> {
+    tokio::task::spawn_blocking(move || {
+        let mut unwinder = Unwinder::new();
+        for pid in pids {
+            unwinder.prepare(pid);
+        }
+        unwinder
+    })
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

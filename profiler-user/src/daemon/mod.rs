@@ -91,8 +91,14 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     metrics.set_series_labels(config.series_labels);
     let bound = http::serve(config.metrics_address, metrics.clone())?;
     let symbolizer = Symbolizer::start()?;
-    let (probes, ring) =
-        Probes::attach(kernel_config(&config)?, config.frequency_hz, syscall_probes)?;
+    let mut startup = crate::startup::Startup::default();
+    let (probes, ring) = Probes::attach(
+        kernel_config(&config)?,
+        config.frequency_hz,
+        syscall_probes,
+        &mut startup,
+    )?;
+    log::info!("start-up: {}", startup.describe());
     let syscall_probes = probes.syscall_probes().clone();
     if syscall_probes.probes == SyscallProbes::TpBtf {
         // Users must know they pay the higher cost, and why.

@@ -84,11 +84,13 @@ impl State {
         if self.config.threadpool {
             self.pool_candidates.insert(pid, Instant::now());
         }
-        // Read the perf map now: names survive the process's /proc going away.
+        // Symbols (and the perf map, whose names survive the process's /proc
+        // going away) and unwind tables are read now, not on its first episode.
         let s = self.symbolizer.clone();
         tokio::spawn(async move {
-            let _ = s.symbolize(pid, Vec::new()).await;
+            let _ = s.prepare(pid).await;
         });
+        self.unwinder.prepare(pid);
         self.watched.insert(pid, id);
         true
     }

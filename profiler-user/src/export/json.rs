@@ -115,6 +115,34 @@ pub struct Ready {
     pub threshold_ms: f64,
     pub frequency_hz: u64,
     pub syscall_probes: &'static str,
+    /// Start-up time per phase (`btf`, `maps`, `load:<program>`, `attach`,
+    /// …), in the order the phases ran.
+    pub startup_ms: StartupMs,
+}
+
+/// Phase name → milliseconds (0.1 ms), kept in the order the phases ran.
+#[derive(Debug)]
+pub struct StartupMs(pub Vec<(String, f64)>);
+
+impl Serialize for StartupMs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(phase, ms)| (phase, ms)))
+    }
+}
+
+impl StartupMs {
+    pub fn of(startup: &crate::startup::Startup) -> StartupMs {
+        StartupMs(
+            startup
+                .phases()
+                .iter()
+                .map(|(phase, took)| {
+                    let ms = (took.as_secs_f64() * 1e4).round() / 10.0;
+                    (phase.name(), ms)
+                })
+                .collect(),
+        )
+    }
 }
 
 pub fn ready(
@@ -122,6 +150,7 @@ pub fn ready(
     threshold_ns: u64,
     frequency_hz: u64,
     syscall_probes: SyscallProbes,
+    startup_ms: StartupMs,
 ) -> Line<Ready> {
     Line::now(
         "ready",
@@ -131,6 +160,7 @@ pub fn ready(
             threshold_ms: ms(threshold_ns),
             frequency_hz,
             syscall_probes: syscall_probes.as_str(),
+            startup_ms,
         },
     )
 }
@@ -381,6 +411,7 @@ pub struct Summary {
     pub samples: u64,
     pub samples_lost: u64,
     pub episodes_lost: u64,
+    pub off_cpu_lost: u64,
     pub loops: Vec<Loop>,
     pub thread_roles: BTreeMap<&'static str, usize>,
     pub threads: Vec<Thread>,
@@ -400,6 +431,7 @@ pub fn summary(s: &ProcessSummary) -> Line<Summary> {
             samples: s.samples,
             samples_lost: s.kernel.samples_lost,
             episodes_lost: s.kernel.episodes_lost,
+            off_cpu_lost: s.kernel.off_cpu_lost,
             loops: s
                 .loops
                 .iter()

@@ -200,8 +200,11 @@ fn process_summary(threadpool: Option<PoolSummary>) -> ProcessSummary {
 
 #[test]
 fn ready_line() {
-    let line = ready(&[1, 2], 50_000_000, 199, SyscallProbes::Tracepoint).to_json();
+    let startup = StartupMs(vec![("btf".into(), 41.2), ("load:sched_switch".into(), 177.0)]);
+    let line = ready(&[1, 2], 50_000_000, 199, SyscallProbes::Tracepoint, startup).to_json();
     check(&line, "ready", false);
+    // The phases keep the order they ran in.
+    assert!(line.find("\"btf\"").unwrap() < line.find("load:sched_switch").unwrap());
 }
 
 #[test]

@@ -70,6 +70,16 @@ impl ProcessMaps {
         (addr < region.end).then_some(region)
     }
 
+    /// The first address of each executable file mapping, one per file.
+    pub(super) fn executable_file_starts(&self) -> Vec<u64> {
+        let mut seen = std::collections::HashSet::new();
+        self.regions
+            .iter()
+            .filter(|r| r.executable && r.path.starts_with('/') && seen.insert(r.identity()))
+            .map(|r| r.start)
+            .collect()
+    }
+
     /// Keeps the previous mappings if the process is gone.
     pub(super) fn reload(&mut self) {
         let mut text = Vec::new();

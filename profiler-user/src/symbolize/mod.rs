@@ -110,6 +110,12 @@ enum Command {
         stacks: Vec<StackRequest>,
         reply: Reply,
     },
+    /// Reads what naming `pid`'s stacks needs (kernel symbols, its binaries'
+    /// symbol tables, perf map, V8 layout) before the first stack asks.
+    Prepare {
+        pid: u32,
+        reply: Reply,
+    },
     Forget {
         pid: u32,
     },
@@ -203,6 +209,25 @@ impl Symbolizer {
         }
     }
 
+    /// Prepares everything naming `pid`'s stacks needs, so that its first
+    /// episode is named as fast as later ones: kernel symbols (once), the
+    /// symbol tables of its executable files, its perf map and mappings, and
+    /// its V8 layout. Answers like a refresh (a request with no stacks).
+    pub async fn prepare(&self, pid: u32) -> Result<Symbolized, SymbolizeError> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let generation = self.send(
+            pid,
+            |reply| Command::Prepare { pid, reply },
+            move |s| {
+                let _ = sender.send(s);
+            },
+        )?;
+        match tokio::time::timeout(self.shared.timeout, receiver).await {
+            Ok(reply) => reply.map_err(|_| SymbolizeError::ThreadGone),
+            Err(_) => Err(self.stuck(pid, generation)),
+        }
+    }
+
     /// [`Self::symbolize`] for callers outside an async runtime.
     pub fn symbolize_blocking(
         &self,
@@ -243,15 +268,24 @@ impl Symbolizer {
         stacks: Vec<StackRequest>,
         reply: impl FnOnce(Symbolized) + Send + 'static,
     ) -> Result<u64, SymbolizeError> {
+        self.send(
+            pid,
+            |reply| Command::Symbolize { pid, stacks, reply },
+            reply,
+        )
+    }
+
+    fn send(
+        &self,
+        pid: u32,
+        command: impl FnOnce(Reply) -> Command,
+        reply: impl FnOnce(Symbolized) + Send + 'static,
+    ) -> Result<u64, SymbolizeError> {
         let current = self.lock();
         if current.stuck.contains(&pid) {
             return Err(SymbolizeError::Skipped { pid });
         }
-        let command = Command::Symbolize {
-            pid,
-            stacks,
-            reply: Box::new(reply),
-        };
+        let command = command(Box::new(reply));
         current
             .commands
             .send(command)

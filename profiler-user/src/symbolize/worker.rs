@@ -35,6 +35,21 @@ pub(super) fn run(
                     }
                 }
             }
+            Command::Prepare { pid, reply } => {
+                let prepared = catch_unwind(AssertUnwindSafe(|| {
+                    worker.prepare(pid);
+                    worker.symbolize(pid, &[])
+                }));
+                match prepared {
+                    Ok(symbolized) => reply(symbolized),
+                    Err(_) => {
+                        panics.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("preparing pid {pid} panicked: caches cleared");
+                        worker = Worker::new(locate_perf_map.clone());
+                        reply(unnamed(pid, &[]));
+                    }
+                }
+            }
             Command::Forget { pid } => worker.forget(pid),
         }
     }
@@ -72,6 +87,8 @@ fn unnamed(pid: u32, stacks: &[StackRequest]) -> Symbolized {
 /// Past this many cached native names the cache starts over, bounding memory
 /// when many processes or libraries come and go.
 const NAME_CACHE_LIMIT: usize = 100_000;
+/// A kernel text address, to make blazesym read /proc/kallsyms.
+const KERNEL_WARM_UP_ADDR: u64 = 0xffff_ffff_8100_0000;
 /// Where the unwinder stopped at a frame it could not trust.
 pub(crate) const TRUNCATED_FRAME: &str = "[truncated]";
 
@@ -81,6 +98,8 @@ pub(super) struct Worker {
     native: NativeSymbolizer,
     names: HashMap<CacheKey, String>,
     v8_binaries: V8Binaries,
+    /// Kernel symbols have been read (they are read once, then shared).
+    kernel_ready: bool,
 }
 
 /// Kept until `forget`, so stacks of a process that exited meanwhile still
@@ -172,6 +191,35 @@ impl Worker {
             native: NativeSymbolizer::new(),
             names: HashMap::new(),
             v8_binaries: V8Binaries::default(),
+            kernel_ready: false,
+        }
+    }
+
+    /// Does now what the first stacks of `pid` would otherwise pay for:
+    /// reading /proc/kallsyms (~120k symbols, tens of ms), the symbol
+    /// tables of every executable file `pid` maps, and its V8 layout.
+    fn prepare(&mut self, pid: u32) {
+        if !self.kernel_ready {
+            self.kernel_ready = true;
+            // Any address loads the whole table; its name does not matter.
+            let _ = self.native.kernel_names(&[KERNEL_WARM_UP_ADDR]);
+        }
+        let locate_perf_map = &self.locate_perf_map;
+        let process = self
+            .processes
+            .entry(pid)
+            .or_insert_with(|| ProcessState::new(pid, locate_perf_map(pid)));
+        if !process.still_alive(pid) {
+            return;
+        }
+        process.maps.reload();
+        // One address in each executable file makes blazesym parse its
+        // symbol table (cached by file identity, so shared by every process
+        // running the same binary).
+        let firsts = process.maps.executable_file_starts();
+        let _ = self.native.user_names(pid, &firsts);
+        if process.v8.is_none() {
+            process.v8 = Some(self.v8_binaries.process(pid));
         }
     }
 

@@ -65,6 +65,18 @@ pub fn run(
     gap_ms: u32,
     loopbpf_args: &[&str],
 ) -> Result<Vec<Pair>> {
+    run_bin(env, &env.loopbpf, label, durations_ms, gap_ms, loopbpf_args)
+}
+
+/// [`run`] with loopbpf binary `bin`.
+pub fn run_bin(
+    env: &Env,
+    bin: &Path,
+    label: &str,
+    durations_ms: &[u32],
+    gap_ms: u32,
+    loopbpf_args: &[&str],
+) -> Result<Vec<Pair>> {
     let dir = scratch(label)?;
     let list: Vec<String> = durations_ms.iter().map(u32::to_string).collect();
     let mut node_cmd = env.node(dir.path(), "blocker.js", &[]);
@@ -72,7 +84,8 @@ pub fn run(
     let mut node = Proc::spawn(&format!("{label}: node"), &mut node_cmd)?;
     node.wait_for("ready", Duration::from_secs(10))?;
     let out = dir.path().join("out");
-    let mut loopbpf = env.loopbpf(
+    let (mut loopbpf, _) = env.loopbpf_bin(
+        bin,
         &format!("{label}: loopbpf"),
         &[node.pid()],
         loopbpf_args,

@@ -5,6 +5,7 @@
 mod accuracy;
 mod agent_cost;
 mod blocks;
+mod daemon_cost;
 mod latency;
 mod overhead;
 mod poll_cost;
@@ -40,6 +41,10 @@ pub struct Opts {
     /// Do not write BENCHMARKS.md (print the table only).
     #[arg(long)]
     no_write: bool,
+    /// Another loopbpf binary (an older build) measured side by side with
+    /// this one in the latency and agent sections: before/after in one run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// What every benchmark needs: built binaries and the Node workloads.
@@ -75,6 +80,36 @@ impl Env {
     /// Starts loopbpf --json on `pids` and waits for its `ready` line.
     pub fn loopbpf(&self, kind: &str, pids: &[u32], args: &[&str], out: &Path) -> Result<Proc> {
         Ok(self.loopbpf_with_env(kind, pids, args, out, &[])?.0)
+    }
+
+    /// [`Self::loopbpf`] of binary `bin`; also returns its ready line.
+    pub fn loopbpf_bin(
+        &self,
+        bin: &Path,
+        kind: &str,
+        pids: &[u32],
+        args: &[&str],
+        out: &Path,
+    ) -> Result<(Proc, String)> {
+        let mut c = Command::new(bin);
+        for pid in pids {
+            c.arg("--pid").arg(pid.to_string());
+        }
+        c.arg("--json").arg("--output").arg(out).args(args);
+        let mut p = Proc::spawn(kind, &mut c)?;
+        let ready = p
+            .wait_for("\"type\":\"ready\"", Duration::from_secs(60))
+            .context("loopbpf did not attach")?;
+        Ok((p, ready.text))
+    }
+
+    /// The binaries to measure: this build, and the baseline if given.
+    pub fn builds(&self) -> Vec<(&'static str, &Path)> {
+        let mut builds = vec![("", self.loopbpf.as_path())];
+        if let Some(b) = &self.opts.baseline {
+            builds.push(("baseline: ", b.as_path()));
+        }
+        builds
     }
 
     /// `loopbpf` with environment variables; also returns the syscall probes
