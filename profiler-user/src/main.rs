@@ -2,17 +2,15 @@ use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use profiler_user::{
-    cli::{Cli, Command, DaemonArgs, SelectArgs},
-    daemon, html,
-    printable::escape,
-    run,
+    cli::args::Cli, cli::args::Command, cli::args::DaemonArgs, cli::args::SelectArgs, cli::run,
+    daemon, export::html, printable::escape,
 };
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     if args
         .next()
-        .is_some_and(|a| a == profiler_user::cli::ASSETS_ARG)
+        .is_some_and(|a| a == profiler_user::cli::args::ASSETS_ARG)
     {
         return write_assets(args.next());
     }
@@ -104,11 +102,11 @@ fn write_assets(dir: Option<std::ffi::OsString>) -> ExitCode {
     let Some(dir) = dir.map(std::path::PathBuf::from) else {
         eprintln!(
             "loopbpf: usage: loopbpf {} DIR",
-            profiler_user::cli::ASSETS_ARG
+            profiler_user::cli::args::ASSETS_ARG
         );
         return ExitCode::FAILURE;
     };
-    match profiler_user::cli::write_assets(&dir) {
+    match profiler_user::cli::args::write_assets(&dir) {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());

@@ -7,11 +7,8 @@ use std::{fs, path::Path};
 
 use super::config::{Config, Patterns};
 use crate::{
-    metrics::{
-        identity::{ContainerIdentity, KUBERNETES_LOG_LINKS},
-        ProcessLabels,
-    },
-    target::Target,
+    daemon::metrics::identity::ContainerIdentity, daemon::metrics::identity::KUBERNETES_LOG_LINKS,
+    daemon::metrics::ProcessLabels, kernel::target::Target,
 };
 
 /// What /proc says about a process, read once when it is considered.

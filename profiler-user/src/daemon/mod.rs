@@ -6,8 +6,10 @@
 pub mod config;
 pub mod discovery;
 pub mod logging;
+pub mod metrics;
 pub mod sink;
 pub mod state;
+pub mod store;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -18,12 +20,20 @@ use tokio::{
 };
 
 use crate::{
-    episode::EpisodeBuilder,
-    metrics::{http, Metrics},
-    privileges::{self, PrivilegeError},
-    probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
-    store::{Store, StoreError},
-    symbolize::{SymbolizeError, Symbolizer},
+    assembly::episode::EpisodeBuilder,
+    daemon::metrics::http,
+    daemon::metrics::Metrics,
+    daemon::store::Store,
+    daemon::store::StoreError,
+    kernel::privileges::PrivilegeError,
+    kernel::privileges::{self},
+    kernel::probes::ProbeError,
+    kernel::probes::Probes,
+    kernel::probes::SyscallProbes,
+    kernel::probes::SyscallProbesChoice,
+    kernel::probes::{self},
+    symbolize::SymbolizeError,
+    symbolize::Symbolizer,
 };
 use config::{Config, ConfigError};
 use sink::{Sink, SinkMsg};

@@ -7,13 +7,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::discovery::Identity;
 use crate::{
-    episode::Episode,
-    export::{common::Profile, json, render_all, text, FileFormat},
-    metrics::Metrics,
-    report::EpisodeReport,
-    store::{Retention, Store},
-    symbolize::{PerfMapStatus, Symbolizer},
-    threadpool::{report::PoolReport, PoolEpisode},
+    assembly::episode::Episode, assembly::threadpool::PoolEpisode, daemon::metrics::Metrics,
+    daemon::store::Retention, daemon::store::Store, export::common::Profile, export::json,
+    export::pool_report::PoolReport, export::render_all, export::report::EpisodeReport,
+    export::text, export::FileFormat, symbolize::PerfMapStatus, symbolize::Symbolizer,
 };
 
 // Mostly episodes go through the channel: boxing them would add an allocation

@@ -18,15 +18,18 @@ use super::{
     sink::SinkMsg,
 };
 use crate::{
-    collect::{self, Record},
-    episode::EpisodeBuilder,
+    assembly::episode::EpisodeBuilder,
+    assembly::threadpool::monitor::PoolMonitor,
+    assembly::threadpool::PoolOutput,
+    cli::run::too_busy_message,
+    daemon::metrics::LoopSeries,
+    daemon::metrics::Metrics,
     export::text::monotonic_ns,
-    metrics::{LoopSeries, Metrics},
-    probes::Probes,
-    run::too_busy_message,
+    kernel::collect::Record,
+    kernel::collect::{self},
+    kernel::probes::Probes,
+    kernel::target,
     symbolize::Symbolizer,
-    target,
-    threadpool::{monitor::PoolMonitor, PoolOutput},
     unwind::Unwinder,
 };
 

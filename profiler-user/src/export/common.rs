@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
+    export::pool_report::PoolReport,
+    export::report::EpisodeReport,
     export::text::WallClock,
-    report::EpisodeReport,
-    secure_fs::{self, DirPolicy, SecureFsError},
-    symbolize::{Frame, FrameKind},
-    threadpool::report::PoolReport,
+    secure_fs::DirPolicy,
+    secure_fs::SecureFsError,
+    secure_fs::{self},
+    symbolize::Frame,
+    symbolize::FrameKind,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::common::{self, ExportError, Format, Profile};
-use crate::{report::EpisodeReport, symbolize::Frame, threadpool::report::PoolReport};
+use crate::{export::pool_report::PoolReport, export::report::EpisodeReport, symbolize::Frame};
 
 pub type FoldedError = ExportError;
 
@@ -94,7 +94,8 @@ pub fn pool_file_name(r: &PoolReport) -> String {
 mod tests {
     use super::*;
     use crate::{
-        breakdown::OffCpuStack, episode::Episode, symbolize::FrameKind, target::ThreadRole,
+        assembly::episode::Episode, export::breakdown::OffCpuStack, kernel::target::ThreadRole,
+        symbolize::FrameKind,
     };
     use std::fs;
 

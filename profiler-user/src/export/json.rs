@@ -3,11 +3,10 @@
 use serde_json::{json, Value};
 
 use crate::{
-    loop_stats::LoopFigures,
-    probes::SyscallProbes,
-    report::{EpisodeReport, ProcessSummary},
-    target::ThreadRole,
-    threadpool::{report::PoolReport, PoolSummary, UtilizationPoint},
+    assembly::loop_stats::LoopFigures, assembly::threadpool::PoolSummary,
+    assembly::threadpool::UtilizationPoint, export::pool_report::PoolReport,
+    export::report::EpisodeReport, export::report::ProcessSummary, kernel::probes::SyscallProbes,
+    kernel::target::ThreadRole,
 };
 
 fn ms(ns: u64) -> f64 {
@@ -118,7 +117,8 @@ pub fn summary(s: &ProcessSummary) -> Value {
     out.insert("loops".into(), loops.into());
     out.insert(
         "thread_roles".into(),
-        serde_json::to_value(crate::threads::role_counts(&s.threads)).unwrap_or(Value::Null),
+        serde_json::to_value(crate::assembly::threads::role_counts(&s.threads))
+            .unwrap_or(Value::Null),
     );
     let threads: Vec<Value> = s
         .threads
@@ -210,7 +210,7 @@ fn pool_summary(p: &PoolSummary) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{episode::Episode, report::LoopSummary};
+    use crate::{assembly::episode::Episode, export::report::LoopSummary};
 
     #[test]
     fn episode_carries_the_documented_fields() {

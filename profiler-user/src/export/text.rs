@@ -2,10 +2,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{
-    printable::{self, Printable},
-    report::{EpisodeReport, ProcessSummary},
-    target::ThreadRole,
-    threadpool::{report::PoolReport, PoolSummary},
+    assembly::threadpool::PoolSummary,
+    export::pool_report::PoolReport,
+    export::report::EpisodeReport,
+    export::report::ProcessSummary,
+    kernel::target::ThreadRole,
+    printable::Printable,
+    printable::{self},
 };
 
 /// Converts CLOCK_MONOTONIC (the kernel's timestamps) to wall-clock time.
@@ -72,7 +75,7 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
 /// `, hottest: NAME (N%) -> FILE` (or why the stacks were not saved).
 fn hottest_and_file(
     line: &mut String,
-    top: Option<&crate::report::HotFrame>,
+    top: Option<&crate::export::report::HotFrame>,
     files: &[std::path::PathBuf],
     error: &Option<String>,
 ) {
@@ -153,7 +156,7 @@ pub fn summary(s: &ProcessSummary) -> String {
         out.push_str(&pool_summary(p));
     }
     if !s.threads.is_empty() {
-        let roles: Vec<String> = crate::threads::role_counts(&s.threads)
+        let roles: Vec<String> = crate::assembly::threads::role_counts(&s.threads)
             .into_iter()
             .map(|(role, n)| format!("{n} {role}"))
             .collect();
@@ -250,7 +253,7 @@ fn pool_summary(p: &PoolSummary) -> String {
 mod tests {
     use super::*;
 
-    fn summary_of(comm: &str, kernel: crate::probes::KernelCounters) -> String {
+    fn summary_of(comm: &str, kernel: crate::kernel::probes::KernelCounters) -> String {
         summary(&ProcessSummary {
             pid: 7,
             comm: comm.into(),
@@ -266,7 +269,7 @@ mod tests {
 
     #[test]
     fn the_summary_names_every_kernel_drop() {
-        let k = crate::probes::KernelCounters {
+        let k = crate::kernel::probes::KernelCounters {
             stats_full: 4,
             off_cpu_lost: 2,
             ..Default::default()

@@ -10,13 +10,12 @@ use std::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    episode::Episode,
-    export::{common::Profile, json, text, write_all, FileFormat, Written},
-    probes::SyscallProbes,
-    report::{EpisodeReport, ProcessSummary},
-    symbolize::{PerfMapStatus, Symbolizer},
-    target::ThreadRole,
-    threadpool::{report::PoolReport, PoolEpisode, PoolOutput},
+    assembly::episode::Episode, assembly::threadpool::PoolEpisode,
+    assembly::threadpool::PoolOutput, export::common::Profile, export::json,
+    export::pool_report::PoolReport, export::report::EpisodeReport, export::report::ProcessSummary,
+    export::text, export::write_all, export::FileFormat, export::Written,
+    kernel::probes::SyscallProbes, kernel::target::ThreadRole, symbolize::PerfMapStatus,
+    symbolize::Symbolizer,
 };
 
 pub enum Output {

@@ -24,7 +24,8 @@ use std::{
 use profiler_common::LoopStats;
 
 use crate::{
-    breakdown::Verdict, probes::KernelCounters, target::ThreadRole, threadpool::PoolSummary,
+    assembly::threadpool::PoolSummary, export::breakdown::Verdict, kernel::probes::KernelCounters,
+    kernel::target::ThreadRole,
 };
 
 /// A retired label set with no live loop is forgotten after this long: its

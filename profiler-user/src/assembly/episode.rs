@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use profiler_common::EpisodeEvent;
 
-use crate::collect::{OffCpu, Sample};
+use crate::{kernel::collect::OffCpu, kernel::collect::Sample};
 
 /// A distinct stack, leaf first, as the kernel captured it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

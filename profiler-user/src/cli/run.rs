@@ -14,18 +14,33 @@ use tokio::{
 };
 
 use crate::{
-    collect::{self, Record},
-    episode::EpisodeBuilder,
+    assembly::episode::EpisodeBuilder,
+    assembly::loop_stats::LoopFigures,
+    assembly::threadpool::monitor::PoolMonitor,
+    assembly::threadpool::PoolOutput,
+    assembly::threads::ThreadInfo,
+    assembly::threads::{self},
+    cli::reporter::Output,
+    cli::reporter::Reporter,
+    export::report::LoopSummary,
+    export::report::ProcessSummary,
     export::text::monotonic_ns,
-    loop_stats::LoopFigures,
-    privileges::{self, PrivilegeError},
-    probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
-    report::{LoopSummary, ProcessSummary},
-    reporter::{Output, Reporter},
-    symbolize::{SymbolizeError, Symbolizer},
-    target::{self, Target, TargetError, ThreadRole},
-    threadpool::{monitor::PoolMonitor, uprobes::PoolAttach, PoolOutput},
-    threads::{self, ThreadInfo},
+    kernel::collect::Record,
+    kernel::collect::{self},
+    kernel::privileges::PrivilegeError,
+    kernel::privileges::{self},
+    kernel::probes::pool_uprobes::PoolAttach,
+    kernel::probes::ProbeError,
+    kernel::probes::Probes,
+    kernel::probes::SyscallProbes,
+    kernel::probes::SyscallProbesChoice,
+    kernel::probes::{self},
+    kernel::target::Target,
+    kernel::target::TargetError,
+    kernel::target::ThreadRole,
+    kernel::target::{self},
+    symbolize::SymbolizeError,
+    symbolize::Symbolizer,
     unwind::Unwinder,
 };
 
@@ -449,7 +464,7 @@ async fn finish(
 pub fn too_busy_message(pid: u32, items_per_s: f64) -> String {
     format!(
         "pid {pid}: threadpool runs {items_per_s:.0} work items/s, over the {:.0}/s at which its uprobes cost more than a profiler should: they are detached, and threadpool figures stop here (--no-threadpool skips them from the start)",
-        crate::threadpool::monitor::MAX_ITEMS_PER_S
+        crate::assembly::threadpool::monitor::MAX_ITEMS_PER_S
     )
 }
 

@@ -1,9 +1,13 @@
 //! Loads loopbpf's eBPF object into the kernel, attaches it, and gives typed
 //! access to its maps. Everything that can go wrong here becomes a `ProbeError`
 //! naming what failed and, where we know it, why.
+mod fentry;
+pub mod pool_symbols;
+pub mod pool_uprobes;
+
 use std::os::fd::{AsRawFd, RawFd};
 
-use crate::target::ThreadRole;
+use crate::kernel::target::ThreadRole;
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
@@ -32,7 +36,7 @@ pub fn kernel_config(
     frequency_hz: u64,
     discover: bool,
 ) -> Result<Config, ProbeError> {
-    let task = crate::kernel_btf::task_offsets(std::path::Path::new(VMLINUX_BTF))
+    let task = crate::kernel::btf::task_offsets(std::path::Path::new(VMLINUX_BTF))
         .map_err(ProbeError::TaskLayout)?;
     Ok(Config {
         threshold_ns,
@@ -259,7 +263,7 @@ fn attach_syscall_probes(
             (SyscallProbes::TpBtf, why)
         }
         SyscallProbesChoice::Only(SyscallProbes::Fentry) => {
-            crate::probes_fentry::attach(ebpf, btf)?;
+            crate::kernel::probes::fentry::attach(ebpf, btf)?;
             let why = format!("{SYSCALL_PROBES_ENV}=fentry asks for them");
             (SyscallProbes::Fentry, why)
         }
@@ -269,11 +273,11 @@ fn attach_syscall_probes(
             (SyscallProbes::Tracepoint, why)
         }
         SyscallProbesChoice::Auto => {
-            let fentry = crate::probes_fentry::attach(ebpf, btf);
+            let fentry = crate::kernel::probes::fentry::attach(ebpf, btf);
             match fentry {
                 Ok(()) => (SyscallProbes::Fentry, "the kernel allows them".to_string()),
                 Err(refused) => {
-                    crate::probes_fentry::unload(ebpf);
+                    crate::kernel::probes::fentry::unload(ebpf);
                     let refused = format!("fentry refused: {refused}");
                     match attach_classic_syscall_probes(ebpf) {
                         Ok(why) => (SyscallProbes::Tracepoint, format!("{why}; {refused}")),
@@ -299,7 +303,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lo
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("reading task_struct's layout from kernel BTF failed: {0}")]
-    TaskLayout(#[source] crate::kernel_btf::BtfError),
+    TaskLayout(#[source] crate::kernel::btf::BtfError),
     #[error("kernel BTF not available at /sys/kernel/btf/vmlinux (loopbpf needs a kernel built with CONFIG_DEBUG_INFO_BTF): {0}")]
     Btf(#[source] aya::BtfError),
     #[error("loading the eBPF object failed: {0}")]
@@ -413,7 +417,7 @@ pub struct Probes {
     // Dropping `Ebpf` detaches every program: keep it for the life of `Probes`.
     pub(crate) ebpf: Ebpf,
     /// Threadpool uprobes per process (attached on demand, see `threadpool`).
-    pub(crate) pool_links: crate::threadpool::uprobes::PoolLinks,
+    pub(crate) pool_links: crate::kernel::probes::pool_uprobes::PoolLinks,
     watched: HashMap<MapData, u32, WatchedProcess>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
@@ -513,7 +517,7 @@ impl Probes {
             })?;
         self.update_watched_bitmap(pid)?;
         if self.syscall_probes.probes == SyscallProbes::Fentry {
-            crate::probes_fentry::seed_asleep_polls(&mut self.ebpf, pid);
+            crate::kernel::probes::fentry::seed_asleep_polls(&mut self.ebpf, pid);
         }
         Ok(())
     }

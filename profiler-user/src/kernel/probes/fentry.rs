@@ -7,7 +7,7 @@ use aya::{
 };
 use profiler_common::{LoopSlot, ThreadLoops, IN_POLL_BEFORE_ATTACH};
 
-use crate::probes::{program, ProbeError};
+use crate::{kernel::probes::program, kernel::probes::ProbeError};
 
 /// fentry programs and the kernel function each is loaded for.
 const FENTRY: [(&str, &str); 5] = [

@@ -1,10 +1,10 @@
 //! A saturation with its stacks named, and what the workers were running.
 use std::path::PathBuf;
 
-use super::PoolEpisode;
+use crate::assembly::threadpool::PoolEpisode;
 use crate::{
-    report::{hottest_frame, HotFrame},
-    symbolize::{Frame, StackRequest, SymbolizeError, Symbolizer},
+    export::report::hottest_frame, export::report::HotFrame, symbolize::Frame,
+    symbolize::StackRequest, symbolize::SymbolizeError, symbolize::Symbolizer,
 };
 
 /// Frames between libuv's worker loop and the work itself, which say only
@@ -62,7 +62,7 @@ impl PoolReport {
             .map(|(raw, n)| {
                 let frames = named
                     .next()
-                    .unwrap_or_else(|| crate::report::unnamed(&raw.user, &raw.kernel));
+                    .unwrap_or_else(|| crate::export::report::unnamed(&raw.user, &raw.kernel));
                 (frames, *n)
             })
             .collect();

@@ -3,12 +3,11 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use crate::{
-    breakdown::{breakdown, strip_tracing_frames, Breakdown, OffCpuStack},
-    episode::Episode,
-    loop_stats::LoopFigures,
-    probes::KernelCounters,
-    symbolize::{Frame, FrameKind, PerfMapStatus, StackRequest, SymbolizeError, Symbolizer},
-    target::{thread_name, ThreadRole},
+    assembly::episode::Episode, assembly::loop_stats::LoopFigures, export::breakdown::breakdown,
+    export::breakdown::strip_tracing_frames, export::breakdown::Breakdown,
+    export::breakdown::OffCpuStack, kernel::probes::KernelCounters, kernel::target::thread_name,
+    kernel::target::ThreadRole, symbolize::Frame, symbolize::FrameKind, symbolize::PerfMapStatus,
+    symbolize::StackRequest, symbolize::SymbolizeError, symbolize::Symbolizer,
 };
 
 #[derive(Clone, Debug)]
@@ -212,10 +211,10 @@ pub struct ProcessSummary {
     pub exited: bool,
     pub kernel: KernelCounters,
     /// `None` when the threadpool could not be tracked (see the warning).
-    pub threadpool: Option<crate::threadpool::PoolSummary>,
+    pub threadpool: Option<crate::assembly::threadpool::PoolSummary>,
     /// Every thread with its role (as of the end, or of the start for a
     /// process that exited).
-    pub threads: Vec<crate::threads::ThreadInfo>,
+    pub threads: Vec<crate::assembly::threads::ThreadInfo>,
 }
 
 #[cfg(test)]

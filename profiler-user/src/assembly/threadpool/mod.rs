@@ -2,16 +2,13 @@
 //! work runs on its workers (4 by default), and when they are all busy new
 //! work queues, however idle the event loop looks.
 //!
-//! uprobes (`uprobes`) → per-worker kernel state and long busy periods →
-//! `monitor` (utilization, saturation from `saturation`) → `report` (named
-//! stacks) → the exporters.
+//! uprobes (`kernel::probes::pool_uprobes`) → per-worker kernel state and long
+//! busy periods → `monitor` (utilization, saturation from `saturation`) →
+//! `export::pool_report` (named stacks) → the exporters.
 pub mod monitor;
-pub mod report;
 pub mod saturation;
-pub mod symbols;
-pub mod uprobes;
 
-use crate::episode::RawStack;
+use crate::assembly::episode::RawStack;
 
 /// An interval in which every worker of the pool was busy.
 #[derive(Clone, Debug)]

@@ -5,12 +5,13 @@ use std::collections::{HashMap, VecDeque};
 
 use profiler_common::{PoolBusyEvent, PoolWorker};
 
+use crate::kernel::probes::pool_uprobes::PoolAttach;
+
 use super::{
     saturation::{saturations, BusyPeriod},
-    uprobes::PoolAttach,
     PoolEpisode, PoolOutput, PoolSummary, UtilizationPoint,
 };
-use crate::{collect::Sample, episode::RawStack, loop_stats::quantile};
+use crate::{assembly::episode::RawStack, assembly::loop_stats::quantile, kernel::collect::Sample};
 
 /// Utilization is reported per window of this length.
 pub const UTILIZATION_WINDOW_NS: u64 = 1_000_000_000;
@@ -379,7 +380,7 @@ fn libuv_pool_size(v: &[u8]) -> usize {
 
 /// Threads Node ≥ 22 names `libuv-worker` (0 on Node 20, which names none).
 fn named_workers(pid: u32) -> usize {
-    crate::target::thread_comms(pid)
+    crate::kernel::target::thread_comms(pid)
         .iter()
         .filter(|(_, c)| c == "libuv-worker")
         .count()

@@ -2,9 +2,7 @@
 //! V8's garbage collector), asleep (and in which syscall), or runnable but
 //! waiting for a CPU. The verdict a reader needs without opening a flamegraph.
 use crate::{
-    episode::Episode,
-    report::HotFrame,
-    symbolize::{Frame, FrameKind},
+    assembly::episode::Episode, export::report::HotFrame, symbolize::Frame, symbolize::FrameKind,
 };
 
 /// Stacks where the thread left the CPU, with the time it then spent asleep
