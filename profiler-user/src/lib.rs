@@ -5,9 +5,12 @@
 //! Front ends: `cli` (`loopbpf --pid`) and `daemon` (with its store and metrics).
 pub mod assembly;
 pub mod cli;
+pub mod clock;
 pub mod daemon;
 pub mod export;
 pub mod kernel;
+pub mod lifecycle;
+pub mod limits;
 pub mod printable;
 pub mod secure_fs;
 pub mod symbolize;

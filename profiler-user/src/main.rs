@@ -2,8 +2,13 @@ use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use profiler_user::{
-    cli::args::Cli, cli::args::Command, cli::args::DaemonArgs, cli::args::SelectArgs, cli::run,
-    daemon, export::html, printable::escape,
+    cli::{
+        args::{Cli, Command, DaemonArgs, SelectArgs},
+        run,
+    },
+    daemon,
+    export::html,
+    printable::escape,
 };
 
 fn main() -> ExitCode {

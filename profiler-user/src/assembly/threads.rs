@@ -14,7 +14,8 @@
 use std::{collections::BTreeMap, fs};
 
 use crate::{
-    kernel::target::ThreadRole, symbolize::Frame, symbolize::StackRequest, symbolize::Symbolizer,
+    kernel::target::ThreadRole,
+    symbolize::{Frame, StackRequest, Symbolizer},
 };
 
 /// Bytes of stack read above the stack pointer: an idle thread's frames, from
@@ -190,7 +191,7 @@ pub fn role_from_name(comm: &str) -> Option<ThreadRole> {
 pub fn role_from_stack(frames: &[Frame]) -> Option<ThreadRole> {
     frames.iter().find_map(|f| {
         let n = f.name.as_str();
-        if n == crate::export::pool_report::WORKER_LOOP {
+        if n == crate::assembly::threadpool::WORKER_LOOP {
             Some(ThreadRole::Threadpool)
         } else if n.contains("PlatformWorkerThread") || n.contains("DelayedTaskScheduler") {
             Some(ThreadRole::V8Platform)

@@ -10,12 +10,19 @@ use std::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    assembly::episode::Episode, assembly::threadpool::PoolEpisode,
-    assembly::threadpool::PoolOutput, export::common::Profile, export::json,
-    export::pool_report::PoolReport, export::report::EpisodeReport, export::report::ProcessSummary,
-    export::text, export::write_all, export::FileFormat, export::Written,
-    kernel::probes::SyscallProbes, kernel::target::ThreadRole, symbolize::PerfMapStatus,
-    symbolize::Symbolizer,
+    assembly::{
+        episode::Episode,
+        threadpool::{PoolEpisode, PoolOutput},
+    },
+    export::{
+        common::Profile,
+        json,
+        pool_report::PoolReport,
+        report::{EpisodeReport, ProcessSummary},
+        text, write_all, FileFormat, Written,
+    },
+    kernel::{probes::SyscallProbes, target::ThreadRole},
+    symbolize::{PerfMapStatus, Symbolizer},
 };
 
 pub enum Output {
@@ -51,7 +58,7 @@ pub struct Reporter {
     pub frequency_hz: u64,
     /// The files written per episode.
     pub formats: Vec<FileFormat>,
-    pub clock: text::WallClock,
+    pub clock: crate::clock::WallClock,
     perf_map_warned: HashSet<u32>,
     episodes: HashMap<u32, u64>,
     write_error_warned: bool,
@@ -73,7 +80,7 @@ impl Reporter {
             symbolizer,
             threshold_ns,
             frequency_hz,
-            clock: text::WallClock::now(),
+            clock: crate::clock::WallClock::now(),
             perf_map_warned: HashSet::new(),
             episodes: HashMap::new(),
             write_error_warned: false,
@@ -315,4 +322,36 @@ fn append_line(
 fn stdout_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// The session's side of the lifecycle: everything goes, in order, to the
+/// reporter's task.
+impl crate::lifecycle::Output for tokio::sync::mpsc::UnboundedSender<Output> {
+    fn episode(&mut self, e: Episode) {
+        let _ = self.send(Output::Episode(e));
+    }
+
+    /// A terminal gets one line per stall; the daemon's log repeats it.
+    fn stall(&mut self, s: crate::lifecycle::Stall) {
+        if s.first {
+            let _ = self.send(Output::Stall {
+                pid: s.pid,
+                tid: s.tid,
+                start_ns: s.start_ns,
+                now_ns: s.now_ns,
+            });
+        }
+    }
+
+    fn pool(&mut self, out: PoolOutput) {
+        let _ = self.send(Output::Pool(out));
+    }
+
+    fn warning(&mut self, pid: Option<u32>, message: String) {
+        let _ = self.send(Output::Warning { pid, message });
+    }
+
+    fn forget(&mut self, pid: u32) {
+        let _ = self.send(Output::Forget(pid));
+    }
 }

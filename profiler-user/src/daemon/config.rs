@@ -11,8 +11,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::{
-    cli::args::check_frequency, cli::args::in_range, cli::args::parse_duration,
-    cli::args::THRESHOLD_RANGE, daemon::metrics::SeriesLabels, daemon::store::Retention,
+    cli::args::{check_frequency, in_range, parse_duration, THRESHOLD_RANGE},
+    daemon::{metrics::SeriesLabels, store::Retention},
 };
 
 pub const DEFAULT_PATH: &str = "/etc/loopbpf/loopbpf.toml";

@@ -7,8 +7,11 @@ use std::{fs, path::Path};
 
 use super::config::{Config, Patterns};
 use crate::{
-    daemon::metrics::identity::ContainerIdentity, daemon::metrics::identity::KUBERNETES_LOG_LINKS,
-    daemon::metrics::ProcessLabels, kernel::target::Target,
+    daemon::metrics::{
+        identity::{ContainerIdentity, KUBERNETES_LOG_LINKS},
+        ProcessLabels,
+    },
+    kernel::target::Target,
 };
 
 /// What /proc says about a process, read once when it is considered.

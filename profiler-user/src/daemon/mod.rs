@@ -13,6 +13,9 @@ pub mod store;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
+use config::{Config, ConfigError};
+use sink::{Sink, SinkMsg};
+use state::State;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -20,32 +23,21 @@ use tokio::{
 };
 
 use crate::{
-    assembly::episode::EpisodeBuilder,
-    daemon::metrics::http,
-    daemon::metrics::Metrics,
-    daemon::store::Store,
-    daemon::store::StoreError,
-    kernel::privileges::PrivilegeError,
-    kernel::privileges::{self},
-    kernel::probes::ProbeError,
-    kernel::probes::Probes,
-    kernel::probes::SyscallProbes,
-    kernel::probes::SyscallProbesChoice,
-    kernel::probes::{self},
-    symbolize::SymbolizeError,
-    symbolize::Symbolizer,
+    daemon::{
+        metrics::{http, Metrics},
+        store::{Store, StoreError},
+    },
+    kernel::{
+        privileges::{self, PrivilegeError},
+        probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
+    },
+    lifecycle::Lifecycle,
+    limits::{
+        DRAIN_EVERY, METRICS_EVERY, PERF_MAP_REFRESH_EVERY, RETENTION_EVERY, STALL_CHECK_EVERY,
+        SWEEP_EVERY,
+    },
+    symbolize::{SymbolizeError, Symbolizer},
 };
-use config::{Config, ConfigError};
-use sink::{Sink, SinkMsg};
-use state::State;
-
-const DRAIN_EVERY: Duration = Duration::from_millis(100);
-const METRICS_EVERY: Duration = Duration::from_secs(1);
-/// Exit events can be lost only when the ring buffer is full: a slow sweep suffices.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-const PERF_MAP_REFRESH_EVERY: Duration = Duration::from_secs(2);
-/// Age-based retention between writes (size is enforced on every write).
-const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 /// Command-line settings; `Some` overrides the file, also after a reload.
 #[derive(Clone, Debug, Default)]
@@ -120,19 +112,17 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         formats: settings.formats.clone(),
     };
     let sink = sink::spawn(sink, rx)?;
+    let config_threshold_ns = config.threshold.as_nanos() as u64;
     let mut st = State {
         probes,
         config,
         watched: HashMap::new(),
-        builder: EpisodeBuilder::new(state::MAX_DISTINCT_STACKS),
+        life: Lifecycle::new(config_threshold_ns),
         metrics,
         symbolizer,
         sink: tx,
         pending: Vec::new(),
-        decode_errors: 0,
-        pools: HashMap::new(),
         pool_candidates: HashMap::new(),
-        unwinder: crate::unwind::Unwinder::new(),
     };
     // Attached before the scan: a process started during the scan is caught by its exec event.
     st.scan();
@@ -153,7 +143,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(DRAIN_EVERY);
-    let mut last = [tokio::time::Instant::now(); 4];
+    let mut last = [tokio::time::Instant::now(); 5];
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -164,7 +154,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             _ = tick.tick() => {
                 st.drain_and_tick_pools(ring.get_mut());
                 st.retry_pending();
-                let due = |i: usize, every: Duration, last: &mut [tokio::time::Instant; 4]| {
+                let due = |i: usize, every: Duration, last: &mut [tokio::time::Instant; 5]| {
                     let now = tokio::time::Instant::now();
                     let due = now - last[i] >= every;
                     if due { last[i] = now; }
@@ -175,6 +165,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                     st.refresh_metrics();
                 }
                 if due(1, SWEEP_EVERY, &mut last) { st.sweep(); }
+                if due(4, STALL_CHECK_EVERY, &mut last) { st.check_stalls(); }
                 if due(2, PERF_MAP_REFRESH_EVERY, &mut last) {
                     for &pid in st.watched.keys() {
                         let s = st.symbolizer.clone();
@@ -196,8 +187,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     for pid in pids {
         st.detach(pid, false, "stopping");
     }
-    if st.decode_errors > 0 {
-        log::warn!("{} malformed ring-buffer records skipped", st.decode_errors);
+    if st.life.decode_errors > 0 {
+        log::warn!(
+            "{} malformed ring-buffer records skipped",
+            st.life.decode_errors
+        );
     }
     drop(st);
     // The sink drains every episode sent above before it returns.
@@ -239,10 +233,8 @@ fn reload(st: &mut State, settings: &Settings) {
     if let Err(e) = kernel_config(&new).and_then(|k| st.probes.set_config(k)) {
         log::error!("reload: setting the threshold failed: {e}");
     }
-    // Each threadpool monitor judges saturations by its own copy.
-    for pool in st.pools.values_mut() {
-        pool.set_threshold(new.threshold.as_nanos() as u64);
-    }
+    // Episodes, stalls and every threadpool monitor from now on.
+    st.life.set_threshold(new.threshold.as_nanos() as u64);
     let _ = st.sink.send(SinkMsg::Retention(new.retention));
     st.metrics.set_series_labels(new.series_labels);
     st.config = new;

@@ -7,10 +7,17 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::discovery::Identity;
 use crate::{
-    assembly::episode::Episode, assembly::threadpool::PoolEpisode, daemon::metrics::Metrics,
-    daemon::store::Retention, daemon::store::Store, export::common::Profile, export::json,
-    export::pool_report::PoolReport, export::render_all, export::report::EpisodeReport,
-    export::text, export::FileFormat, symbolize::PerfMapStatus, symbolize::Symbolizer,
+    assembly::{episode::Episode, threadpool::PoolEpisode},
+    daemon::{
+        metrics::Metrics,
+        store::{Retention, Store},
+    },
+    export::{
+        common::Profile, json, pool_report::PoolReport, render_all, report::EpisodeReport,
+        FileFormat,
+    },
+    lifecycle::Stall,
+    symbolize::{PerfMapStatus, Symbolizer},
 };
 
 // Mostly episodes go through the channel: boxing them would add an allocation
@@ -18,6 +25,8 @@ use crate::{
 #[allow(clippy::large_enum_variant)]
 pub enum SinkMsg {
     Episode(Episode, Identity),
+    /// A loop still blocked, with its stacks so far.
+    Stall(Stall, Identity),
     PoolSaturation(PoolEpisode, Identity),
     /// The process is gone and its episodes are out: drop its caches.
     Forget(u32),
@@ -56,7 +65,7 @@ pub fn realtime_offset() -> i128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0);
-    real - text::monotonic_ns() as i128
+    real - crate::clock::monotonic_ns() as i128
 }
 
 impl Sink {
@@ -64,6 +73,7 @@ impl Sink {
         while let Some(msg) = rx.recv().await {
             match msg {
                 SinkMsg::Episode(e, id) => self.episode(e, id).await,
+                SinkMsg::Stall(s, id) => self.stall(s, id).await,
                 SinkMsg::PoolSaturation(e, id) => self.pool_saturation(e, id).await,
                 SinkMsg::Forget(pid) => self.symbolizer.forget(pid),
                 SinkMsg::Retention(r) => {
@@ -137,6 +147,26 @@ impl Sink {
         }
     }
 
+    /// A loop still blocked: one log line naming where its time goes so far
+    /// (at the first notice, then every `STALL_REPEAT_EVERY`).
+    async fn stall(&mut self, s: Stall, id: Identity) {
+        let busy_s = s.now_ns.saturating_sub(s.start_ns) as f64 / 1e9;
+        let (hottest, samples) = match s.so_far {
+            Some(e) => {
+                let (report, _) = EpisodeReport::symbolize(e, &self.symbolizer).await;
+                (hot_text(&report), report.episode.samples)
+            }
+            None => ("-".into(), 0),
+        };
+        log::warn!(
+            "still blocked for {busy_s:.1} s, hottest so far: {hottest} pid={} tid={} comm={} container={} samples={samples}",
+            s.pid,
+            s.tid,
+            id.comm,
+            id.container_label()
+        );
+    }
+
     async fn episode(&mut self, e: Episode, id: Identity) {
         let pid = e.pid;
         let (report, status) = EpisodeReport::symbolize(e, &self.symbolizer).await;
@@ -177,11 +207,7 @@ impl Sink {
         };
         let stored = self.store.put(&file_id, &files, record);
         let e = &report.episode;
-        let hottest = report
-            .top_frame
-            .as_ref()
-            .map(|h| format!("{} ({:.0}%)", h.name, h.share * 100.0))
-            .unwrap_or_else(|| "-".into());
+        let hottest = hot_text(&report);
         match stored {
             Ok((_, json_path)) => {
                 self.metrics.episode_stored();
@@ -199,4 +225,13 @@ impl Sink {
             ),
         }
     }
+}
+
+/// `name (share%)` of the hottest frame, `-` without samples.
+fn hot_text(report: &EpisodeReport) -> String {
+    report
+        .top_frame
+        .as_ref()
+        .map(|h| format!("{} ({:.0}%)", h.name, h.share * 100.0))
+        .unwrap_or_else(|| "-".into())
 }

@@ -2,7 +2,9 @@
 //! V8's garbage collector), asleep (and in which syscall), or runnable but
 //! waiting for a CPU. The verdict a reader needs without opening a flamegraph.
 use crate::{
-    assembly::episode::Episode, export::report::HotFrame, symbolize::Frame, symbolize::FrameKind,
+    assembly::episode::Episode,
+    export::frames::HotFrame,
+    symbolize::{Frame, FrameKind},
 };
 
 /// Stacks where the thread left the CPU, with the time it then spent asleep

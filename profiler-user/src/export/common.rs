@@ -4,14 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    export::pool_report::PoolReport,
-    export::report::EpisodeReport,
-    export::text::WallClock,
-    secure_fs::DirPolicy,
-    secure_fs::SecureFsError,
-    secure_fs::{self},
-    symbolize::Frame,
-    symbolize::FrameKind,
+    clock::WallClock,
+    export::{pool_report::PoolReport, report::EpisodeReport},
+    secure_fs::{self, DirPolicy, SecureFsError},
+    symbolize::{Frame, FrameKind},
 };
 
 #[derive(Debug, thiserror::Error)]

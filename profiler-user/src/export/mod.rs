@@ -4,6 +4,7 @@
 pub mod breakdown;
 pub mod common;
 pub mod folded;
+pub mod frames;
 pub mod html;
 pub mod json;
 pub mod pool_report;

@@ -1,10 +1,10 @@
 //! A saturation with its stacks named, and what the workers were running.
 use std::path::PathBuf;
 
-use crate::assembly::threadpool::PoolEpisode;
 use crate::{
-    export::report::hottest_frame, export::report::HotFrame, symbolize::Frame,
-    symbolize::StackRequest, symbolize::SymbolizeError, symbolize::Symbolizer,
+    assembly::threadpool::{PoolEpisode, WORKER_LOOP},
+    export::frames::{hottest_frame, HotFrame},
+    symbolize::{Frame, StackRequest, SymbolizeError, Symbolizer},
 };
 
 /// Frames between libuv's worker loop and the work itself, which say only
@@ -17,8 +17,6 @@ const DISPATCH_FRAMES: [&str; 5] = [
     "{virtual override thunk",
     "node::crypto::DeriveBitsJob<",
 ];
-/// libuv's worker loop, at the bottom of every pool worker's stack.
-pub const WORKER_LOOP: &str = "worker";
 
 #[derive(Clone, Debug)]
 pub struct PoolReport {
@@ -62,7 +60,7 @@ impl PoolReport {
             .map(|(raw, n)| {
                 let frames = named
                     .next()
-                    .unwrap_or_else(|| crate::export::report::unnamed(&raw.user, &raw.kernel));
+                    .unwrap_or_else(|| crate::export::frames::unnamed(&raw.user, &raw.kernel));
                 (frames, *n)
             })
             .collect();

@@ -10,6 +10,9 @@ pub mod saturation;
 
 use crate::assembly::episode::RawStack;
 
+/// libuv's worker loop, at the bottom of every pool worker's stack.
+pub const WORKER_LOOP: &str = "worker";
+
 /// An interval in which every worker of the pool was busy.
 #[derive(Clone, Debug)]
 pub struct PoolEpisode {
@@ -56,7 +59,7 @@ pub enum PoolOutput {
     },
     Utilization(UtilizationPoint),
     /// So many items a second that the uprobes must come off
-    /// (`monitor::MAX_ITEMS_PER_S`); tracking has stopped.
+    /// (`limits::MAX_POOL_ITEMS_PER_S`); tracking has stopped.
     TooBusy {
         pid: u32,
         items_per_s: f64,
