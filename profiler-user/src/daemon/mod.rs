@@ -110,6 +110,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         realtime_minus_monotonic_ns: sink::realtime_offset(),
         frequency_hz: config.frequency_hz,
         formats: settings.formats.clone(),
+        provisional: HashMap::new(),
     };
     let sink = sink::spawn(sink, rx)?;
     let config_threshold_ns = config.threshold.as_nanos() as u64;

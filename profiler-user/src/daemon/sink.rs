@@ -3,6 +3,8 @@
 //! the frames, store the episode (its files as `formats` chose + JSON + index
 //! line), log one line.
 use serde_json::json;
+use std::collections::HashMap;
+
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::discovery::Identity;
@@ -43,6 +45,9 @@ pub struct Sink {
     pub frequency_hz: u64,
     /// The stack files stored per episode.
     pub formats: Vec<FileFormat>,
+    /// Provisional records of loops still blocked, by (pid, tid, iteration):
+    /// the final episode replaces its own.
+    pub provisional: HashMap<(u32, u32, u64), String>,
 }
 
 /// Runs `sink` on its own thread until every sender of `rx` is gone and the
@@ -75,7 +80,12 @@ impl Sink {
                 SinkMsg::Episode(e, id) => self.episode(e, id).await,
                 SinkMsg::Stall(s, id) => self.stall(s, id).await,
                 SinkMsg::PoolSaturation(e, id) => self.pool_saturation(e, id).await,
-                SinkMsg::Forget(pid) => self.symbolizer.forget(pid),
+                SinkMsg::Forget(pid) => {
+                    self.symbolizer.forget(pid);
+                    // Its episodes are out: a provisional record left is all
+                    // there is of that iteration (its end was never seen).
+                    self.provisional.retain(|k, _| k.0 != pid);
+                }
                 SinkMsg::Retention(r) => {
                     if let Err(e) = self.store.set_retention(r) {
                         log::warn!("retention: {e}");
@@ -148,22 +158,57 @@ impl Sink {
     }
 
     /// A loop still blocked: one log line naming where its time goes so far
-    /// (at the first notice, then every `STALL_REPEAT_EVERY`).
+    /// (at the first notice, then every `STALL_REPEAT_EVERY`), and its
+    /// stacks so far stored as a provisional record, replaced at each notice
+    /// and by the final episode. If loopbpf dies first, it stays, marked
+    /// `"provisional": true`.
     async fn stall(&mut self, s: Stall, id: Identity) {
         let busy_s = s.now_ns.saturating_sub(s.start_ns) as f64 / 1e9;
-        let (hottest, samples) = match s.so_far {
-            Some(e) => {
-                let (report, _) = EpisodeReport::symbolize(e, &self.symbolizer).await;
-                (hot_text(&report), report.episode.samples)
+        let key = (s.pid, s.tid, s.seq);
+        let Some(e) = s.so_far else {
+            log::warn!(
+                "still blocked for {busy_s:.1} s pid={} tid={} comm={} container={}",
+                s.pid,
+                s.tid,
+                id.comm,
+                id.container_label()
+            );
+            return;
+        };
+        let (report, _) = EpisodeReport::symbolize(e, &self.symbolizer).await;
+        let hottest = hot_text(&report);
+        let mut profile = Profile::of_episode(&report, self.frequency_hz);
+        profile.id = format!("{}-provisional", profile.id);
+        let file_id = profile.id.clone();
+        let mut record = json::episode(&report);
+        self.label(&mut record, &file_id, report.episode.start_ns, &id);
+        record["provisional"] = true.into();
+        let files = if report.episode.samples > 0 {
+            self.render(&profile)
+        } else {
+            Vec::new()
+        };
+        if let Some(old) = self.provisional.remove(&key) {
+            // Same id (same iteration): the new one takes its place.
+            if let Err(err) = self.store.remove(&old) {
+                log::warn!("provisional record {old} not removed: {err}");
             }
-            None => ("-".into(), 0),
+        }
+        let stored = match self.store.put(&file_id, &files, record) {
+            Ok((_, json_path)) => {
+                self.provisional.insert(key, file_id);
+                json_path.display().to_string()
+            }
+            Err(err) => format!("not stored: {err}"),
         };
         log::warn!(
-            "still blocked for {busy_s:.1} s, hottest so far: {hottest} pid={} tid={} comm={} container={} samples={samples}",
+            "still blocked for {busy_s:.1} s, hottest so far: {hottest} pid={} tid={} comm={} container={} thread={} samples={} record={stored}",
             s.pid,
             s.tid,
             id.comm,
-            id.container_label()
+            id.container_label(),
+            report.role.as_str(),
+            report.episode.samples,
         );
     }
 
@@ -206,6 +251,12 @@ impl Sink {
             Vec::new()
         };
         let stored = self.store.put(&file_id, &files, record);
+        let key = (report.episode.pid, report.episode.tid, report.episode.seq);
+        if let Some(provisional) = self.provisional.remove(&key) {
+            if let Err(err) = self.store.remove(&provisional) {
+                log::warn!("provisional record {provisional} not removed: {err}");
+            }
+        }
         let e = &report.episode;
         let hottest = hot_text(&report);
         match stored {
