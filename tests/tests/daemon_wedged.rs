@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{
     daemon::{metric, node_target, poll, Daemon},
-    node_tests, time_scale, Process,
+    node_tests, time_scale, timeout, Process,
 };
 
 const THRESHOLD_MS: u64 = 100;
@@ -40,7 +40,11 @@ fn start(major: u32) -> (Daemon, Process) {
     let daemon = Daemon::start(&format!("threshold = \"{THRESHOLD_MS}ms\"\n"));
     let pid = target.pid();
     let mut daemon = daemon;
-    if poll(Duration::from_secs(5), || daemon.watches(pid).then_some(())).is_none() {
+    if poll(timeout(Duration::from_secs(5)), || {
+        daemon.watches(pid).then_some(())
+    })
+    .is_none()
+    {
         panic!("pid {pid} not watched:\n{}", daemon.process.describe());
     }
     (daemon, target)
@@ -107,10 +111,10 @@ fn daemon_shows_a_wedged_loop_while_it_lasts(major: u32) {
     let crossed = Instant::now() + Duration::from_millis(20 + THRESHOLD_MS);
     let limit = Duration::from_secs_f64(1.5 * time_scale());
 
-    let gauge_at = poll(Duration::from_secs(4), || {
+    let gauge_at = poll(timeout(Duration::from_secs(4)), || {
         (stalled_seconds(&daemon, pid) >= 1.0).then(Instant::now)
     });
-    let log_at = poll(Duration::from_secs(4), || {
+    let log_at = poll(timeout(Duration::from_secs(4)), || {
         daemon
             .process
             .stderr_line(|l| l.contains("still blocked for") && l.contains(&format!("pid={pid} ")))
@@ -139,15 +143,17 @@ fn daemon_shows_a_wedged_loop_while_it_lasts(major: u32) {
         }
         None => problems.push("no 'still blocked' log line".into()),
     }
-    let first = provisional(&mut daemon, pid, Duration::from_secs(3));
+    let first = provisional(&mut daemon, pid, timeout(Duration::from_secs(3)));
 
     // The iteration ends: its final record replaces the provisional one.
     target
-        .wait_for_line(Instant::now() + Duration::from_secs(10), "block", |l| {
-            l.contains("daemonBlock")
-        })
+        .wait_for_line(
+            Instant::now() + timeout(Duration::from_secs(10)),
+            "block",
+            |l| l.contains("daemonBlock"),
+        )
         .unwrap();
-    let finals = poll(Duration::from_secs(5), || {
+    let finals = poll(timeout(Duration::from_secs(5)), || {
         let (prov, fin) = records(&daemon, pid);
         (prov.is_empty() && !fin.is_empty()).then_some(fin)
     });
@@ -173,7 +179,7 @@ fn daemon_shows_a_wedged_loop_while_it_lasts(major: u32) {
             records(&daemon, pid)
         )),
     }
-    let after = poll(Duration::from_secs(3), || {
+    let after = poll(timeout(Duration::from_secs(3)), || {
         (stalled_seconds(&daemon, pid) == 0.0).then_some(())
     });
     if after.is_none() {
@@ -188,10 +194,10 @@ fn daemon_replaces_the_provisional_record_of_a_process_killed_mid_wedge(major: u
     let (mut daemon, mut target) = start(major);
     let pid = target.pid();
     target.write_line(&format!("block {WEDGE_MS}")).unwrap();
-    provisional(&mut daemon, pid, Duration::from_secs(4));
+    provisional(&mut daemon, pid, timeout(Duration::from_secs(4)));
     // What a liveness probe does.
     target.kill();
-    let finals = poll(Duration::from_secs(5), || {
+    let finals = poll(timeout(Duration::from_secs(5)), || {
         let (prov, fin) = records(&daemon, pid);
         (prov.is_empty() && !fin.is_empty()).then_some(fin)
     });
@@ -215,13 +221,15 @@ fn daemon_killed_mid_wedge_leaves_the_provisional_record(major: u32) {
     let (mut daemon, mut target) = start(major);
     let pid = target.pid();
     target.write_line(&format!("block {WEDGE_MS}")).unwrap();
-    let record = provisional(&mut daemon, pid, Duration::from_secs(4));
+    let record = provisional(&mut daemon, pid, timeout(Duration::from_secs(4)));
     daemon.process.kill();
     // The wedge ends with no daemon to see it: what is on disk is all there is.
     target
-        .wait_for_line(Instant::now() + Duration::from_secs(10), "block", |l| {
-            l.contains("daemonBlock")
-        })
+        .wait_for_line(
+            Instant::now() + timeout(Duration::from_secs(10)),
+            "block",
+            |l| l.contains("daemonBlock"),
+        )
         .unwrap();
     let (prov, fin) = records(&daemon, pid);
     assert!(fin.is_empty(), "{fin:?}");
