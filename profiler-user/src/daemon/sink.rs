@@ -176,10 +176,22 @@ impl Sink {
             return;
         };
         let (report, _) = EpisodeReport::symbolize(e, &self.symbolizer).await;
-        let hottest = hot_text(&report);
         let mut profile = Profile::of_episode(&report, self.frequency_hz);
         profile.id = format!("{}-provisional", profile.id);
         let file_id = profile.id.clone();
+        // Said before the files are rendered and synced: the line is what an
+        // operator watching the journal needs first.
+        log::warn!(
+            "still blocked for {busy_s:.1} s, hottest so far: {} pid={} tid={} comm={} container={} thread={} samples={} record={}",
+            hot_text(&report),
+            s.pid,
+            s.tid,
+            id.comm,
+            id.container_label(),
+            report.role.as_str(),
+            report.episode.samples,
+            self.store.dir().join("episodes").join(format!("{file_id}.json")).display(),
+        );
         let mut record = json::episode(&report);
         self.label(&mut record, &file_id, report.episode.start_ns, &id);
         record["provisional"] = true.into();
@@ -194,22 +206,12 @@ impl Sink {
                 log::warn!("provisional record {old} not removed: {err}");
             }
         }
-        let stored = match self.store.put(&file_id, &files, record) {
-            Ok((_, json_path)) => {
+        match self.store.put(&file_id, &files, record) {
+            Ok(_) => {
                 self.provisional.insert(key, file_id);
-                json_path.display().to_string()
             }
-            Err(err) => format!("not stored: {err}"),
-        };
-        log::warn!(
-            "still blocked for {busy_s:.1} s, hottest so far: {hottest} pid={} tid={} comm={} container={} thread={} samples={} record={stored}",
-            s.pid,
-            s.tid,
-            id.comm,
-            id.container_label(),
-            report.role.as_str(),
-            report.episode.samples,
-        );
+            Err(err) => log::error!("provisional record {file_id} not stored: {err}"),
+        }
     }
 
     async fn episode(&mut self, e: Episode, id: Identity) {
