@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = profiler_user::collect::decode(data);
+    let _ = profiler_user::kernel::collect::decode(data);
 });

@@ -411,4 +411,11 @@ mod pod {
     unsafe impl aya::Pod for OffCpuEvent {}
     unsafe impl aya::Pod for PoolWorker {}
     unsafe impl aya::Pod for PendingWork {}
+    // The ring-buffer records' fixed parts, read as defined here.
+    unsafe impl aya::Pod for UserRegs {}
+    unsafe impl aya::Pod for EpisodeEvent {}
+    unsafe impl aya::Pod for SampleHeader {}
+    unsafe impl aya::Pod for OffCpuHeader {}
+    unsafe impl aya::Pod for PoolBusyEvent {}
+    unsafe impl aya::Pod for ProcessEvent {}
 }

@@ -1,31 +1,18 @@
 //! loopbpf's userspace, in the order data flows through it:
-//! probes (load and attach) → collect (ring-buffer records) → episode (assembly)
-//! → symbolize (perf maps, blazesym) → report → export (text, JSON lines, folded).
-//! `run` wires one session together; `reporter` is its last, ordered stage.
-pub mod breakdown;
+//! kernel (load and attach the probes, decode ring-buffer records) → assembly
+//! (episodes, loop statistics, threads, threadpool) → symbolize (with unwind
+//! and v8) → export (reports, text, JSON lines, folded, pprof, SVG, HTML).
+//! Front ends: `cli` (`loopbpf --pid`) and `daemon` (with its store and metrics).
+pub mod assembly;
 pub mod cli;
-pub mod collect;
+pub mod clock;
 pub mod daemon;
-pub mod episode;
 pub mod export;
-pub mod html;
-pub mod kernel_btf;
-pub mod loop_stats;
-pub mod metrics;
+pub mod kernel;
+pub mod lifecycle;
+pub mod limits;
 pub mod printable;
-pub mod privileges;
-pub mod probes;
-mod probes_fentry;
-pub mod report;
-pub mod reporter;
-pub mod ring_size;
-pub mod run;
 pub mod secure_fs;
-pub mod startup;
-pub mod store;
 pub mod symbolize;
-pub mod target;
-pub mod threadpool;
-pub mod threads;
 pub mod unwind;
 pub mod v8;

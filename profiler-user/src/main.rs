@@ -2,12 +2,13 @@ use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use profiler_user::{
-    cli::{Cli, Command, DaemonArgs, SelectArgs},
+    cli::{
+        args::{Cli, Command, DaemonArgs, SelectArgs},
+        run,
+    },
     daemon,
-    export::json,
-    html,
+    export::{html, json},
     printable::escape,
-    run,
 };
 
 /// Exit statuses (the README's "Exit codes" lists them).
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     if args
         .next()
-        .is_some_and(|a| a == profiler_user::cli::ASSETS_ARG)
+        .is_some_and(|a| a == profiler_user::cli::args::ASSETS_ARG)
     {
         return write_assets(args.next());
     }
@@ -152,11 +153,11 @@ fn write_assets(dir: Option<std::ffi::OsString>) -> ExitCode {
     let Some(dir) = dir.map(std::path::PathBuf::from) else {
         eprintln!(
             "loopbpf: usage: loopbpf {} DIR",
-            profiler_user::cli::ASSETS_ARG
+            profiler_user::cli::args::ASSETS_ARG
         );
         return ExitCode::FAILURE;
     };
-    match profiler_user::cli::write_assets(&dir) {
+    match profiler_user::cli::args::write_assets(&dir) {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());

@@ -1,9 +1,12 @@
 //! A child process whose stdout lines can be awaited with a deadline, killed
 //! when dropped so a failing test leaves nothing running.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{
+    mpsc::{self, Receiver, RecvTimeoutError},
+    Arc, Mutex,
+};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,8 @@ pub struct Process {
     stdout_closed: bool,
     stderr_reader: Option<JoinHandle<String>>,
     stderr: String,
+    /// Lines of stderr as they came, with when they were read.
+    stderr_lines: Arc<Mutex<Vec<(Instant, String)>>>,
     status: Option<ExitStatus>,
 }
 
@@ -46,10 +51,21 @@ impl Process {
             }
         });
         let mut stderr = child.stderr.take().expect("stderr is piped");
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&stderr_lines);
         let stderr_reader = thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = stderr.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
+            let mut all = Vec::new();
+            let mut reader = BufReader::new(&mut stderr);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                all.extend_from_slice(&line);
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                if let Ok(mut v) = seen.lock() {
+                    v.push((Instant::now(), text));
+                }
+                line.clear();
+            }
+            String::from_utf8_lossy(&all).into_owned()
         });
 
         Ok(Process {
@@ -62,6 +78,7 @@ impl Process {
             stdout_closed: false,
             stderr_reader: Some(stderr_reader),
             stderr: String::new(),
+            stderr_lines,
             status: None,
         })
     }
@@ -168,6 +185,13 @@ impl Process {
     fn reaped(&mut self, status: ExitStatus) {
         self.status = Some(status);
         self.stdin = None;
+    }
+
+    /// The first stderr line so far that `matches`, with when it was read
+    /// (the process keeps running).
+    pub fn stderr_line(&self, matches: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
+        let lines = self.stderr_lines.lock().ok()?;
+        lines.iter().find(|(_, l)| matches(l)).cloned()
     }
 
     /// All of stderr; kills the process first if it still runs, since stderr

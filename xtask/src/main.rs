@@ -5,6 +5,7 @@ mod cmd;
 mod dist;
 mod fuzz;
 mod install;
+mod layout;
 mod node;
 mod prometheus;
 mod test;
@@ -220,6 +221,10 @@ fn lint(paths: &Paths) -> Result<()> {
     ];
     // Run every check so one report lists all that need fixing.
     let mut failed = Vec::new();
+    if let Err(e) = layout::check(&paths.root) {
+        eprintln!("{e:#}");
+        failed.push("layout (import cycles, file length)");
+    }
     for (name, args) in checks {
         if let Err(e) = cmd::run(&mut cargo(&args)) {
             eprintln!("{e:#}");

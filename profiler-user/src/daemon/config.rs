@@ -11,9 +11,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::{
-    cli::{check_frequency, in_range, parse_duration, THRESHOLD_RANGE},
-    metrics::SeriesLabels,
-    store::Retention,
+    cli::args::{check_frequency, in_range, parse_duration, THRESHOLD_RANGE},
+    daemon::{metrics::SeriesLabels, store::Retention},
 };
 
 pub const DEFAULT_PATH: &str = "/etc/loopbpf/loopbpf.toml";

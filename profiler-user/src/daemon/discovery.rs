@@ -7,11 +7,11 @@ use std::{fs, path::Path};
 
 use super::config::{Config, Patterns};
 use crate::{
-    metrics::{
+    daemon::metrics::{
         identity::{ContainerIdentity, KUBERNETES_LOG_LINKS},
         ProcessLabels,
     },
-    target::Target,
+    kernel::target::Target,
 };
 
 /// What /proc says about a process, read once when it is considered.

@@ -6,11 +6,16 @@
 pub mod config;
 pub mod discovery;
 pub mod logging;
+pub mod metrics;
 pub mod sink;
 pub mod state;
+pub mod store;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
+use config::{Config, ConfigError};
+use sink::{Sink, SinkMsg};
+use state::State;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -18,24 +23,21 @@ use tokio::{
 };
 
 use crate::{
-    episode::EpisodeBuilder,
-    metrics::{http, Metrics},
-    privileges::{self, PrivilegeError},
-    probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
-    store::{Store, StoreError},
+    daemon::{
+        metrics::{http, Metrics},
+        store::{Store, StoreError},
+    },
+    kernel::{
+        privileges::{self, PrivilegeError},
+        probes::{self, ProbeError, Probes, SyscallProbes, SyscallProbesChoice},
+    },
+    lifecycle::Lifecycle,
+    limits::{
+        DRAIN_EVERY, METRICS_EVERY, PERF_MAP_REFRESH_EVERY, RETENTION_EVERY, STALL_CHECK_EVERY,
+        SWEEP_EVERY,
+    },
     symbolize::{SymbolizeError, Symbolizer},
 };
-use config::{Config, ConfigError};
-use sink::{Sink, SinkMsg};
-use state::State;
-
-const DRAIN_EVERY: Duration = Duration::from_millis(100);
-const METRICS_EVERY: Duration = Duration::from_secs(1);
-/// Exit events can be lost only when the ring buffer is full: a slow sweep suffices.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-const PERF_MAP_REFRESH_EVERY: Duration = Duration::from_secs(2);
-/// Age-based retention between writes (size is enforced on every write).
-const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 /// Command-line settings; `Some` overrides the file, also after a reload.
 #[derive(Clone, Debug, Default)]
@@ -91,7 +93,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     metrics.set_series_labels(config.series_labels);
     let bound = http::serve(config.metrics_address, metrics.clone())?;
     let symbolizer = Symbolizer::start()?;
-    let mut startup = crate::startup::Startup::default();
+    let mut startup = crate::kernel::startup::Startup::default();
     let (probes, ring) = Probes::attach(
         kernel_config(&config)?,
         config.frequency_hz,
@@ -114,21 +116,20 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         realtime_minus_monotonic_ns: sink::realtime_offset(),
         frequency_hz: config.frequency_hz,
         formats: settings.formats.clone(),
+        provisional: HashMap::new(),
     };
     let sink = sink::spawn(sink, rx)?;
+    let config_threshold_ns = config.threshold.as_nanos() as u64;
     let mut st = State {
         probes,
         config,
         watched: HashMap::new(),
-        builder: EpisodeBuilder::new(state::MAX_DISTINCT_STACKS),
+        life: Lifecycle::new(config_threshold_ns),
         metrics,
         symbolizer,
         sink: tx,
         pending: Vec::new(),
-        decode_errors: 0,
-        pools: HashMap::new(),
         pool_candidates: HashMap::new(),
-        unwinder: crate::unwind::Unwinder::new(),
     };
     // Attached before the scan: a process started during the scan is caught by its exec event.
     st.scan();
@@ -149,7 +150,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(DRAIN_EVERY);
-    let mut last = [tokio::time::Instant::now(); 4];
+    let mut last = [tokio::time::Instant::now(); 5];
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -160,7 +161,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
             _ = tick.tick() => {
                 st.drain_and_tick_pools(ring.get_mut());
                 st.retry_pending();
-                let due = |i: usize, every: Duration, last: &mut [tokio::time::Instant; 4]| {
+                let due = |i: usize, every: Duration, last: &mut [tokio::time::Instant; 5]| {
                     let now = tokio::time::Instant::now();
                     let due = now - last[i] >= every;
                     if due { last[i] = now; }
@@ -171,6 +172,7 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                     st.refresh_metrics();
                 }
                 if due(1, SWEEP_EVERY, &mut last) { st.sweep(); }
+                if due(4, STALL_CHECK_EVERY, &mut last) { st.check_stalls(); }
                 if due(2, PERF_MAP_REFRESH_EVERY, &mut last) {
                     for &pid in st.watched.keys() {
                         let s = st.symbolizer.clone();
@@ -192,8 +194,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     for pid in pids {
         st.detach(pid, false, "stopping");
     }
-    if st.decode_errors > 0 {
-        log::warn!("{} malformed ring-buffer records skipped", st.decode_errors);
+    if st.life.decode_errors > 0 {
+        log::warn!(
+            "{} malformed ring-buffer records skipped",
+            st.life.decode_errors
+        );
     }
     drop(st);
     // The sink drains every episode sent above before it returns.
@@ -235,10 +240,8 @@ fn reload(st: &mut State, settings: &Settings) {
     if let Err(e) = kernel_config(&new).and_then(|k| st.probes.set_config(k)) {
         log::error!("reload: setting the threshold failed: {e}");
     }
-    // Each threadpool monitor judges saturations by its own copy.
-    for pool in st.pools.values_mut() {
-        pool.set_threshold(new.threshold.as_nanos() as u64);
-    }
+    // Episodes, stalls and every threadpool monitor from now on.
+    st.life.set_threshold(new.threshold.as_nanos() as u64);
     let _ = st.sink.send(SinkMsg::Retention(new.retention));
     st.metrics.set_series_labels(new.series_labels);
     st.config = new;

@@ -2,17 +2,24 @@
 //! writes (two fsyncs per file) never hold up draining the ring buffer: name
 //! the frames, store the episode (its files as `formats` chose + JSON + index
 //! line), log one line.
+use std::collections::HashMap;
+
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::discovery::Identity;
 use crate::{
-    episode::Episode,
-    export::{common::Profile, json, render_all, text, FileFormat},
-    metrics::Metrics,
-    report::EpisodeReport,
-    store::{Retention, Store},
+    assembly::{episode::Episode, threadpool::PoolEpisode},
+    daemon::{
+        metrics::Metrics,
+        store::{Retention, Store},
+    },
+    export::{
+        common::Profile, json, pool_report::PoolReport, render_all, report::EpisodeReport,
+        FileFormat,
+    },
+    clock::WallClock,
+    lifecycle::Stall,
     symbolize::{PerfMapStatus, Symbolizer},
-    threadpool::{report::PoolReport, PoolEpisode},
 };
 
 // Mostly episodes go through the channel: boxing them would add an allocation
@@ -20,6 +27,8 @@ use crate::{
 #[allow(clippy::large_enum_variant)]
 pub enum SinkMsg {
     Episode(Episode, Identity),
+    /// A loop still blocked, with its stacks so far.
+    Stall(Stall, Identity),
     PoolSaturation(PoolEpisode, Identity),
     /// The process is gone and its episodes are out: drop its caches.
     Forget(u32),
@@ -36,6 +45,9 @@ pub struct Sink {
     pub frequency_hz: u64,
     /// The stack files stored per episode.
     pub formats: Vec<FileFormat>,
+    /// Provisional records of loops still blocked, by (pid, tid, iteration):
+    /// the final episode replaces its own.
+    pub provisional: HashMap<(u32, u32, u64), String>,
 }
 
 /// Runs `sink` on its own thread until every sender of `rx` is gone and the
@@ -58,7 +70,7 @@ pub fn realtime_offset() -> i128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0);
-    real - text::monotonic_ns() as i128
+    real - crate::clock::monotonic_ns() as i128
 }
 
 impl Sink {
@@ -66,8 +78,14 @@ impl Sink {
         while let Some(msg) = rx.recv().await {
             match msg {
                 SinkMsg::Episode(e, id) => self.episode(e, id).await,
+                SinkMsg::Stall(s, id) => self.stall(s, id).await,
                 SinkMsg::PoolSaturation(e, id) => self.pool_saturation(e, id).await,
-                SinkMsg::Forget(pid) => self.symbolizer.forget(pid),
+                SinkMsg::Forget(pid) => {
+                    self.symbolizer.forget(pid);
+                    // Its episodes are out: a provisional record left is all
+                    // there is of that iteration (its end was never seen).
+                    self.provisional.retain(|k, _| k.0 != pid);
+                }
                 SinkMsg::Retention(r) => {
                     if let Err(e) = self.store.set_retention(r) {
                         log::warn!("retention: {e}");
@@ -87,8 +105,8 @@ impl Sink {
         files
     }
 
-    fn clock(&self) -> text::WallClock {
-        text::WallClock::with_offset(self.realtime_minus_monotonic_ns)
+    fn clock(&self) -> WallClock {
+        WallClock::with_offset(self.realtime_minus_monotonic_ns)
     }
 
     async fn pool_saturation(&mut self, e: PoolEpisode, id: Identity) {
@@ -126,6 +144,68 @@ impl Sink {
                 );
             }
             Err(err) => log::error!("threadpool saturation pid={} not stored: {err}", e.pid),
+        }
+    }
+
+    /// A loop still blocked: one log line naming where its time goes so far
+    /// (at the first notice, then every `STALL_REPEAT_EVERY`), and its
+    /// stacks so far stored as a provisional record, replaced at each notice
+    /// and by the final episode. If loopbpf dies first, it stays, marked
+    /// `"provisional": true`.
+    async fn stall(&mut self, s: Stall, id: Identity) {
+        let busy_s = s.now_ns.saturating_sub(s.start_ns) as f64 / 1e9;
+        let key = (s.pid, s.tid, s.seq);
+        let Some(e) = s.so_far else {
+            log::warn!(
+                "still blocked for {busy_s:.1} s pid={} tid={} comm={} container={}",
+                s.pid,
+                s.tid,
+                id.comm,
+                id.container_label()
+            );
+            return;
+        };
+        let (report, _) = EpisodeReport::symbolize(e, &self.symbolizer).await;
+        let mut profile = Profile::of_episode(&report, self.frequency_hz);
+        profile.id = format!("{}-provisional", profile.id);
+        let file_id = profile.id.clone();
+        // Said before the files are rendered and synced: the line is what an
+        // operator watching the journal needs first.
+        log::warn!(
+            "still blocked for {busy_s:.1} s, hottest so far: {} pid={} tid={} comm={} container={} thread={} samples={} record={}",
+            hot_text(&report),
+            s.pid,
+            s.tid,
+            id.comm,
+            id.container_label(),
+            report.role.as_str(),
+            report.episode.samples,
+            self.store.dir().join("episodes").join(format!("{file_id}.json")).display(),
+        );
+        let mut record = json::episode(&report, &self.clock());
+        record.body.process = Some(labels(&id));
+        record.body.id = file_id.clone();
+        record.body.provisional = true;
+        let files = if report.episode.samples > 0 {
+            self.render(&profile)
+        } else {
+            Vec::new()
+        };
+        let record = |folded, files| {
+            (record.body.folded, record.body.files) = (folded, files);
+            record.to_json()
+        };
+        if let Some(old) = self.provisional.remove(&key) {
+            // Same id (same iteration): the new one takes its place.
+            if let Err(err) = self.store.remove(&old) {
+                log::warn!("provisional record {old} not removed: {err}");
+            }
+        }
+        match self.store.put(&file_id, &files, record) {
+            Ok(_) => {
+                self.provisional.insert(key, file_id);
+            }
+            Err(err) => log::error!("provisional record {file_id} not stored: {err}"),
         }
     }
 
@@ -172,12 +252,14 @@ impl Sink {
             record.to_json()
         };
         let stored = self.store.put(&file_id, &files, record);
+        let key = (report.episode.pid, report.episode.tid, report.episode.seq);
+        if let Some(provisional) = self.provisional.remove(&key) {
+            if let Err(err) = self.store.remove(&provisional) {
+                log::warn!("provisional record {provisional} not removed: {err}");
+            }
+        }
         let e = &report.episode;
-        let hottest = report
-            .top_frame
-            .as_ref()
-            .map(|h| format!("{} ({:.0}%)", h.name, h.share * 100.0))
-            .unwrap_or_else(|| "-".into());
+        let hottest = hot_text(&report);
         match stored {
             Ok((_, json_path)) => {
                 self.metrics.episode_stored();
@@ -208,4 +290,13 @@ fn labels(id: &Identity) -> json::ProcessLabels {
         namespace: non_empty(&id.container.namespace),
         cgroup: id.cgroup.clone(),
     }
+}
+
+/// `name (share%)` of the hottest frame, `-` without samples.
+fn hot_text(report: &EpisodeReport) -> String {
+    report
+        .top_frame
+        .as_ref()
+        .map(|h| format!("{} ({:.0}%)", h.name, h.share * 100.0))
+        .unwrap_or_else(|| "-".into())
 }

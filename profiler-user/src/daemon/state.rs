@@ -1,15 +1,11 @@
 //! What the daemon holds while running: the probes, the watched processes and
-//! the episode assembly. Attach and detach live here so that every way a
-//! process leaves (exit event, lost event caught by the sweep, reload, stop)
-//! frees the same things: kernel map entries, samples held, metric series and
-//! the symbolizer's caches.
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+//! the lifecycle (episode assembly, threadpool monitors, stalls). Attach and
+//! detach live here so that every way a process leaves (exit event, lost
+//! event caught by the sweep, reload, stop) frees the same things: kernel map
+//! entries, samples held, metric series and the symbolizer's caches.
+use std::{collections::HashMap, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
-use profiler_common::ThreadLoops;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{
@@ -18,43 +14,94 @@ use super::{
     sink::SinkMsg,
 };
 use crate::{
-    collect::{self, Record},
-    episode::EpisodeBuilder,
-    export::text::monotonic_ns,
-    metrics::{LoopSeries, Metrics},
-    probes::Probes,
-    run::too_busy_message,
+    assembly::{
+        episode::Episode,
+        threadpool::{monitor::PoolMonitor, PoolOutput},
+    },
+    clock::monotonic_ns,
+    daemon::metrics::{LoopSeries, Metrics},
+    kernel::{collect, probes::Probes, target},
+    lifecycle::{self, Left, Lifecycle, Stall},
+    limits::{MAX_PENDING_EXECS, POOL_ATTACH_AFTER},
     symbolize::Symbolizer,
-    target,
-    threadpool::{monitor::PoolMonitor, PoolOutput},
-    unwind::Unwinder,
 };
-
-/// Distinct stacks kept per open iteration (as in a --pid session).
-pub const MAX_DISTINCT_STACKS: usize = 4096;
-/// A watched process gets its threadpool uprobes once it has lived this long.
-pub const POOL_ATTACH_AFTER: Duration = Duration::from_secs(1);
-/// Exec events waiting for a second look, at most: an exec storm must not grow memory.
-const MAX_PENDING: usize = 4096;
 
 pub struct State {
     pub probes: Probes,
     pub config: Config,
     pub watched: HashMap<u32, Identity>,
-    pub builder: EpisodeBuilder,
+    /// Records in, episodes and stalls out (shared with `loopbpf --pid`).
+    pub life: Lifecycle,
     pub metrics: Metrics,
     pub symbolizer: Symbolizer,
     pub sink: UnboundedSender<SinkMsg>,
     /// Execs that did not look like Node yet: an embedder maps libnode only
     /// after exec, so they get one more look on the next tick.
     pub pending: Vec<u32>,
-    pub decode_errors: u64,
-    /// Threadpool of each watched process with uprobes attached.
-    pub pools: HashMap<u32, PoolMonitor>,
     /// Watched processes waiting for their threadpool uprobes, since when.
     pub pool_candidates: HashMap<u32, Instant>,
-    /// Unwinds user stacks from the copies taken with them.
-    pub unwinder: Unwinder,
+}
+
+/// The daemon's side of the lifecycle: episodes and stalls to the sink (with
+/// the process's identity), the stall gauge to the metrics, notices to the log.
+pub struct DaemonOutput<'a> {
+    pub sink: &'a UnboundedSender<SinkMsg>,
+    pub watched: &'a HashMap<u32, Identity>,
+    pub metrics: &'a Metrics,
+}
+
+impl lifecycle::Output for DaemonOutput<'_> {
+    fn episode(&mut self, e: Episode) {
+        if let Some(id) = self.watched.get(&e.pid) {
+            let _ = self.sink.send(SinkMsg::Episode(e, id.clone()));
+        }
+    }
+
+    fn stall(&mut self, s: Stall) {
+        if let Some(id) = self.watched.get(&s.pid) {
+            let _ = self.sink.send(SinkMsg::Stall(s, id.clone()));
+        }
+    }
+
+    /// The stacks so far become the provisional record.
+    fn wants_stacks_so_far(&self) -> bool {
+        true
+    }
+
+    fn stalled(&mut self, pid: u32, busy: &[(u32, u64)]) {
+        self.metrics.set_stalled(pid, busy);
+    }
+
+    fn pool(&mut self, out: PoolOutput) {
+        match out {
+            PoolOutput::Saturation(e) => {
+                if let Some(id) = self.watched.get(&e.pid) {
+                    let _ = self.sink.send(SinkMsg::PoolSaturation(e, id.clone()));
+                }
+            }
+            PoolOutput::Saturated {
+                pid,
+                since_ns,
+                now_ns,
+                pool_size,
+            } => {
+                let comm = self.watched.get(&pid).map_or("", |id| id.comm.as_str());
+                log::warn!(
+                    "threadpool saturated pid={pid} comm={comm}: all {pool_size} workers busy for {:.1} s and counting",
+                    now_ns.saturating_sub(since_ns) as f64 / 1e9
+                );
+            }
+            PoolOutput::Utilization(_) | PoolOutput::TooBusy { .. } => {}
+        }
+    }
+
+    fn warning(&mut self, _pid: Option<u32>, message: String) {
+        log::warn!("{message}");
+    }
+
+    fn forget(&mut self, pid: u32) {
+        let _ = self.sink.send(SinkMsg::Forget(pid));
+    }
 }
 
 impl State {
@@ -90,69 +137,30 @@ impl State {
         tokio::spawn(async move {
             let _ = s.prepare(pid).await;
         });
-        self.unwinder.prepare(pid);
+        self.life.watch(pid);
+        self.life.prepare_unwind(pid);
         self.watched.insert(pid, id);
         true
     }
 
     /// Stops watching `pid`. `exited`: its main thread is gone, so an open
-    /// iteration is reported only if the process was cut short (not exit()).
+    /// iteration is reported only if the process was cut short (not exit())
+    /// or its stall was announced (see `Lifecycle::close`).
     pub fn detach(&mut self, pid: u32, exited: bool, why: &str) {
-        let Some(id) = self.watched.remove(&pid) else {
+        if !self.watched.contains_key(&pid) {
             return;
+        }
+        let mut out = DaemonOutput {
+            sink: &self.sink,
+            watched: &self.watched,
+            metrics: &self.metrics,
         };
-        let threshold = self.threshold_ns();
-        let loops = self.probes.thread_loops(pid);
-        let exit_called = loops.iter().any(|(_, t)| t.exit_called_ns != 0);
-        if exited && !exit_called {
-            for open in self.builder.open_iterations(pid) {
-                if open.last_sample_ns.saturating_sub(open.busy_start_ns) >= threshold {
-                    let e = self.builder.close_ongoing(
-                        pid,
-                        open.tid,
-                        open.seq,
-                        open.busy_start_ns,
-                        open.last_sample_ns,
-                    );
-                    let _ = self.sink.send(SinkMsg::Episode(e, id.clone()));
-                }
-            }
-        } else if !exited {
-            self.flush_open(pid, &id);
-        }
+        self.life
+            .finish(&mut self.probes, pid, exited, monotonic_ns(), &mut out);
         self.pool_candidates.remove(&pid);
-        if let Some(mut pool) = self.pools.remove(&pid) {
-            let workers = self.probes.pool_workers(pid);
-            if let Some(e) = pool.finish(&workers, monotonic_ns(), exited) {
-                let _ = self.sink.send(SinkMsg::PoolSaturation(e, id.clone()));
-            }
-        }
-        self.probes.unwatch(pid);
-        self.builder.forget_pid(pid);
-        self.unwinder.forget(pid);
         self.metrics.remove_process(pid);
-        let _ = self.sink.send(SinkMsg::Forget(pid));
-        log::info!("unwatched pid={pid} comm={} ({why})", id.comm);
-    }
-
-    /// Reports the open busy windows of a running process that are already
-    /// over the threshold (at stop: they would otherwise be lost).
-    fn flush_open(&mut self, pid: u32, id: &Identity) {
-        let now = monotonic_ns();
-        for (tid, t) in self.probes.thread_loops(pid) {
-            let Some(s) = t.slots.get(t.primary as usize) else {
-                continue;
-            };
-            if s.in_poll != 0 || s.last_exit_ns == 0 {
-                continue;
-            }
-            let start = s.last_exit_ns.saturating_sub(s.accum_busy_ns);
-            if now.saturating_sub(start) >= self.threshold_ns() {
-                let e = self
-                    .builder
-                    .close_ongoing(pid, tid, s.iterations, start, now);
-                let _ = self.sink.send(SinkMsg::Episode(e, id.clone()));
-            }
+        if let Some(id) = self.watched.remove(&pid) {
+            log::info!("unwatched pid={pid} comm={} ({why})", id.comm);
         }
     }
 
@@ -160,90 +168,50 @@ impl State {
         while let Some(item) = ring.next() {
             let record = collect::decode(&item);
             drop(item);
-            match record {
-                Ok(Record::Sample(mut s)) if self.watched.contains_key(&s.pid) => {
-                    self.unwinder.unwind_sample(&mut s);
-                    self.builder.add_sample(s)
-                }
-                Ok(Record::Sample(_)) => {}
-                Ok(Record::OffCpu(mut o)) if self.watched.contains_key(&o.pid) => {
-                    self.unwinder.unwind_off_cpu(&mut o);
-                    self.builder.add_off_cpu(o)
-                }
-                Ok(Record::OffCpu(_)) => {}
-                Ok(Record::PoolSample(mut s)) => {
-                    if let Some(m) = self.pools.get_mut(&s.pid) {
-                        self.unwinder.unwind_sample(&mut s);
-                        m.add_sample(s);
-                    }
-                }
-                Ok(Record::PoolBusy(e)) => {
-                    if let Some(m) = self.pools.get_mut(&e.pid) {
-                        m.add_busy_period(&e);
-                    }
-                }
-                Ok(Record::Episode(e)) => {
-                    if let Some(id) = self.watched.get(&e.pid) {
-                        let episode = self.builder.close(&e);
-                        let _ = self.sink.send(SinkMsg::Episode(episode, id.clone()));
-                    }
-                }
-                Ok(Record::Exec { pid, .. }) => {
+            let mut out = DaemonOutput {
+                sink: &self.sink,
+                watched: &self.watched,
+                metrics: &self.metrics,
+            };
+            match self.life.record(record, &mut out) {
+                None => {}
+                Some(Left::Exited(pid)) => self.detach(pid, true, "exited"),
+                Some(Left::Exec(pid)) => {
                     // A watched process that runs another program is a new process to us.
-                    if self.watched.contains_key(&pid) {
-                        self.detach(pid, true, "exec");
-                    }
-                    if !self.consider(pid) && self.pending.len() < MAX_PENDING {
+                    self.detach(pid, true, "exec");
+                    if !self.consider(pid) && self.pending.len() < MAX_PENDING_EXECS {
                         self.pending.push(pid);
                     }
-                }
-                Ok(Record::Exit { pid, .. }) => self.detach(pid, true, "exited"),
-                Err(err) => {
-                    self.decode_errors += 1;
-                    log::debug!("{err}");
                 }
             }
         }
     }
 
     /// Drains the ring buffer with each pool's worker state read just before
-    /// (see `PoolMonitor::tick`), then acts on what the pools report.
+    /// (see `PoolMonitor::tick`), then ticks the pools.
     pub fn drain_and_tick_pools(&mut self, ring: &mut RingBuf<MapData>) {
         self.attach_pools();
-        let mut snapshot = self.probes.all_pool_workers();
+        let snapshot = self.probes.all_pool_workers();
         self.drain(ring);
-        let now = monotonic_ns();
-        let mut outputs = Vec::new();
-        for (&pid, m) in self.pools.iter_mut() {
-            let workers = snapshot.remove(&pid).unwrap_or_default();
-            outputs.extend(m.tick(&workers, now));
-        }
-        for out in outputs {
-            match out {
-                PoolOutput::Saturation(e) => {
-                    if let Some(id) = self.watched.get(&e.pid) {
-                        let _ = self.sink.send(SinkMsg::PoolSaturation(e, id.clone()));
-                    }
-                }
-                PoolOutput::Saturated {
-                    pid,
-                    since_ns,
-                    now_ns,
-                    pool_size,
-                } => {
-                    let comm = self.watched.get(&pid).map_or("", |id| id.comm.as_str());
-                    log::warn!(
-                        "threadpool saturated pid={pid} comm={comm}: all {pool_size} workers busy for {:.1} s and counting",
-                        now_ns.saturating_sub(since_ns) as f64 / 1e9
-                    );
-                }
-                PoolOutput::Utilization(_) => {}
-                PoolOutput::TooBusy { pid, items_per_s } => {
-                    self.probes.detach_pool_uprobes(pid);
-                    log::warn!("{}", too_busy_message(pid, items_per_s));
-                }
-            }
-        }
+        let mut out = DaemonOutput {
+            sink: &self.sink,
+            watched: &self.watched,
+            metrics: &self.metrics,
+        };
+        self.life
+            .tick_pools(snapshot, monotonic_ns(), &mut self.probes, &mut out);
+    }
+
+    /// Announces loops still blocked, stores what they did so far, and
+    /// keeps `loopbpf_loop_stalled_seconds` current.
+    pub fn check_stalls(&mut self) {
+        let mut out = DaemonOutput {
+            sink: &self.sink,
+            watched: &self.watched,
+            metrics: &self.metrics,
+        };
+        self.life
+            .check_stalls(&self.probes, monotonic_ns(), &mut out);
     }
 
     /// Threadpool uprobes for processes watched long enough. Not at once:
@@ -267,7 +235,7 @@ impl State {
                 log::warn!("{note}");
             }
             let monitor = PoolMonitor::new(pid, attach, self.threshold_ns(), monotonic_ns());
-            self.pools.insert(pid, monitor);
+            self.life.set_pool(pid, monitor);
         }
     }
 
@@ -345,22 +313,17 @@ impl State {
     /// Copies the kernel's per-loop statistics into the metrics snapshot.
     pub fn refresh_metrics(&self) {
         let now = monotonic_ns();
-        let mut threads = thread_loops_by_pid(&self.probes);
+        let threshold = self.threshold_ns();
+        let mut threads = self.probes.thread_loops_by_pid();
         for &pid in self.watched.keys() {
-            // The open iteration of each thread's outermost loop: how long the
-            // loop has been busy right now (a stall still going on).
-            let open: HashMap<u32, u64> = threads
-                .remove(&pid)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(tid, t)| {
-                    let s = t.slots.get(t.primary as usize)?;
-                    (s.in_poll == 0 && s.last_exit_ns != 0).then(|| {
-                        let start = s.last_exit_ns.saturating_sub(s.accum_busy_ns);
-                        (tid, now.saturating_sub(start))
-                    })
-                })
-                .collect();
+            // The open iteration of each thread's outermost loop, once past
+            // the threshold: how long the loop has been stalled right now.
+            let open: HashMap<u32, u64> =
+                lifecycle::open_windows(&threads.remove(&pid).unwrap_or_default())
+                    .into_iter()
+                    .map(|(tid, _, start)| (tid, now.saturating_sub(start)))
+                    .filter(|&(_, busy)| busy >= threshold)
+                    .collect();
             let loops = self
                 .probes
                 .active_loops(pid)
@@ -375,26 +338,10 @@ impl State {
             self.metrics.set_loops(pid, loops);
         }
         let mut workers = self.probes.all_pool_workers();
-        for (&pid, m) in &self.pools {
+        for (pid, m) in self.life.pools() {
             let workers = workers.remove(&pid).unwrap_or_default();
             self.metrics.set_pool(pid, m.summary(&workers, now));
         }
         self.metrics.set_kernel(self.probes.counters());
     }
-}
-
-/// `Probes::thread_loops` of every process in one walk of the map: the
-/// once-a-second refresh must not walk it once per watched process.
-fn thread_loops_by_pid(probes: &Probes) -> HashMap<u32, Vec<(u32, ThreadLoops)>> {
-    let mut by_pid: HashMap<u32, Vec<(u32, ThreadLoops)>> = HashMap::new();
-    let Some(map) = probes.ebpf.map("THREADS") else {
-        return by_pid;
-    };
-    let Ok(threads) = aya::maps::HashMap::<_, u32, ThreadLoops>::try_from(map) else {
-        return by_pid;
-    };
-    for (tid, t) in threads.iter().filter_map(Result::ok) {
-        by_pid.entry(t.pid).or_default().push((tid, t));
-    }
-    by_pid
 }

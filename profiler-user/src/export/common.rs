@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    export::text::WallClock,
-    report::EpisodeReport,
+    clock::WallClock,
+    export::{pool_report::PoolReport, report::EpisodeReport},
     secure_fs::{self, DirPolicy, SecureFsError},
     symbolize::{Frame, FrameKind},
-    threadpool::report::PoolReport,
 };
 
 #[derive(Debug, thiserror::Error)]

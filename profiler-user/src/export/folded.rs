@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use super::common::{self, ExportError, Format, Profile};
-use crate::{report::EpisodeReport, symbolize::Frame, threadpool::report::PoolReport};
+use crate::{
+    export::{pool_report::PoolReport, report::EpisodeReport},
+    symbolize::Frame,
+};
 
 pub type FoldedError = ExportError;
 
@@ -92,11 +95,13 @@ pub fn pool_file_name(r: &PoolReport) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
     use crate::{
-        breakdown::OffCpuStack, episode::Episode, symbolize::FrameKind, target::ThreadRole,
+        assembly::episode::Episode, export::breakdown::OffCpuStack, kernel::target::ThreadRole,
+        symbolize::FrameKind,
     };
-    use std::fs;
 
     fn report(stacks: Vec<(Vec<Frame>, u64)>, off_cpu: Vec<OffCpuStack>) -> EpisodeReport {
         let episode = Episode {

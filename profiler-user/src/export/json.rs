@@ -16,16 +16,20 @@ use std::{borrow::Cow, collections::BTreeMap, path::PathBuf, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::text::WallClock;
+use crate::clock::WallClock;
 use crate::{
-    breakdown::Verdict,
-    loop_stats::LoopFigures,
-    probes::SyscallProbes,
-    report::{EpisodeReport, ProcessSummary},
+    assembly::{
+        loop_stats::LoopFigures,
+        threadpool::{PoolSummary, UtilizationPoint},
+        threads::Evidence,
+    },
+    export::{
+        breakdown::Verdict,
+        pool_report::PoolReport,
+        report::{EpisodeReport, ProcessSummary},
+    },
+    kernel::{probes::SyscallProbes, target::ThreadRole},
     symbolize::FrameKind,
-    target::ThreadRole,
-    threadpool::{report::PoolReport, PoolSummary, UtilizationPoint},
-    threads::Evidence,
 };
 
 /// The version of the keys, types and units below (see the module's doc).
@@ -131,7 +135,7 @@ impl Serialize for StartupMs {
 }
 
 impl StartupMs {
-    pub fn of(startup: &crate::startup::Startup) -> StartupMs {
+    pub fn of(startup: &crate::kernel::startup::Startup) -> StartupMs {
         StartupMs(
             startup
                 .phases()
@@ -268,6 +272,10 @@ pub struct Episode {
     pub files: Vec<PathBuf>,
     pub folded_error: Option<String>,
     pub ongoing: bool,
+    /// A daemon record of an iteration still blocked: its stacks so far,
+    /// replaced by the final episode (left so if loopbpf died first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
     #[serde(flatten)]
     pub process: Option<ProcessLabels>,
 }
@@ -302,6 +310,7 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> Line<Episode> {
             files: r.files.clone(),
             folded_error: r.folded_error.clone(),
             ongoing: e.ongoing,
+            provisional: false,
             process: None,
         },
     )
@@ -441,7 +450,7 @@ pub fn summary(s: &ProcessSummary) -> Line<Summary> {
                     figures: Figures::of(&l.figures),
                 })
                 .collect(),
-            thread_roles: crate::threads::role_counts(&s.threads),
+            thread_roles: crate::assembly::threads::role_counts(&s.threads),
             threads: s
                 .threads
                 .iter()

@@ -8,10 +8,8 @@ use serde_json::Value;
 
 use super::*;
 use crate::{
-    episode::Episode as RawEpisode,
-    report::{HotFrame, LoopSummary},
-    threadpool::PoolEpisode,
-    threads::ThreadInfo,
+    assembly::{episode::Episode as RawEpisode, threadpool::PoolEpisode, threads::ThreadInfo},
+    export::{frames::HotFrame, report::LoopSummary},
 };
 
 const SCHEMA: &str = include_str!("../../../docs/schema/loopbpf.schema.json");

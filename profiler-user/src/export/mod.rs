@@ -1,10 +1,15 @@
 //! Exporters: the same reports as text for a terminal, as JSON lines for
 //! machines, and each episode's stacks as files: folded stacks, an SVG
 //! flamegraph and a pprof profile, all rendered from one [`common::Profile`].
+pub mod breakdown;
 pub mod common;
 pub mod folded;
+pub mod frames;
+pub mod html;
 pub mod json;
+pub mod pool_report;
 pub mod pprof;
+pub mod report;
 pub mod svg;
 pub mod text;
 

@@ -1,67 +1,14 @@
 //! One readable line per event, for a person at a terminal at 3 a.m.
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::{
+    assembly::threadpool::PoolSummary,
+    clock::WallClock,
+    export::{
+        pool_report::PoolReport,
+        report::{EpisodeReport, ProcessSummary},
+    },
+    kernel::target::ThreadRole,
     printable::{self, Printable},
-    report::{EpisodeReport, ProcessSummary},
-    target::ThreadRole,
-    threadpool::{report::PoolReport, PoolSummary},
 };
-
-/// Converts CLOCK_MONOTONIC (the kernel's timestamps) to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct WallClock {
-    realtime_minus_monotonic_ns: i128,
-}
-
-impl WallClock {
-    pub fn now() -> Self {
-        let mono = monotonic_ns() as i128;
-        let real = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        WallClock {
-            realtime_minus_monotonic_ns: real - mono,
-        }
-    }
-
-    /// A clock whose CLOCK_REALTIME − CLOCK_MONOTONIC was measured before.
-    pub fn with_offset(realtime_minus_monotonic_ns: i128) -> Self {
-        WallClock {
-            realtime_minus_monotonic_ns,
-        }
-    }
-
-    /// Nanoseconds since the epoch of a monotonic timestamp.
-    pub fn unix_ns(&self, monotonic_ns: u64) -> i64 {
-        (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).clamp(0, i64::MAX as i128) as i64
-    }
-
-    /// `HH:MM:SS.mmm` UTC of a monotonic timestamp.
-    pub fn format(&self, monotonic_ns: u64) -> String {
-        let real_ms =
-            ((monotonic_ns as i128 + self.realtime_minus_monotonic_ns) / 1_000_000).max(0) as u64;
-        let day_ms = real_ms % 86_400_000;
-        format!(
-            "{:02}:{:02}:{:02}.{:03}",
-            day_ms / 3_600_000,
-            day_ms / 60_000 % 60,
-            day_ms / 1000 % 60,
-            day_ms % 1000
-        )
-    }
-}
-
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
     let b = &r.breakdown;
@@ -79,7 +26,7 @@ pub fn episode(r: &EpisodeReport, clock: &WallClock) -> String {
 /// `, hottest: NAME (N%) -> FILE` (or why the stacks were not saved).
 fn hottest_and_file(
     line: &mut String,
-    top: Option<&crate::report::HotFrame>,
+    top: Option<&crate::export::frames::HotFrame>,
     files: &[std::path::PathBuf],
     error: &Option<String>,
 ) {
@@ -160,7 +107,7 @@ pub fn summary(s: &ProcessSummary) -> String {
         out.push_str(&pool_summary(p));
     }
     if !s.threads.is_empty() {
-        let roles: Vec<String> = crate::threads::role_counts(&s.threads)
+        let roles: Vec<String> = crate::assembly::threads::role_counts(&s.threads)
             .into_iter()
             .map(|(role, n)| format!("{n} {role}"))
             .collect();
@@ -257,7 +204,7 @@ fn pool_summary(p: &PoolSummary) -> String {
 mod tests {
     use super::*;
 
-    fn summary_of(comm: &str, kernel: crate::probes::KernelCounters) -> String {
+    fn summary_of(comm: &str, kernel: crate::kernel::probes::KernelCounters) -> String {
         summary(&ProcessSummary {
             pid: 7,
             comm: comm.into(),
@@ -273,7 +220,7 @@ mod tests {
 
     #[test]
     fn the_summary_names_every_kernel_drop() {
-        let k = crate::probes::KernelCounters {
+        let k = crate::kernel::probes::KernelCounters {
             stats_full: 4,
             off_cpu_lost: 2,
             ..Default::default()
@@ -291,13 +238,5 @@ mod tests {
         let s = summary_of("\u{1b}[2Jx\ny", Default::default());
         assert!(s.starts_with("pid 7 (\\u{1b}[2Jx\\ny)"), "{s}");
         assert!(!s.contains('\u{1b}'));
-    }
-
-    #[test]
-    fn wall_clock_formats_now_as_a_time_of_day() {
-        let c = WallClock::now();
-        let s = c.format(monotonic_ns());
-        assert_eq!(s.len(), 12, "{s}");
-        assert_eq!(&s[2..3], ":");
     }
 }

@@ -20,7 +20,7 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
 use profiler_common::UserRegs;
 
-use crate::collect::{OffCpu, Sample};
+use crate::{kernel::collect::OffCpu, kernel::collect::Sample};
 
 pub use modules::{parse_exec_mappings, ExecMapping, ModuleError, TableCache};
 pub use snapshot::{StackSnapshot, UnwoundFrame, UnwoundStack};

@@ -182,7 +182,7 @@ pub fn render(
     )?;
     writeln!(
         s,
-        "- **Poll cost**: `profiler-user/examples/poll_loop.rs` calls `epoll_wait` with \
+        "- **Poll cost**: `bench/poll_loop.rs` calls `epoll_wait` with \
          timeout 0 on an empty set, 3 x 1M times (median batch), with no loopbpf, with \
          loopbpf watching a `bench/busy.js` process, and with `loopbpf --force` watching the \
          loop itself (every call is then a whole event-loop iteration: enter, exit, \
@@ -192,7 +192,7 @@ pub fn render(
     )?;
     writeln!(
         s,
-        "- **Symbolization**: `profiler-user/examples/symbolize_bench.rs` writes a synthetic V8 \
+        "- **Symbolization**: `bench/symbolize_bench.rs` writes a synthetic V8 \
          perf map for a sleeping child, loads it with `PerfMap`, appends 10% and refreshes, then \
          symbolizes random JIT addresses (200 stacks x 24 frames per request) through `Symbolizer` for 2 s."
     )?;

@@ -1,4 +1,4 @@
-//! Symbolization: runs profiler-user/examples/symbolize_bench.rs (release)
+//! Symbolization: runs bench/symbolize_bench.rs (release)
 //! for perf maps of 10k, 100k and 1M synthetic V8 entries and parses its
 //! `bench-symbolize key=value ...` line.
 

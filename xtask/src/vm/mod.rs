@@ -386,7 +386,7 @@ fn build_test_binaries(
     Ok(found)
 }
 
-/// The example the guest bench times (`profiler-user/examples/poll_loop.rs`).
+/// The example the guest bench times (`bench/poll_loop.rs`).
 fn build_poll_loop(paths: &Paths, bin_dir: &Path) -> Result<PathBuf> {
     cmd::run(
         Command::new("cargo")

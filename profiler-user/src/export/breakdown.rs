@@ -2,8 +2,8 @@
 //! V8's garbage collector), asleep (and in which syscall), or runnable but
 //! waiting for a CPU. The verdict a reader needs without opening a flamegraph.
 use crate::{
-    episode::Episode,
-    report::HotFrame,
+    assembly::episode::Episode,
+    export::frames::HotFrame,
     symbolize::{Frame, FrameKind},
 };
 

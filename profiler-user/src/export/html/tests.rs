@@ -129,10 +129,10 @@ fn stacks_merge_into_a_tree_with_shared_prefixes_once() {
 #[test]
 fn records_of_the_json_contract_are_read_with_their_start_time() {
     use crate::{
-        episode::Episode,
-        export::{json, text::WallClock},
-        report::EpisodeReport,
-        target::ThreadRole,
+        assembly::episode::Episode,
+        clock::WallClock,
+        export::{json, report::EpisodeReport},
+        kernel::target::ThreadRole,
     };
     let e = Episode {
         pid: 4,

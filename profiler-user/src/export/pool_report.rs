@@ -1,9 +1,9 @@
 //! A saturation with its stacks named, and what the workers were running.
 use std::path::PathBuf;
 
-use super::PoolEpisode;
 use crate::{
-    report::{hottest_frame, HotFrame},
+    assembly::threadpool::{PoolEpisode, WORKER_LOOP},
+    export::frames::{hottest_frame, HotFrame},
     symbolize::{Frame, StackRequest, SymbolizeError, Symbolizer},
 };
 
@@ -17,8 +17,6 @@ const DISPATCH_FRAMES: [&str; 5] = [
     "{virtual override thunk",
     "node::crypto::DeriveBitsJob<",
 ];
-/// libuv's worker loop, at the bottom of every pool worker's stack.
-pub const WORKER_LOOP: &str = "worker";
 
 #[derive(Clone, Debug)]
 pub struct PoolReport {
@@ -62,7 +60,7 @@ impl PoolReport {
             .map(|(raw, n)| {
                 let frames = named
                     .next()
-                    .unwrap_or_else(|| crate::report::unnamed(&raw.user, &raw.kernel));
+                    .unwrap_or_else(|| crate::export::frames::unnamed(&raw.user, &raw.kernel));
                 (frames, *n)
             })
             .collect();

@@ -2,16 +2,16 @@
 //! work runs on its workers (4 by default), and when they are all busy new
 //! work queues, however idle the event loop looks.
 //!
-//! uprobes (`uprobes`) → per-worker kernel state and long busy periods →
-//! `monitor` (utilization, saturation from `saturation`) → `report` (named
-//! stacks) → the exporters.
+//! uprobes (`kernel::probes::pool_uprobes`) → per-worker kernel state and long
+//! busy periods → `monitor` (utilization, saturation from `saturation`) →
+//! `export::pool_report` (named stacks) → the exporters.
 pub mod monitor;
-pub mod report;
 pub mod saturation;
-pub mod symbols;
-pub mod uprobes;
 
-use crate::episode::RawStack;
+use crate::assembly::episode::RawStack;
+
+/// libuv's worker loop, at the bottom of every pool worker's stack.
+pub const WORKER_LOOP: &str = "worker";
 
 /// An interval in which every worker of the pool was busy.
 #[derive(Clone, Debug)]
@@ -59,7 +59,7 @@ pub enum PoolOutput {
     },
     Utilization(UtilizationPoint),
     /// So many items a second that the uprobes must come off
-    /// (`monitor::MAX_ITEMS_PER_S`); tracking has stopped.
+    /// (`limits::MAX_POOL_ITEMS_PER_S`); tracking has stopped.
     TooBusy {
         pid: u32,
         items_per_s: f64,

@@ -14,8 +14,8 @@
 use std::{collections::BTreeMap, fs};
 
 use crate::{
+    kernel::target::ThreadRole,
     symbolize::{Frame, StackRequest, Symbolizer},
-    target::ThreadRole,
 };
 
 /// Bytes of stack read above the stack pointer: an idle thread's frames, from
@@ -66,7 +66,7 @@ fn census_with(
     } else {
         Vec::new()
     };
-    let mut threads: Vec<ThreadInfo> = crate::target::thread_comms(pid)
+    let mut threads: Vec<ThreadInfo> = crate::kernel::target::thread_comms(pid)
         .into_iter()
         .map(|(tid, name)| {
             // A thread's own entry point beats its polling: V8's delayed-task
@@ -180,7 +180,7 @@ pub fn update_from_kernel(
 pub fn role_from_name(comm: &str) -> Option<ThreadRole> {
     match comm {
         "libuv-worker" => Some(ThreadRole::Threadpool),
-        "V8Worker" | crate::target::DELAYED_TASK_SCHEDULER => Some(ThreadRole::V8Platform),
+        "V8Worker" | crate::kernel::target::DELAYED_TASK_SCHEDULER => Some(ThreadRole::V8Platform),
         "WorkerThread" => Some(ThreadRole::Worker),
         "SignalInspector" => Some(ThreadRole::Other),
         _ => None,
@@ -191,7 +191,7 @@ pub fn role_from_name(comm: &str) -> Option<ThreadRole> {
 pub fn role_from_stack(frames: &[Frame]) -> Option<ThreadRole> {
     frames.iter().find_map(|f| {
         let n = f.name.as_str();
-        if n == crate::threadpool::report::WORKER_LOOP {
+        if n == crate::assembly::threadpool::WORKER_LOOP {
             Some(ThreadRole::Threadpool)
         } else if n.contains("PlatformWorkerThread") || n.contains("DelayedTaskScheduler") {
             Some(ThreadRole::V8Platform)

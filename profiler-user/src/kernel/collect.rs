@@ -1,6 +1,7 @@
-//! Ring-buffer records → typed events. The layouts come from profiler-common;
-//! decoding is explicit (little-endian fields through `bytes::Buf`) so a short
-//! or unknown record is reported, never reinterpreted.
+//! Ring-buffer records → typed events. Each record's fixed part is read as
+//! the type profiler-common defines for it (the kernel writes that same
+//! type); the variable parts (frames, V8 slots, stack copy) are bounded by the
+//! counts in it. A short or unknown record is reported, never reinterpreted.
 use std::mem::size_of;
 
 use bytes::Buf;
@@ -82,47 +83,22 @@ pub enum Record {
     },
 }
 
-pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
+pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
     let len = buf.len();
     if len < 4 {
         return Err(DecodeError::Short(len));
     }
     match (&buf[..4]).get_u32_le() {
-        EVENT_EPISODE => {
-            if len < size_of::<EpisodeEvent>() {
-                return Err(DecodeError::Short(len));
-            }
-            Ok(Record::Episode(EpisodeEvent {
-                kind: buf.get_u32_le(),
-                pid: buf.get_u32_le(),
-                tid: buf.get_u32_le(),
-                epfd: buf.get_i32_le(),
-                seq: buf.get_u64_le(),
-                end_ns: buf.get_u64_le(),
-                busy_ns: buf.get_u64_le(),
-                blocked_ns: buf.get_u64_le(),
-                runq_ns: buf.get_u64_le(),
-            }))
-        }
+        EVENT_EPISODE => Ok(Record::Episode(fixed::<EpisodeEvent>(buf)?)),
         kind @ (EVENT_SAMPLE | EVENT_POOL_SAMPLE) => {
             if len < size_of::<SampleEvent>() {
                 return Err(DecodeError::Short(len));
             }
-            let h = SampleHeader {
-                kind: buf.get_u32_le(),
-                pid: buf.get_u32_le(),
-                tid: buf.get_u32_le(),
-                cpu: buf.get_u32_le(),
-                user_bytes: buf.get_i32_le(),
-                kernel_bytes: buf.get_i32_le(),
-                seq: buf.get_u64_le(),
-                busy_start_ns: buf.get_u64_le(),
-                time_ns: buf.get_u64_le(),
-                regs: regs(&mut buf),
-            };
+            let h = fixed::<SampleHeader>(buf)?;
+            let buf = &buf[size_of::<SampleHeader>()..];
             let user = frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes);
             let kernel = frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes);
-            buf.advance((MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8);
+            let buf = &buf[(MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8..];
             let v8 = v8_slots(buf, user.len());
             let stack = copy(&buf[8 + V8_FRAMES * 16..], &h.regs);
             let sample = Sample {
@@ -147,19 +123,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
             if len < size_of::<OffCpuHeader>() + STACKS_BYTES {
                 return Err(DecodeError::Short(len));
             }
-            let h = OffCpuHeader {
-                kind: buf.get_u32_le(),
-                pid: buf.get_u32_le(),
-                tid: buf.get_u32_le(),
-                _pad: buf.get_u32_le(),
-                user_bytes: buf.get_i32_le(),
-                kernel_bytes: buf.get_i32_le(),
-                seq: buf.get_u64_le(),
-                blocked_ns: buf.get_u64_le(),
-                runq_ns: buf.get_u64_le(),
-                time_ns: buf.get_u64_le(),
-                regs: regs(&mut buf),
-            };
+            let h = fixed::<OffCpuHeader>(buf)?;
+            let buf = &buf[size_of::<OffCpuHeader>()..];
             let stack = copy(&buf[(MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8..], &h.regs);
             Ok(Record::OffCpu(OffCpu {
                 pid: h.pid,
@@ -174,27 +139,10 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
                 stack,
             }))
         }
-        EVENT_POOL_BUSY => {
-            if len < size_of::<PoolBusyEvent>() {
-                return Err(DecodeError::Short(len));
-            }
-            Ok(Record::PoolBusy(PoolBusyEvent {
-                kind: buf.get_u32_le(),
-                pid: buf.get_u32_le(),
-                tid: buf.get_u32_le(),
-                _pad: buf.get_u32_le(),
-                start_ns: buf.get_u64_le(),
-                end_ns: buf.get_u64_le(),
-                items: buf.get_u64_le(),
-            }))
-        }
+        EVENT_POOL_BUSY => Ok(Record::PoolBusy(fixed::<PoolBusyEvent>(buf)?)),
         kind @ (EVENT_EXEC | EVENT_EXIT) => {
-            if len < size_of::<ProcessEvent>() {
-                return Err(DecodeError::Short(len));
-            }
-            let _kind = buf.get_u32_le();
-            let pid = buf.get_u32_le();
-            let time_ns = buf.get_u64_le();
+            let e = fixed::<ProcessEvent>(buf)?;
+            let (pid, time_ns) = (e.pid, e.time_ns);
             Ok(if kind == EVENT_EXEC {
                 Record::Exec { pid, time_ns }
             } else {
@@ -205,14 +153,17 @@ pub fn decode(mut buf: &[u8]) -> Result<Record, DecodeError> {
     }
 }
 
-fn regs(buf: &mut &[u8]) -> UserRegs {
-    UserRegs {
-        ip: buf.get_u64_le(),
-        sp: buf.get_u64_le(),
-        bp: buf.get_u64_le(),
-        stack_bytes: buf.get_u32_le(),
-        _pad: buf.get_u32_le(),
+/// The fixed part of a record, read as profiler-common defines it (one
+/// definition for the kernel's writes and these reads). Too short: an error,
+/// never a partial value.
+fn fixed<T: aya::Pod>(buf: &[u8]) -> Result<T, DecodeError> {
+    if buf.len() < size_of::<T>() {
+        return Err(DecodeError::Short(buf.len()));
     }
+    // SAFETY: `buf` holds at least size_of::<T>() bytes, read unaligned; T is
+    // Pod (integers only, no padding: asserted in profiler-common), so any
+    // bytes are a valid value.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
 }
 
 /// The filled part of the stack copy (the kernel never claims more than it

@@ -190,7 +190,7 @@ pub(super) fn encode(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         |v| v.live,
         (
             "loopbpf_loop_stalled_seconds",
-            "How long the iteration running now has been busy (0: the loop waits in its poll); the longest of the label set",
+            "How long the iteration running now has been busy, once past the threshold (0 otherwise); the longest of the label set",
             |v| secs(v.open_busy_ns),
         ),
     )?;

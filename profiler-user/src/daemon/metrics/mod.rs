@@ -24,7 +24,9 @@ use std::{
 use profiler_common::LoopStats;
 
 use crate::{
-    breakdown::Verdict, probes::KernelCounters, target::ThreadRole, threadpool::PoolSummary,
+    assembly::threadpool::PoolSummary,
+    export::breakdown::Verdict,
+    kernel::{probes::KernelCounters, target::ThreadRole},
 };
 
 /// A retired label set with no live loop is forgotten after this long: its
@@ -328,6 +330,19 @@ impl Metrics {
             }
             p.loops = loops;
             s.processes.insert(pid, p);
+        });
+    }
+
+    /// Loops of `pid` busy past the threshold now, `(tid, busy_ns)`; its
+    /// other loops read 0 (`loopbpf_loop_stalled_seconds`). Called more often
+    /// than `set_loops`, so a wedge shows within a stall check.
+    pub fn set_stalled(&self, pid: u32, busy: &[(u32, u64)]) {
+        self.with(|s| {
+            if let Some(p) = s.processes.get_mut(&pid) {
+                for l in p.loops.iter_mut() {
+                    l.open_busy_ns = busy.iter().find(|b| b.0 == l.tid).map_or(0, |b| b.1);
+                }
+            }
         });
     }
 

@@ -201,3 +201,31 @@ fn age_limit_and_reopen_rebuild_the_index() {
         ""
     );
 }
+
+#[test]
+fn a_removed_episode_leaves_its_files_and_index_line_and_the_others_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), BIG).unwrap();
+    for id in ["1-1-5", "1-1-6-provisional", "1-1-7"] {
+        s.put(id, &folded(id, "a;b 3\n"), rec(id))
+            .unwrap();
+    }
+    let before = s.total_bytes();
+    s.remove("1-1-6-provisional").unwrap();
+    assert_eq!(index_ids(dir.path()), ["1-1-5", "1-1-7"]);
+    assert!(!dir.path().join("episodes/1-1-6-provisional.json").exists());
+    assert!(!dir
+        .path()
+        .join("episodes/1-1-6-provisional.folded")
+        .exists());
+    assert!(s.total_bytes() < before);
+    assert_eq!(s.len(), 2);
+    // Absent: nothing happens; the store still appends after a removal.
+    s.remove("1-1-6-provisional").unwrap();
+    s.put("1-1-8", &[], rec("1-1-8")).unwrap();
+    assert_eq!(index_ids(dir.path()), ["1-1-5", "1-1-7", "1-1-8"]);
+    // And a restart sees the same.
+    drop(s);
+    let s = Store::open(dir.path(), BIG).unwrap();
+    assert_eq!(s.len(), 3);
+}

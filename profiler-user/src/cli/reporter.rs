@@ -10,14 +10,19 @@ use std::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    episode::Episode,
-    export::{common::Profile, json, text, write_all, FileFormat, Written},
-    probes::SyscallProbes,
-    report::{EpisodeReport, ProcessSummary},
-    startup::Startup,
+    assembly::{
+        episode::Episode,
+        threadpool::{PoolEpisode, PoolOutput},
+    },
+    export::{
+        common::Profile,
+        json,
+        pool_report::PoolReport,
+        report::{EpisodeReport, ProcessSummary},
+        text, write_all, FileFormat, Written,
+    },
+    kernel::{probes::SyscallProbes, startup::Startup, target::ThreadRole},
     symbolize::{PerfMapStatus, Symbolizer},
-    target::ThreadRole,
-    threadpool::{report::PoolReport, PoolEpisode, PoolOutput},
 };
 
 pub enum Output {
@@ -55,7 +60,7 @@ pub struct Reporter {
     pub frequency_hz: u64,
     /// The files written per episode.
     pub formats: Vec<FileFormat>,
-    pub clock: text::WallClock,
+    pub clock: crate::clock::WallClock,
     perf_map_warned: HashSet<u32>,
     episodes: HashMap<u32, u64>,
     write_error_warned: bool,
@@ -77,7 +82,7 @@ impl Reporter {
             symbolizer,
             threshold_ns,
             frequency_hz,
-            clock: text::WallClock::now(),
+            clock: crate::clock::WallClock::now(),
             perf_map_warned: HashSet::new(),
             episodes: HashMap::new(),
             write_error_warned: false,
@@ -317,4 +322,36 @@ fn append_line(
 fn stdout_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// The session's side of the lifecycle: everything goes, in order, to the
+/// reporter's task.
+impl crate::lifecycle::Output for tokio::sync::mpsc::UnboundedSender<Output> {
+    fn episode(&mut self, e: Episode) {
+        let _ = self.send(Output::Episode(e));
+    }
+
+    /// A terminal gets one line per stall; the daemon's log repeats it.
+    fn stall(&mut self, s: crate::lifecycle::Stall) {
+        if s.first {
+            let _ = self.send(Output::Stall {
+                pid: s.pid,
+                tid: s.tid,
+                start_ns: s.start_ns,
+                now_ns: s.now_ns,
+            });
+        }
+    }
+
+    fn pool(&mut self, out: PoolOutput) {
+        let _ = self.send(Output::Pool(out));
+    }
+
+    fn warning(&mut self, pid: Option<u32>, message: String) {
+        let _ = self.send(Output::Warning { pid, message });
+    }
+
+    fn forget(&mut self, pid: u32) {
+        let _ = self.send(Output::Forget(pid));
+    }
 }

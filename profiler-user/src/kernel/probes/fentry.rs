@@ -7,8 +7,8 @@ use aya::{
 };
 use profiler_common::{LoopSlot, ThreadLoops, IN_POLL_BEFORE_ATTACH};
 
-use crate::probes::{program, ProbeError};
-use crate::startup::{Phase, Startup};
+use crate::kernel::probes::{program, ProbeError};
+use crate::kernel::startup::{Phase, Startup};
 
 /// fentry programs and the kernel function each is loaded for.
 const FENTRY: [(&str, &str); 5] = [
@@ -87,7 +87,7 @@ pub(crate) fn seed_asleep_polls(ebpf: &mut Ebpf, pid: u32) {
     let Ok(mut threads) = HashMap::<_, u32, ThreadLoops>::try_from(map) else {
         return;
     };
-    let now = crate::export::text::monotonic_ns();
+    let now = crate::clock::monotonic_ns();
     for (tid, epfd) in asleep {
         let mut t = ThreadLoops {
             pid,
@@ -132,8 +132,7 @@ pub(crate) fn epoll_fd_of_syscall_line(line: &str) -> Option<i32> {
 /// tids may be reused), so no links are followed, nothing blocks and at most
 /// `SYSCALL_FILE_MAX` bytes are read.
 fn syscall_line(pid: u32, tid: u32) -> Option<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)

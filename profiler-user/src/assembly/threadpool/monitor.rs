@@ -7,25 +7,18 @@ use profiler_common::{PoolBusyEvent, PoolWorker};
 
 use super::{
     saturation::{saturations, BusyPeriod},
-    uprobes::PoolAttach,
     PoolEpisode, PoolOutput, PoolSummary, UtilizationPoint,
 };
-use crate::{collect::Sample, episode::RawStack, loop_stats::quantile};
+use crate::{
+    assembly::{episode::RawStack, loop_stats::quantile},
+    kernel::{collect::Sample, probes::pool_uprobes::PoolAttach},
+    limits::{MAX_DISTINCT_STACKS, MAX_POOL_ITEMS_PER_S, MAX_POOL_SAMPLES, POOL_KEEP_NS},
+};
 
 /// Utilization is reported per window of this length.
 pub const UTILIZATION_WINDOW_NS: u64 = 1_000_000_000;
 /// A saturation still going on this long is announced before it ends.
 pub const SATURATION_NOTICE_NS: u64 = 1_000_000_000;
-/// Above this many work items a second, the uprobes (a few microseconds per
-/// item, see the README) would cost more than a profiler may: they are
-/// detached and the figures so far kept.
-pub const MAX_ITEMS_PER_S: f64 = 2_000.0;
-/// Busy periods and samples are kept this long to assemble saturations.
-const KEEP_NS: u64 = 120_000_000_000;
-/// Bounds the samples held per process (a pool of 1024 busy workers at 999 Hz
-/// fills this in about 0.1 s, four workers at 199 Hz in four minutes).
-const MAX_SAMPLES: usize = 200_000;
-const MAX_DISTINCT_STACKS: usize = 4096;
 
 pub struct PoolMonitor {
     pub pid: u32,
@@ -54,6 +47,10 @@ impl PoolMonitor {
     /// A reloaded threshold (daemon SIGHUP): saturations still open are judged by it.
     pub fn set_threshold(&mut self, threshold_ns: u64) {
         self.threshold_ns = threshold_ns;
+    }
+
+    pub fn threshold_ns(&self) -> u64 {
+        self.threshold_ns
     }
 
     pub fn new(pid: u32, attach: PoolAttach, threshold_ns: u64, now_ns: u64) -> Self {
@@ -90,7 +87,7 @@ impl PoolMonitor {
     }
 
     pub fn add_sample(&mut self, s: Sample) {
-        if self.samples.len() >= MAX_SAMPLES {
+        if self.samples.len() >= MAX_POOL_SAMPLES {
             self.samples.pop_front();
         }
         self.samples.push_back(s);
@@ -116,7 +113,7 @@ impl PoolMonitor {
             .filter(|_| !workers.is_empty())
         {
             out.push(PoolOutput::Utilization(p));
-            if p.items_per_s > MAX_ITEMS_PER_S {
+            if p.items_per_s > MAX_POOL_ITEMS_PER_S {
                 self.stopped_ns = Some(now_ns);
                 out.push(PoolOutput::TooBusy {
                     pid: self.pid,
@@ -153,7 +150,7 @@ impl PoolMonitor {
                 }
             }
         }
-        let horizon = now_ns.saturating_sub(KEEP_NS);
+        let horizon = now_ns.saturating_sub(POOL_KEEP_NS);
         self.periods
             .retain(|p| p.end_ns.is_some_and(|e| e >= horizon));
         while self.samples.front().is_some_and(|s| s.time_ns < horizon) {
@@ -379,7 +376,7 @@ fn libuv_pool_size(v: &[u8]) -> usize {
 
 /// Threads Node ≥ 22 names `libuv-worker` (0 on Node 20, which names none).
 fn named_workers(pid: u32) -> usize {
-    crate::target::thread_comms(pid)
+    crate::kernel::target::thread_comms(pid)
         .iter()
         .filter(|(_, c)| c == "libuv-worker")
         .count()

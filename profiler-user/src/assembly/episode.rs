@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use profiler_common::EpisodeEvent;
 
-use crate::collect::{OffCpu, Sample};
+use crate::kernel::collect::{OffCpu, Sample};
 
 /// A distinct stack, leaf first, as the kernel captured it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -57,6 +57,7 @@ pub struct Episode {
     pub ongoing: bool,
 }
 
+#[derive(Clone)]
 struct OpenWindow {
     pid: u32,
     seq: u64,
@@ -227,6 +228,39 @@ impl EpisodeBuilder {
             Some(w) if w.pid == pid && w.seq == seq => self.open.remove(&tid),
             _ => None,
         };
+        Self::episode_of(window, pid, tid, seq, start_ns, end_ns, busy_ns, ongoing)
+    }
+
+    /// What iteration `seq` of `tid`, still open, has gathered so far; it
+    /// stays open (the daemon stores this while a loop is wedged).
+    pub fn snapshot(
+        &self,
+        pid: u32,
+        tid: u32,
+        seq: u64,
+        busy_start_ns: u64,
+        now_ns: u64,
+    ) -> Episode {
+        let window = self
+            .open
+            .get(&tid)
+            .filter(|w| w.pid == pid && w.seq == seq)
+            .cloned();
+        let busy = now_ns.saturating_sub(busy_start_ns);
+        Self::episode_of(window, pid, tid, seq, busy_start_ns, now_ns, busy, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn episode_of(
+        window: Option<OpenWindow>,
+        pid: u32,
+        tid: u32,
+        seq: u64,
+        start_ns: u64,
+        end_ns: u64,
+        busy_ns: u64,
+        ongoing: bool,
+    ) -> Episode {
         let (samples, samples_without_stack, mut stacks, mut off_cpu_stacks) = match window {
             Some(w) => (
                 w.samples,

@@ -12,8 +12,8 @@ use aya::{
 };
 use profiler_common::{PendingWork, PoolWorker};
 
-use super::symbols::SymbolCache;
-use crate::probes::Probes;
+use super::pool_symbols::SymbolCache;
+use crate::kernel::probes::Probes;
 
 /// Where a work item enters the queue: libuv's internal entry (fs, dns,
 /// random), and `uv_queue_work` (crypto, zlib, addons), which inlines it.
@@ -105,7 +105,7 @@ impl Probes {
             Ok(o) => o,
             // Gone already (the daemon meets many short-lived processes):
             // nothing to say about a binary nobody runs any more.
-            Err(_) if !crate::target::is_alive(pid) => return result,
+            Err(_) if !crate::kernel::target::is_alive(pid) => return result,
             Err(e) => {
                 result.error = Some(e.to_string());
                 return result;
@@ -153,7 +153,7 @@ impl Probes {
             }
         }
         if let Some(f) = failure {
-            if !crate::target::is_alive(pid) {
+            if !crate::kernel::target::is_alive(pid) {
                 result = PoolAttach::default();
             } else {
                 // Present but not attachable: say why, not "not found".

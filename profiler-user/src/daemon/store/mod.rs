@@ -231,6 +231,37 @@ impl Store {
         Ok((paths, json_path))
     }
 
+    /// Removes episode `id` (a provisional record its final one replaces):
+    /// its files and its line in the index. Absent: nothing to do.
+    pub fn remove(&mut self, id: &str) -> Result<(), StoreError> {
+        let Some(i) = self.entries.iter().position(|e| e.id == id) else {
+            return Ok(());
+        };
+        // The index lists the entries in order: its line starts after theirs.
+        let offset: u64 = self.entries.iter().take(i).map(|e| e.index_len).sum();
+        let Some(e) = self.entries.remove(i) else {
+            return Ok(());
+        };
+        for ext in EXTS {
+            let _ = fs::remove_file(self.episodes_dir().join(format!("{}.{ext}", e.id)));
+        }
+        self.total_bytes = self.total_bytes.saturating_sub(e.bytes);
+        if e.index_len == 0 {
+            return Ok(());
+        }
+        let path = self.index_path();
+        let text = fs::read(&path).map_err(|source| StoreError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        let (start, end) = (offset as usize, (offset + e.index_len) as usize);
+        let Some(head) = text.get(..start) else {
+            return Ok(());
+        };
+        let rest = [head, text.get(end..).unwrap_or_default()].concat();
+        write_atomic(&path, &rest)
+    }
+
     /// Appends `record` as one line; returns its length.
     fn append_index(&self, record: &str) -> Result<u64, StoreError> {
         let path = self.index_path();
