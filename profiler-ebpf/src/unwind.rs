@@ -166,7 +166,7 @@ pub fn copy_user_stack(regs: &mut UserRegs, stack: *mut u8) -> bool {
     regs.sp = r.rsp;
     regs.bp = r.rbp;
     let sp = r.rsp;
-    if sp < PAGE || sp >= USER_TOP {
+    if !(PAGE..USER_TOP).contains(&sp) {
         return false;
     }
     // Its own read: the page below %rsp may not be mapped, and that must not

@@ -66,6 +66,14 @@ impl Bases {
     }
 }
 
+/// The unwind section the FDEs are in, and how to read it.
+#[derive(Clone, Copy, Debug)]
+pub struct Table<'a> {
+    pub data: &'a [u8],
+    pub section: Section,
+    pub bases: &'a Bases,
+}
+
 /// Registers of one frame: where it is, and the two the caller's frame is
 /// found from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,16 +194,15 @@ impl Evaluator {
     /// of the stack copy.
     pub fn step(
         &mut self,
-        data: &[u8],
-        section: Section,
-        bases: &Bases,
+        table: Table<'_>,
         fde: &ExprFde,
         svma: u64,
         regs: Regs,
         read: impl Fn(u64) -> Option<u64>,
     ) -> Result<Regs, StepError> {
-        let bases = bases.gimli();
-        match section {
+        let bases = table.bases.gimli();
+        let data = table.data;
+        match table.section {
             Section::EhFrame => self.step_in(&eh_frame(data), &bases, fde, svma, regs, read),
             Section::DebugFrame => self.step_in(&debug_frame(data), &bases, fde, svma, regs, read),
         }

@@ -116,17 +116,14 @@ fn finds_and_unwinds_openssl_sha512_avx2_in_node() {
             bp: 0xdead_beef,
         };
         let mut ev = Evaluator::default();
-        let mut step = |svma, copy: &StackSnapshot| {
-            ev.step(
-                t.cfa_data(),
-                t.cfa_section,
-                &t.bases(),
-                fde,
-                svma,
-                regs,
-                |a| copy.read_u64(a),
-            )
+        let bases = t.bases();
+        let table = Table {
+            data: t.cfa_data(),
+            section: t.cfa_section,
+            bases: &bases,
         };
+        let mut step =
+            |svma, copy: &StackSnapshot| ev.step(table, fde, svma, regs, |a| copy.read_u64(a));
         let mut unwound = 0;
         for &row in &exprs {
             // Rows that read below %rsp (a red-zone slot) are out of this

@@ -218,15 +218,16 @@ impl Unwinder {
                     };
                     let t = &m.tables;
                     let svma = lookup - m.bias;
-                    match self.evaluator.step(
-                        &t.cfa_data(),
-                        t.cfa_section,
-                        &t.bases(),
-                        fde,
-                        svma,
-                        regs,
-                        |a| snapshot.read_u64(a),
-                    ) {
+                    let bases = t.bases();
+                    let table = cfa_deref::Table {
+                        data: t.cfa_data(),
+                        section: t.cfa_section,
+                        bases: &bases,
+                    };
+                    match self
+                        .evaluator
+                        .step(table, fde, svma, regs, |a| snapshot.read_u64(a))
+                    {
                         Ok(r) => {
                             self.stats.cfa_derefs += 1;
                             regs_now = UnwindRegsX86_64::new(r.ip, r.sp, r.bp);
