@@ -16,7 +16,7 @@ pub struct OffCpuStack {
     pub runq_ns: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// On the CPU, in JavaScript (or V8/Node code JavaScript called).

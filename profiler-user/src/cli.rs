@@ -121,6 +121,10 @@ pub struct ReportArgs {
 pub struct EpisodesArgs {
     #[command(flatten)]
     pub select: SelectArgs,
+    /// One JSON line per episode, as `--pid --json` prints them (records of
+    /// older versions are left out and counted in a warning line).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `loopbpf __assets DIR` writes the man pages and completions (packaging:

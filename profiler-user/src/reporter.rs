@@ -96,7 +96,7 @@ impl Reporter {
                 if self.json {
                     let ready =
                         json::ready(&pids, self.threshold_ns, self.frequency_hz, syscall_probes);
-                    stdout_line(&ready.to_string());
+                    stdout_line(&ready.to_json());
                 } else {
                     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                     eprintln!(
@@ -121,7 +121,8 @@ impl Reporter {
                 let _ = self.symbolizer.symbolize(pid, Vec::new()).await;
                 let role = ThreadRole::of_loop_thread(pid, tid);
                 if self.json {
-                    stdout_line(&json::stall(pid, tid, role, start_ns, now_ns).to_string());
+                    let line = json::stall(pid, tid, role, start_ns, now_ns, &self.clock);
+                    stdout_line(&line.to_json());
                 } else {
                     stdout_line(&text::stall(pid, tid, role, start_ns, now_ns, &self.clock));
                 }
@@ -129,7 +130,7 @@ impl Reporter {
             Output::Summary(mut s) => {
                 s.episodes_reported = self.episodes.get(&s.pid).copied().unwrap_or(0);
                 if self.json {
-                    stdout_line(&json::summary(&s).to_string());
+                    stdout_line(&json::summary(&s).to_json());
                 } else {
                     stdout_line(&text::summary(&s));
                 }
@@ -143,9 +144,8 @@ impl Reporter {
                 pool_size,
             }) => {
                 if self.json {
-                    stdout_line(
-                        &json::pool_saturated(pid, pool_size, since_ns, now_ns).to_string(),
-                    );
+                    let line = json::pool_saturated(pid, pool_size, since_ns, now_ns, &self.clock);
+                    stdout_line(&line.to_json());
                 } else {
                     stdout_line(&text::pool_saturated(
                         pid,
@@ -159,7 +159,7 @@ impl Reporter {
             // A line a second per process: for machines, not for a terminal.
             Output::Pool(PoolOutput::Utilization(p)) => {
                 if self.json {
-                    stdout_line(&json::pool_utilization(&p).to_string());
+                    stdout_line(&json::pool_utilization(&p, &self.clock).to_json());
                 }
             }
             // The session turns this into a warning as it detaches the uprobes.
@@ -198,26 +198,20 @@ impl Reporter {
             let written = write_all(&self.output_dir, &profile, &self.formats);
             (report.files, report.folded_path, report.folded_error) = self.files_outcome(written);
         }
-        let record = json::pool_saturation(&report);
-        let id = format!(
-            "{}-threadpool-{}",
-            report.episode.pid, report.episode.start_ns
-        );
-        self.index(record.clone(), &id, report.episode.start_ns);
+        let record = json::pool_saturation(&report, &self.clock).to_json();
+        self.index(&record);
         if self.json {
-            stdout_line(&record.to_string());
+            stdout_line(&record);
         } else {
             stdout_line(&text::pool_saturation(&report, &self.clock));
         }
     }
 
-    /// Appends the episode's record to `index.jsonl` in the output
-    /// directory, the same lines as the daemon's state directory, so
-    /// `loopbpf report DIR` reads either.
-    fn index(&mut self, mut record: serde_json::Value, id: &str, start_ns: u64) {
-        record["id"] = id.into();
-        record["start_unix_ms"] = (self.clock.unix_ns(start_ns) / 1_000_000).into();
-        if let Err(err) = append_line(&self.output_dir.join("index.jsonl"), &record.to_string()) {
+    /// Appends the episode's line to `index.jsonl` in the output directory,
+    /// the same lines as the daemon's state directory, so `loopbpf report
+    /// DIR` reads either.
+    fn index(&mut self, record: &str) {
+        if let Err(err) = append_line(&self.output_dir.join("index.jsonl"), record) {
             if !self.write_error_warned {
                 self.write_error_warned = true;
                 self.warn(None, &format!("{err}; episodes are still reported here"));
@@ -227,7 +221,7 @@ impl Reporter {
 
     fn warn(&self, pid: Option<u32>, message: &str) {
         if self.json {
-            stdout_line(&json::warning(pid, message).to_string());
+            stdout_line(&json::warning(pid, message).to_json());
         } else {
             eprintln!("loopbpf: warning: {}", crate::printable::Printable(message));
         }
@@ -276,12 +270,10 @@ impl Reporter {
             (report.files, report.folded_path, report.folded_error) = self.files_outcome(written);
         }
         *self.episodes.entry(report.episode.pid).or_default() += 1;
-        let record = json::episode(&report);
-        let e = &report.episode;
-        let id = format!("{}-{}-{}", e.pid, e.tid, e.start_ns);
-        self.index(record.clone(), &id, e.start_ns);
+        let record = json::episode(&report, &self.clock).to_json();
+        self.index(&record);
         if self.json {
-            stdout_line(&record.to_string());
+            stdout_line(&record);
         } else {
             stdout_line(&text::episode(&report, &self.clock));
         }

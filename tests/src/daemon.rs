@@ -234,12 +234,23 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// The records of `index.jsonl`, each checked against the JSON contract
+    /// (a torn last line, being appended, is skipped).
     pub fn index(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.state_dir.join("index.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        let text = std::fs::read_to_string(self.state_dir.join("index.jsonl")).unwrap_or_default();
+        crate::schema::loopbpf_lines(text.lines()).unwrap_or_else(|e| panic!("index.jsonl: {e}"))
+    }
+
+    /// The stored record `episodes/ID.json`, checked against the contract.
+    pub fn record(&self, id: &str) -> serde_json::Value {
+        let path = self.state_dir.join(format!("episodes/{id}.json"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        match crate::schema::loopbpf_line(&text) {
+            Ok(Some(v)) => v,
+            Ok(None) => panic!("{}: not JSON: {text}", path.display()),
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
     }
 
     /// Rewrites the config (private state dir and port kept) and sends SIGHUP.

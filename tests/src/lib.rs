@@ -11,6 +11,7 @@ mod parse;
 mod process;
 pub mod prometheus;
 mod run;
+pub mod schema;
 
 pub use parse::*;
 pub use process::{tail, Process};

@@ -104,10 +104,13 @@ fn daemon_discovers_measures_and_forgets_node_processes() {
             "folded file of {record} lacks daemonBlock:\n{stacks}"
         );
     }
-    let json = daemon
-        .state_dir
-        .join(format!("episodes/{}.json", record["id"].as_str().unwrap()));
-    assert!(json.is_file(), "{} missing", json.display());
+    // The stored record is the index line, and keeps the contract.
+    let id = record["id"].as_str().unwrap();
+    assert_eq!(daemon.record(id), record);
+    assert!(
+        record["comm"].is_string() && record["start_time"].is_string(),
+        "the record does not say which process or when: {record}"
+    );
     assert!(
         poll(Duration::from_secs(3), || (slow_iterations(
             &daemon.metrics(),

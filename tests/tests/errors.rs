@@ -1,7 +1,6 @@
 //! Targets loopbpf cannot profile: it says so instead of reporting nothing.
 
-use integration_tests::{line_type, loopbpf_bin, tail, Process};
-use serde_json::Value;
+use integration_tests::{loopbpf_bin, schema, tail, Process};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -54,6 +53,47 @@ fn nonexistent_pid_is_a_one_line_error() {
         stderr.contains(&pid),
         "the error does not name pid {pid}\n{context}"
     );
+    // --json: the reader of stdout learns it too, from a last `error` line
+    // with the exit status (the README's exit codes: 1, the run failed).
+    assert_eq!(status.code(), Some(1), "{context}");
+    let last = stdout.last().map(String::as_str).unwrap_or_default();
+    let error = schema::loopbpf_line(last)
+        .unwrap_or_else(|e| panic!("{e}\n{context}"))
+        .unwrap_or_else(|| panic!("the last stdout line is not JSON\n{context}"));
+    assert_eq!(error["type"], "error", "{context}");
+    assert_eq!(error["exit_code"], 1, "{context}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains(&pid)),
+        "the error line does not name pid {pid}\n{context}"
+    );
+}
+
+/// A bad flag in --json mode: exit 2 and one `error` line on stdout. Needs
+/// no BPF, but runs the binary under test like the rest.
+#[test]
+fn usage_error_in_json_mode_is_an_error_line_and_exit_2() {
+    let args = ["--pid", "1", "--json", "--threshold", "50 parsecs"];
+    let (status, stdout, stderr) = run_loopbpf(&args, Duration::from_secs(20));
+    let context = format!(
+        "exit: {status}\nstdout:\n{}\nstderr:\n{stderr}",
+        stdout.join("\n")
+    );
+    assert_eq!(status.code(), Some(2), "{context}");
+    assert_eq!(stdout.len(), 1, "{context}");
+    let error = schema::loopbpf_line(&stdout[0])
+        .unwrap_or_else(|e| panic!("{e}\n{context}"))
+        .unwrap_or_else(|| panic!("not a JSON line\n{context}"));
+    assert_eq!(
+        (&error["type"], &error["exit_code"]),
+        (&"error".into(), &2.into()),
+        "{context}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--threshold")),
+        "{context}"
+    );
 }
 
 #[test]
@@ -90,10 +130,11 @@ fn non_node_process_is_reported() {
             .iter()
             .any(|m| text.contains(m))
     };
-    let warned = stdout
+    let lines = schema::loopbpf_lines(stdout.iter().map(String::as_str))
+        .unwrap_or_else(|e| panic!("{e}\n{context}"));
+    let warned = lines
         .iter()
-        .filter(|l| line_type(l).as_deref() == Some("warning"))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|w| w["type"] == "warning")
         .any(|w| w["message"].as_str().is_some_and(explains));
     let refused = !status.success() && explains(&stderr);
     assert!(

@@ -204,9 +204,12 @@ fn static_binary_runs_without_a_toolchain_and_reports_a_block() {
     }
     node.write_line("block 300").unwrap();
     let episode = loopbpf.wait_for_line(Instant::now() + Duration::from_secs(15), "episode", |l| {
-        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
-            v["type"] == "episode" && v["duration_ms"].as_f64().is_some_and(|ms| ms >= 250.0)
-        })
+        // Each line is held to the JSON contract as it comes.
+        integration_tests::schema::loopbpf_line(l)
+            .unwrap_or_else(|e| panic!("static loopbpf: {e}"))
+            .is_some_and(|v| {
+                v["type"] == "episode" && v["duration_ms"].as_f64().is_some_and(|ms| ms >= 250.0)
+            })
     });
     loopbpf.interrupt();
     let _ = loopbpf.wait_exit(Instant::now() + Duration::from_secs(15));

@@ -2,7 +2,6 @@
 //! writes (two fsyncs per file) never hold up draining the ring buffer: name
 //! the frames, store the episode (its files as `formats` chose + JSON + index
 //! line), log one line.
-use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::discovery::Identity;
@@ -88,22 +87,8 @@ impl Sink {
         files
     }
 
-    /// Identity and wall-clock fields every stored record carries.
-    fn label(&self, record: &mut serde_json::Value, file_id: &str, start_ns: u64, id: &Identity) {
-        let wall_ms =
-            ((start_ns as i128 + self.realtime_minus_monotonic_ns) / 1_000_000).max(0) as u64;
-        for (k, v) in [
-            ("id", json!(file_id)),
-            ("start_unix_ms", json!(wall_ms)),
-            ("comm", json!(id.comm)),
-            ("exe", json!(id.exe)),
-            ("container", json!(id.container.id)),
-            ("pod", json!(id.container.pod)),
-            ("namespace", json!(id.container.namespace)),
-            ("cgroup", json!(id.cgroup)),
-        ] {
-            record[k] = v;
-        }
+    fn clock(&self) -> text::WallClock {
+        text::WallClock::with_offset(self.realtime_minus_monotonic_ns)
     }
 
     async fn pool_saturation(&mut self, e: PoolEpisode, id: Identity) {
@@ -114,8 +99,8 @@ impl Sink {
         }
         let profile = Profile::of_pool(&report, self.frequency_hz);
         let file_id = profile.id.clone();
-        let mut record = json::pool_saturation(&report);
-        self.label(&mut record, &file_id, report.episode.start_ns, &id);
+        let mut record = json::pool_saturation(&report, &self.clock());
+        record.body.process = Some(labels(&id));
         let files = if report.stacks.is_empty() {
             Vec::new()
         } else {
@@ -127,6 +112,10 @@ impl Sink {
             .as_ref()
             .map(|h| format!("{} ({:.0}%)", h.name, h.share * 100.0))
             .unwrap_or_else(|| "-".into());
+        let record = |folded, files| {
+            (record.body.folded, record.body.files) = (folded, files);
+            record.to_json()
+        };
         match self.store.put(&file_id, &files, record) {
             Ok((_, json_path)) => {
                 self.metrics.episode_stored();
@@ -171,12 +160,16 @@ impl Sink {
         );
         let profile = Profile::of_episode(&report, self.frequency_hz);
         let file_id = profile.id.clone();
-        let mut record = json::episode(&report);
-        self.label(&mut record, &file_id, report.episode.start_ns, &id);
+        let mut record = json::episode(&report, &self.clock());
+        record.body.process = Some(labels(&id));
         let files = if report.episode.samples > 0 {
             self.render(&profile)
         } else {
             Vec::new()
+        };
+        let record = |folded, files| {
+            (record.body.folded, record.body.files) = (folded, files);
+            record.to_json()
         };
         let stored = self.store.put(&file_id, &files, record);
         let e = &report.episode;
@@ -201,5 +194,18 @@ impl Sink {
                 e.busy_ns as f64 / 1e6
             ),
         }
+    }
+}
+
+/// Who the process was, as every stored record names it.
+fn labels(id: &Identity) -> json::ProcessLabels {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    json::ProcessLabels {
+        comm: id.comm.clone(),
+        exe: id.exe.clone(),
+        container: id.container.id.clone(),
+        pod: non_empty(&id.container.pod),
+        namespace: non_empty(&id.container.namespace),
+        cgroup: id.cgroup.clone(),
     }
 }

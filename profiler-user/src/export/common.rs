@@ -103,6 +103,16 @@ pub struct Profile {
     pub stacks: Vec<Stack>,
 }
 
+/// `PID-TID-STARTNS`: names an episode's files and its JSON record.
+pub fn episode_id(pid: u32, tid: u32, start_ns: u64) -> String {
+    format!("{pid}-{tid}-{start_ns}")
+}
+
+/// `PID-threadpool-STARTNS`: names a threadpool saturation's files and record.
+pub fn pool_id(pid: u32, start_ns: u64) -> String {
+    format!("{pid}-threadpool-{start_ns}")
+}
+
 /// `pid P tid T ROLE: loop blocked X ms, N samples`: an episode's headline,
 /// the same in the text line and in a flamegraph's title.
 pub fn episode_headline(r: &EpisodeReport) -> String {
@@ -205,7 +215,7 @@ impl Profile {
             detail.push_str(&format!("; hottest: {} ({:.0}%)", h.name, h.share * 100.0));
         }
         Profile {
-            id: format!("{}-{}-{}", e.pid, e.tid, e.start_ns),
+            id: episode_id(e.pid, e.tid, e.start_ns),
             headline: episode_headline(r),
             detail,
             pid: e.pid,
@@ -240,7 +250,7 @@ impl Profile {
             detail.push_str(&format!("; hottest: {} ({:.0}%)", h.name, h.share * 100.0));
         }
         Profile {
-            id: format!("{}-threadpool-{}", e.pid, e.start_ns),
+            id: pool_id(e.pid, e.start_ns),
             headline: format!(
                 "pid {} threadpool: {} {:.1} ms, all {} workers busy ({} items, {} samples)",
                 e.pid,

@@ -26,6 +26,13 @@ impl WallClock {
         }
     }
 
+    /// A clock whose CLOCK_REALTIME − CLOCK_MONOTONIC was measured before.
+    pub fn with_offset(realtime_minus_monotonic_ns: i128) -> Self {
+        WallClock {
+            realtime_minus_monotonic_ns,
+        }
+    }
+
     /// Nanoseconds since the epoch of a monotonic timestamp.
     pub fn unix_ns(&self, monotonic_ns: u64) -> i64 {
         (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).clamp(0, i64::MAX as i128) as i64

@@ -59,6 +59,9 @@ pub struct Record {
     pub thread_name: Option<String>,
     pub comm: Option<String>,
     pub container: Option<String>,
+    /// RFC 3339 (schema_version 1 on); older records have `start_unix_ms` only.
+    #[serde(skip_serializing)]
+    pub start_time: Option<String>,
     pub start_unix_ms: u64,
     pub start_ns: u64,
     pub duration_ms: f64,
@@ -74,6 +77,10 @@ pub struct Record {
     pub items: Option<u64>,
     pub top_work: Option<String>,
     pub ongoing: bool,
+    /// The record as a line of the JSON contract (`loopbpf episodes
+    /// --json` only; `None` there when it is of another version).
+    #[serde(skip)]
+    pub line: Option<String>,
 }
 
 /// What to show.
@@ -82,6 +89,8 @@ pub struct Filter {
     /// Only episodes that started within this long before now.
     pub since: Option<Duration>,
     pub pids: Vec<u32>,
+    /// Keep each record's JSON line (`Record::line`).
+    pub lines: bool,
 }
 
 /// The episodes of a directory, oldest first, with what could not be read.
@@ -142,10 +151,16 @@ pub fn read(dir: &Path, filter: &Filter, now: SystemTime) -> Result<Episodes, Re
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let Ok(r) = serde_json::from_slice::<Record>(line) else {
+        let Ok(mut r) = serde_json::from_slice::<Record>(line) else {
             out.malformed_lines += 1;
             continue;
         };
+        if let Some(ms) = r.start_time.as_deref().and_then(unix_ms_of_rfc3339) {
+            r.start_unix_ms = ms;
+        }
+        if filter.lines {
+            r.line = crate::export::json::stored_record(line);
+        }
         if r.id.is_empty() || !is_safe_id(&r.id) {
             out.malformed_lines += 1;
             continue;
@@ -159,6 +174,12 @@ pub fn read(dir: &Path, filter: &Filter, now: SystemTime) -> Result<Episodes, Re
     }
     out.episodes.sort_by_key(|r| (r.start_unix_ms, r.start_ns));
     Ok(out)
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time (`None` if it is not one).
+fn unix_ms_of_rfc3339(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// Ids name files: `PID-TID-STARTNS` or `PID-threadpool-STARTNS`, nothing

@@ -191,12 +191,13 @@ impl Store {
 
     /// Stores one episode: `id` names its record, `files` are its stack
     /// files (`ID.folded`, `ID.svg`, … ; none for an episode without
-    /// samples). Returns the paths written.
+    /// samples), `record` makes its JSON line from the paths written (the
+    /// folded file's, every file's). Returns the paths written.
     pub fn put(
         &mut self,
         id: &str,
         files: &[(String, Vec<u8>)],
-        mut record: Value,
+        record: impl FnOnce(Option<PathBuf>, Vec<PathBuf>) -> String,
     ) -> Result<(Vec<PathBuf>, PathBuf), StoreError> {
         let dir = self.episodes_dir();
         // Cheap (open + fstat), and catches the directory being removed or swapped.
@@ -210,10 +211,9 @@ impl Store {
         }
         let folded_path = paths
             .iter()
-            .find(|p| p.extension().is_some_and(|e| e == "folded"));
-        record["folded"] = serde_json::json!(folded_path);
-        record["files"] = serde_json::json!(paths);
-        let text = record.to_string();
+            .find(|p| p.extension().is_some_and(|e| e == "folded"))
+            .cloned();
+        let text = record(folded_path, paths.clone());
         let json_path =
             secure_fs::write_new(&dir, &format!("{id}.json"), text.as_bytes(), FILE_MODE)?;
         bytes += text.len() as u64;

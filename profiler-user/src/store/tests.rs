@@ -1,6 +1,5 @@
 //! Store tests: files, index, retention, crash repair.
 use super::*;
-use serde_json::json;
 
 const BIG: Retention = Retention {
     max_bytes: u64::MAX,
@@ -20,6 +19,34 @@ fn index_ids(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A small record (the exporters' lines are tested in `export::json`).
+#[derive(serde::Serialize)]
+struct TestRecord<'a> {
+    id: &'a str,
+    folded: Option<PathBuf>,
+    files: Vec<PathBuf>,
+    pad: &'a str,
+}
+
+fn rec(id: &str) -> impl FnOnce(Option<PathBuf>, Vec<PathBuf>) -> String + '_ {
+    padded(id, "")
+}
+
+fn padded<'a>(
+    id: &'a str,
+    pad: &'a str,
+) -> impl FnOnce(Option<PathBuf>, Vec<PathBuf>) -> String + 'a {
+    move |folded, files| {
+        serde_json::to_string(&TestRecord {
+            id,
+            folded,
+            files,
+            pad,
+        })
+        .unwrap()
+    }
+}
+
 /// `ID.folded` with `text`, as the exporters hand files over.
 fn folded(id: &str, text: &str) -> Vec<(String, Vec<u8>)> {
     vec![(format!("{id}.folded"), text.as_bytes().to_vec())]
@@ -30,12 +57,12 @@ fn episodes_get_two_files_and_an_index_line() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), BIG).unwrap();
     let (files, json_path) = s
-        .put("1-1-5", &folded("1-1-5", "a;b 3\n"), json!({"id": "1-1-5"}))
+        .put("1-1-5", &folded("1-1-5", "a;b 3\n"), rec("1-1-5"))
         .unwrap();
     assert_eq!(fs::read_to_string(&files[0]).unwrap(), "a;b 3\n");
     let record: Value = serde_json::from_str(&fs::read_to_string(json_path).unwrap()).unwrap();
     assert!(record["folded"].as_str().unwrap().ends_with("1-1-5.folded"));
-    s.put("1-1-6", &[], json!({"id": "1-1-6"})).unwrap();
+    s.put("1-1-6", &[], rec("1-1-6")).unwrap();
     assert_eq!(index_ids(dir.path()), ["1-1-5", "1-1-6"]);
     // No temp file is left behind.
     let names: Vec<_> = fs::read_dir(dir.path().join("episodes")).unwrap().collect();
@@ -51,7 +78,7 @@ fn size_limit_drops_the_oldest_and_the_index_follows() {
         let mut files = folded(&id, &"x".repeat(50));
         files.push((format!("{id}.svg"), vec![b'<'; 25]));
         files.push((format!("{id}.pb.gz"), vec![0; 25]));
-        s.put(&id, &files, json!({ "id": id })).unwrap();
+        s.put(&id, &files, rec(&id)).unwrap();
     }
     // Entries are the same size: over the limit, the store goes down to 90% of it.
     let each = s.total_bytes() / 5;
@@ -86,10 +113,10 @@ fn bytes_on_disk(dir: &Path) -> u64 {
 fn the_size_limit_counts_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), BIG).unwrap();
+    let pad = "y".repeat(200);
     for i in 0..3 {
         let id = format!("1-1-{i}");
-        s.put(&id, &[], json!({ "id": id, "pad": "y".repeat(200) }))
-            .unwrap();
+        s.put(&id, &[], padded(&id, &pad)).unwrap();
     }
     assert_eq!(s.total_bytes(), bytes_on_disk(dir.path()));
     drop(s);
@@ -105,7 +132,7 @@ fn retention_does_not_reread_the_kept_records() {
     let mut s = Store::open(dir.path(), BIG).unwrap();
     for i in 0..4 {
         let id = format!("1-1-{i}");
-        s.put(&id, &[], json!({ "id": id })).unwrap();
+        s.put(&id, &[], rec(&id)).unwrap();
     }
     // A kept record that would be unreadable if it were read again.
     fs::write(dir.path().join("episodes/1-1-3.json"), "not json").unwrap();
@@ -126,7 +153,7 @@ fn only_root_reads_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let mut s = Store::open(&state, BIG).unwrap();
-    s.put("1-1-1", &folded("1-1-1", "a 1\n"), json!({"id": "1-1-1"}))
+    s.put("1-1-1", &folded("1-1-1", "a 1\n"), rec("1-1-1"))
         .unwrap();
     let mode = |p: &str| fs::metadata(state.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!((mode(""), mode("episodes")), (0o700, 0o700));
@@ -154,7 +181,7 @@ fn a_symlinked_state_directory_is_refused() {
 fn age_limit_and_reopen_rebuild_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), BIG).unwrap();
-    s.put("1-1-1", &folded("1-1-1", "a 1\n"), json!({"id": "1-1-1"}))
+    s.put("1-1-1", &folded("1-1-1", "a 1\n"), rec("1-1-1"))
         .unwrap();
     // A torn last line, as a crash mid-append would leave.
     fs::OpenOptions::new()

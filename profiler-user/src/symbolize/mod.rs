@@ -32,7 +32,7 @@ pub struct StackRequest {
     pub v8: Vec<[u64; 2]>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FrameKind {
     Js,

@@ -22,20 +22,28 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
     let episodes = state.join("episodes");
     std::fs::create_dir_all(&episodes)?;
     let mut index = String::new();
-    let t0_ms: u64 = 1_800_000_000_000;
+    // Records of the JSON contract (schema_version 1), from 2027-01-15T08:00:00Z
+    // (1_800_000_000_000 ms since the epoch) on, one every 500 ms.
     for i in 0..EPISODES {
+        let at_ms = i as u64 * 500;
+        let start_time = format!(
+            "2027-01-15T{:02}:{:02}:{:02}.{:06}Z",
+            8 + at_ms / 3_600_000,
+            at_ms / 60_000 % 60,
+            at_ms / 1000 % 60,
+            at_ms % 1000 * 1000
+        );
         let pid = 1000 + (i % 20) as u32;
         let start_ns = 1_000_000_000 + i as u64 * 500_000_000;
         let id = format!("{pid}-{pid}-{start_ns}");
         let verdict = ["javascript", "blocked", "gc", "cpu-starved"][i % 4];
         writeln!(
             index,
-            r#"{{"type":"episode","pid":{pid},"tid":{pid},"thread":"main","thread_name":"node","start_ns":{start_ns},"end_ns":{},"duration_ms":{},"samples":40,"top_frame":"handler{} /srv/app/routes.js:{}:9","top_frame_kind":"js","top_frame_share":0.8,"verdict":"{verdict}","on_cpu_ms":60.0,"off_cpu_ms":30.0,"runqueue_ms":10.0,"gc_share":0.1,"syscall":"futex","ongoing":false,"id":"{id}","start_unix_ms":{},"comm":"node"}}"#,
+            r#"{{"type":"episode","schema_version":1,"time":"{start_time}","id":"{id}","pid":{pid},"tid":{pid},"thread":"main","thread_name":"node","start_ns":{start_ns},"start_time":"{start_time}","end_ns":{},"end_time":"{start_time}","duration_ms":{},"samples":40,"top_frame":"handler{} /srv/app/routes.js:{}:9","top_frame_kind":"js","top_frame_share":0.8,"verdict":"{verdict}","on_cpu_ms":60.0,"off_cpu_ms":30.0,"runqueue_ms":10.0,"gc_share":0.1,"syscall":"futex","folded":null,"files":[],"folded_error":null,"ongoing":false,"comm":"node","exe":"/usr/bin/node","container":null,"pod":null,"namespace":null,"cgroup":"0::/app.slice"}}"#,
             start_ns + 100_000_000,
             50 + i % 900,
             i % 97,
             i % 300,
-            t0_ms + i as u64 * 500
         )?;
         let mut folded = String::new();
         for s in 0..40 {
