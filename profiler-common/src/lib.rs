@@ -34,6 +34,12 @@ pub const V8_FRAMES: usize = 32;
 /// kernel side masks read sizes with `STACK_COPY_BYTES * 2 - 1`.
 pub const STACK_COPY_BYTES: usize = 16384;
 
+/// The copy's first bytes hold the 128-byte red zone below %rsp, the rest
+/// the stack from %rsp up. Leaf functions keep data there, and OpenSSL's
+/// realigning AVX2 assembly the caller's %rsp its unwind rule reads
+/// (`*(rsp - 8) + 8`).
+pub const STACK_RED_ZONE: usize = 128;
+
 /// The user registers an unwinder starts from, and how much stack was copied.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,9 +47,12 @@ pub struct UserRegs {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
-    /// Bytes of the copy filled from `sp` up (0: registers or stack unreadable).
+    /// Bytes of the copy filled from `sp` up, after the red zone (0:
+    /// registers or stack unreadable).
     pub stack_bytes: u32,
-    pub _pad: u32,
+    /// Bytes below `sp` copied, ending at `STACK_RED_ZONE` in the copy:
+    /// `STACK_RED_ZONE`, or 0 when that page could not be read.
+    pub below_sp: u32,
 }
 
 /// Size of the `WATCHED_BITMAP`, one bit per tgid: 2^22 is the kernel's

@@ -14,7 +14,7 @@ use aya_ebpf::{
         generated,
     },
 };
-use profiler_common::{UserRegs, MAX_USER_FRAMES, STACK_COPY_BYTES, V8_FRAMES};
+use profiler_common::{UserRegs, MAX_USER_FRAMES, STACK_COPY_BYTES, STACK_RED_ZONE, V8_FRAMES};
 
 /// Words above %rsp searched for the saved (%rbp, return address) pair, in
 /// chunks that fit the BPF stack. Deep enough for glibc's
@@ -143,15 +143,18 @@ unsafe fn read_user<T>(addr: u64) -> Option<T> {
 }
 
 /// Fills `regs` with the thread's user registers and copies the top of its
-/// user stack, from %rsp up, into `stack` (`STACK_COPY_BYTES` long) for
-/// userspace to unwind with unwind tables. A thread near the top of its stack
-/// has fewer bytes mapped above %rsp than the copy holds, and one fault fails
-/// the whole read: then retry with sizes ending at the page boundaries below,
-/// so the copy always ends at the last readable page. Returns false (and
-/// leaves `stack_bytes` 0) when nothing could be copied.
+/// user stack into `stack` (`STACK_COPY_BYTES` long) for userspace to unwind
+/// with unwind tables: the red zone below %rsp first (`STACK_RED_ZONE`
+/// bytes, where realigning assembly keeps the %rsp its unwind rule reads),
+/// then from %rsp up. A thread near the top of its stack has fewer bytes
+/// mapped above %rsp than the copy holds, and one fault fails the whole
+/// read: then retry with sizes ending at the page boundaries below, so the
+/// copy always ends at the last readable page. Returns false (and leaves
+/// `stack_bytes` 0) when nothing could be copied.
 #[inline(always)]
 pub fn copy_user_stack(regs: &mut UserRegs, stack: *mut u8) -> bool {
     regs.stack_bytes = 0;
+    regs.below_sp = 0;
     let task_regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     if task_regs.is_null() {
         return false;
@@ -163,25 +166,37 @@ pub fn copy_user_stack(regs: &mut UserRegs, stack: *mut u8) -> bool {
     regs.sp = r.rsp;
     regs.bp = r.rbp;
     let sp = r.rsp;
-    if sp == 0 || sp >= USER_TOP {
+    if !(PAGE..USER_TOP).contains(&sp) {
         return false;
     }
+    // Its own read: the page below %rsp may not be mapped, and that must not
+    // cost the copy above it.
+    let red = STACK_RED_ZONE as u64;
+    let err = unsafe {
+        generated::bpf_probe_read_user(stack.cast(), red as u32, (sp - red) as *const c_void)
+    };
+    if err == 0 {
+        regs.below_sp = red as u32;
+    }
+    // SAFETY: `stack` is STACK_COPY_BYTES long; the reads below stay within
+    // STACK_COPY_BYTES - STACK_RED_ZONE bytes from here.
+    let above = unsafe { stack.add(STACK_RED_ZONE) };
     // Bytes from %rsp to the end of its page, then whole pages: every size
     // but the first full one ends at a page boundary.
     let to_page_end = PAGE - (sp & (PAGE - 1));
     for k in 0..=PAGES {
         let want = if k == 0 {
-            STACK_COPY_BYTES as u64
+            ABOVE
         } else {
             to_page_end + (PAGES - k) * PAGE
         };
         // The mask and the bound let the verifier see 0 < size <= the copy.
         let size = want & (2 * STACK_COPY_BYTES as u64 - 1);
-        if size == 0 || size > STACK_COPY_BYTES as u64 {
+        if size == 0 || size > ABOVE {
             continue;
         }
         let err = unsafe {
-            generated::bpf_probe_read_user(stack.cast(), size as u32, sp as *const c_void)
+            generated::bpf_probe_read_user(above.cast(), size as u32, sp as *const c_void)
         };
         if err == 0 {
             regs.stack_bytes = size as u32;
@@ -194,3 +209,5 @@ pub fn copy_user_stack(regs: &mut UserRegs, stack: *mut u8) -> bool {
 const PAGE: u64 = 4096;
 /// Whole pages below the full copy tried after it fails.
 const PAGES: u64 = STACK_COPY_BYTES as u64 / PAGE - 1;
+/// Room in the copy above %rsp, after the red zone.
+const ABOVE: u64 = (STACK_COPY_BYTES - STACK_RED_ZONE) as u64;

@@ -8,7 +8,7 @@ use bytes::Buf;
 use profiler_common::{
     EpisodeEvent, OffCpuHeader, PoolBusyEvent, ProcessEvent, SampleEvent, SampleHeader, UserRegs,
     EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT, EVENT_OFF_CPU, EVENT_POOL_BUSY, EVENT_POOL_SAMPLE,
-    EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, STACK_COPY_BYTES, V8_FRAMES,
+    EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, STACK_COPY_BYTES, STACK_RED_ZONE, V8_FRAMES,
 };
 
 /// Bytes of the fixed stacks and the stack copy after a sample's or off-CPU
@@ -39,7 +39,8 @@ pub struct Sample {
     /// Per user frame (leaf first, at most `V8_FRAMES`): the words at fp-16
     /// and fp-8 when the sample was taken (a V8 frame's function and context).
     pub v8: Vec<[u64; 2]>,
-    /// User registers and the copy of the stack above %rsp (emptied once unwound).
+    /// User registers and the copy of the stack from `regs.sp -
+    /// regs.below_sp` up (emptied once unwound).
     pub regs: UserRegs,
     pub stack: Vec<u8>,
 }
@@ -100,7 +101,8 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             let kernel = frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes);
             let buf = &buf[(MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8..];
             let v8 = v8_slots(buf, user.len());
-            let stack = copy(&buf[8 + V8_FRAMES * 16..], &h.regs);
+            let regs = checked(h.regs);
+            let stack = copy(&buf[8 + V8_FRAMES * 16..], &regs);
             let sample = Sample {
                 pid: h.pid,
                 tid: h.tid,
@@ -110,7 +112,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 user,
                 kernel,
                 v8,
-                regs: h.regs,
+                regs,
                 stack,
             };
             Ok(if kind == EVENT_SAMPLE {
@@ -125,7 +127,8 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             }
             let h = fixed::<OffCpuHeader>(buf)?;
             let buf = &buf[size_of::<OffCpuHeader>()..];
-            let stack = copy(&buf[(MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8..], &h.regs);
+            let regs = checked(h.regs);
+            let stack = copy(&buf[(MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8..], &regs);
             Ok(Record::OffCpu(OffCpu {
                 pid: h.pid,
                 tid: h.tid,
@@ -135,7 +138,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 time_ns: h.time_ns,
                 user: frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes),
                 kernel: frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes),
-                regs: h.regs,
+                regs,
                 stack,
             }))
         }
@@ -166,13 +169,23 @@ fn fixed<T: aya::Pod>(buf: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
 }
 
-/// The filled part of the stack copy (the kernel never claims more than it
-/// holds, but the count is bounded here all the same).
+/// The registers as recorded, with `below_sp` kept only when it is the whole
+/// red zone (the kernel copies all of it or none; anything else would put
+/// the copy's start outside its area).
+fn checked(mut regs: UserRegs) -> UserRegs {
+    if regs.below_sp as usize != STACK_RED_ZONE {
+        regs.below_sp = 0;
+    }
+    regs
+}
+
+/// The filled part of the stack copy, from `sp - below_sp` (the kernel never
+/// claims more than it holds, but the counts are bounded here all the same).
 fn copy(area: &[u8], regs: &UserRegs) -> Vec<u8> {
-    let n = (regs.stack_bytes as usize)
-        .min(STACK_COPY_BYTES)
-        .min(area.len());
-    area[..n].to_vec()
+    let above = (regs.stack_bytes as usize).min(STACK_COPY_BYTES - STACK_RED_ZONE);
+    let start = STACK_RED_ZONE - regs.below_sp as usize;
+    let end = (STACK_RED_ZONE + above).min(area.len());
+    area.get(start..end).map(<[u8]>::to_vec).unwrap_or_default()
 }
 
 /// The first `bytes` bytes of `area` as addresses (a negative count is an errno:
@@ -191,6 +204,10 @@ mod tests {
     use bytes::BufMut;
 
     fn sample_bytes(user: &[u64], kernel_bytes: i32) -> Vec<u8> {
+        sample_bytes_below(user, kernel_bytes, 0)
+    }
+
+    fn sample_bytes_below(user: &[u64], kernel_bytes: i32, below_sp: u32) -> Vec<u8> {
         let mut b = Vec::new();
         b.put_u32_le(EVENT_SAMPLE);
         b.put_u32_le(10);
@@ -201,12 +218,12 @@ mod tests {
         b.put_u64_le(7);
         b.put_u64_le(100);
         b.put_u64_le(150);
-        // regs: ip, sp, bp, 3 bytes of stack copied
+        // regs: ip, sp, bp, 3 bytes of stack copied above sp
         b.put_u64_le(0x1234);
         b.put_u64_le(0x7000);
         b.put_u64_le(0x7010);
         b.put_u32_le(3);
-        b.put_u32_le(0);
+        b.put_u32_le(below_sp);
         for i in 0..MAX_USER_FRAMES {
             b.put_u64_le(user.get(i).copied().unwrap_or(0xdead));
         }
@@ -220,7 +237,7 @@ mod tests {
             b.put_u64_le(0x2000 + i);
         }
         for i in 0..STACK_COPY_BYTES {
-            b.put_u8(i as u8 + 1);
+            b.put_u8((i as u8).wrapping_add(1));
         }
         b
     }
@@ -238,7 +255,24 @@ mod tests {
         assert_eq!(s.kernel, vec![0xffff_0000, 0xffff_0001]);
         assert_eq!(s.v8, vec![[0x1000, 0x2000], [0x1001, 0x2001]]);
         assert_eq!((s.regs.ip, s.regs.sp, s.regs.bp), (0x1234, 0x7000, 0x7010));
-        assert_eq!(s.stack, vec![1, 2, 3]);
+        // The stack from sp sits after the red zone's bytes.
+        assert_eq!(s.stack, vec![129, 130, 131]);
+    }
+
+    #[test]
+    fn stack_copy_starts_below_sp_only_with_the_whole_red_zone() {
+        let red = STACK_RED_ZONE as u32;
+        let Record::Sample(s) = decode(&sample_bytes_below(&[1], 8, red)).unwrap() else {
+            panic!("not a sample")
+        };
+        assert_eq!(s.regs.below_sp, red);
+        let want: Vec<u8> = (1..=131).collect();
+        assert_eq!(s.stack, want);
+        // A partial red zone is not something the kernel side writes: ignored.
+        let Record::Sample(s) = decode(&sample_bytes_below(&[1], 8, 64)).unwrap() else {
+            panic!("not a sample")
+        };
+        assert_eq!((s.regs.below_sp, s.stack.len()), (0, 3));
     }
 
     #[test]

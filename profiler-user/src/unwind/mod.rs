@@ -9,9 +9,11 @@
 //! in a `[truncated]` frame. Every return address must lie in an executable
 //! mapping of the process, or the walk stops there, also as `[truncated]`:
 //! no made-up address reaches a report.
+mod cfa_deref;
 mod modules;
 mod snapshot;
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +45,9 @@ pub struct UnwindStats {
     pub spliced: u64,
     /// Ended in `[truncated]`.
     pub truncated: u64,
+    /// Frames whose CFA came from an expression evaluated here (realigning
+    /// assembly such as OpenSSL's AVX2 SHA-512), not from framehop.
+    pub cfa_derefs: u64,
     /// No copy came with the stack: the kernel's frame-pointer walk as is.
     pub no_copy: u64,
     /// Executable files whose tables could not be read (frame pointers there).
@@ -54,6 +59,7 @@ pub struct UnwindStats {
 pub struct Unwinder {
     tables: TableCache,
     processes: HashMap<u32, ProcessUnwinder>,
+    evaluator: cfa_deref::Evaluator,
     pub stats: UnwindStats,
 }
 
@@ -63,6 +69,8 @@ struct ProcessUnwinder {
     cache: CacheX86_64,
     /// Starts of mappings already given to `unwinder` (or that failed).
     added: HashSet<u64>,
+    /// Mappings whose tables have CFA rules framehop cannot follow, sorted.
+    expr_modules: Vec<ExprModule>,
     loaded_at: Instant,
 }
 
@@ -80,6 +88,7 @@ impl Unwinder {
                 unwinder: UnwinderX86_64::new(),
                 cache: CacheX86_64::new(),
                 added: HashSet::new(),
+                expr_modules: Vec::new(),
                 loaded_at: Instant::now(),
             });
             self.reload(pid);
@@ -126,12 +135,21 @@ impl Unwinder {
             };
         }
         self.prepare(pid);
-        let snapshot = StackSnapshot::new(regs.sp, stack);
+        let Some(snapshot) = StackSnapshot::with_below(regs.sp, regs.below_sp.into(), stack) else {
+            self.stats.truncated += 1;
+            return UnwoundStack {
+                frames: Vec::new(),
+                truncated: true,
+                snapshot: StackSnapshot::default(),
+            };
+        };
         let walk = self.walk(pid, regs, &snapshot);
         self.stats.unwound += 1;
         let mut frames = walk.frames;
         let mut truncated = walk.truncated;
-        if walk.copy_ended || walk.truncated {
+        // Not past a frame whose rule failed here: such a function may use
+        // %rbp as data, so the kernel's walk from it is made up.
+        if (walk.copy_ended || walk.truncated) && !walk.untrusted {
             // Continue with the kernel's walk from the last frame both saw:
             // past the copy, and where tables were missing or wrong (V8's
             // embedded builtins sit in node's text with no FDE, yet keep
@@ -144,12 +162,15 @@ impl Unwinder {
                     if i + 1 < fp_walk.len() {
                         self.stats.spliced += 1;
                         let room = MAX_FRAMES.saturating_sub(frames.len());
-                        frames.extend(
-                            fp_walk[i + 1..]
-                                .iter()
-                                .take(room)
-                                .map(|&pc| UnwoundFrame { pc, fp: None }),
-                        );
+                        // The kernel's walk is checked like our own: it ends
+                        // at the first address that is not code.
+                        for &pc in fp_walk[i + 1..].iter().take(room) {
+                            if !self.is_code(pid, pc) {
+                                truncated = true;
+                                break;
+                            }
+                            frames.push(UnwoundFrame { pc, fp: None });
+                        }
                     }
                 }
                 None => truncated = true,
@@ -181,21 +202,49 @@ impl Unwinder {
         let Some(p) = self.processes.get_mut(&pid) else {
             return out;
         };
-        let mut copy_ended = false;
-        let mut read_stack = |addr: u64| match snapshot.read_u64(addr) {
-            Some(v) => Ok(v),
-            None => {
-                copy_ended = true;
-                Err(())
-            }
-        };
+        let copy_ended = Cell::new(false);
+        let mut read_stack =
+            |addr: u64| snapshot.read_u64(addr).ok_or_else(|| copy_ended.set(true));
         let mut pending = Vec::new();
         while out.frames.len() + pending.len() < MAX_FRAMES {
             let sp_before = regs_now.sp();
-            match p
-                .unwinder
-                .unwind_frame(address, &mut regs_now, &mut p.cache, &mut read_stack)
-            {
+            let lookup = address.address_for_lookup();
+            let step = match find_expr_fde(&p.expr_modules, lookup) {
+                Some((m, fde)) => {
+                    let regs = cfa_deref::Regs {
+                        ip: regs_now.ip(),
+                        sp: regs_now.sp(),
+                        bp: regs_now.bp(),
+                    };
+                    let t = &m.tables;
+                    let svma = lookup - m.bias;
+                    let bases = t.bases();
+                    let table = cfa_deref::Table {
+                        data: t.cfa_data(),
+                        section: t.cfa_section,
+                        bases: &bases,
+                    };
+                    match self
+                        .evaluator
+                        .step(table, fde, svma, regs, |a| snapshot.read_u64(a))
+                    {
+                        Ok(r) => {
+                            self.stats.cfa_derefs += 1;
+                            regs_now = UnwindRegsX86_64::new(r.ip, r.sp, r.bp);
+                            Ok(Some(r.ip))
+                        }
+                        Err(_) => {
+                            out.untrusted = true;
+                            Err(())
+                        }
+                    }
+                }
+                None => p
+                    .unwinder
+                    .unwind_frame(address, &mut regs_now, &mut p.cache, &mut read_stack)
+                    .map_err(|_| ()),
+            };
+            match step {
                 Ok(Some(ret)) => {
                     // The stack grows down: a caller's frame is above ours.
                     if regs_now.sp() <= sp_before {
@@ -213,15 +262,15 @@ impl Unwinder {
                 }
                 // The root: framehop found the end of the stack.
                 Ok(None) => break,
-                Err(_) => {
-                    if !copy_ended {
+                Err(()) => {
+                    if out.untrusted || !copy_ended.get() {
                         out.truncated = true;
                     }
                     break;
                 }
             }
         }
-        out.copy_ended = copy_ended;
+        out.copy_ended = copy_ended.get() && !out.untrusted;
         // Every return address must be code; stop at the first that is not.
         for f in pending {
             if !self.is_code(pid, f.pc) {
@@ -287,6 +336,19 @@ impl Unwinder {
                     };
                     p.unwinder
                         .add_module(Module::new(m.path.clone(), m.range.clone(), bias, info));
+                    if !t.cfa_exprs.is_empty() {
+                        let at = p
+                            .expr_modules
+                            .partition_point(|e| e.range.start < m.range.start);
+                        p.expr_modules.insert(
+                            at,
+                            ExprModule {
+                                range: m.range.clone(),
+                                bias,
+                                tables: t.clone(),
+                            },
+                        );
+                    }
                 }
                 Ok(_) => {}
                 Err(err) => {
@@ -304,6 +366,30 @@ struct Walk {
     truncated: bool,
     /// The walk needed a word past the copy.
     copy_ended: bool,
+    /// The walk stopped at a frame whose unwind rule could not be evaluated
+    /// here: nothing may be spliced after it.
+    untrusted: bool,
+}
+
+/// An executable mapping whose file has FDEs that [`cfa_deref`] unwinds.
+struct ExprModule {
+    range: std::ops::Range<u64>,
+    /// Process address minus stated address.
+    bias: u64,
+    tables: Arc<modules::Tables>,
+}
+
+/// The mapping and FDE that cover `addr`, if [`cfa_deref`] must unwind it.
+fn find_expr_fde(modules: &[ExprModule], addr: u64) -> Option<(&ExprModule, &cfa_deref::ExprFde)> {
+    let i = modules.partition_point(|m| m.range.start <= addr);
+    let m = modules.get(i.checked_sub(1)?)?;
+    if !m.range.contains(&addr) {
+        return None;
+    }
+    Some((
+        m,
+        cfa_deref::find(&m.tables.cfa_exprs, addr.checked_sub(m.bias)?)?,
+    ))
 }
 
 fn find(mappings: &[ExecMapping], addr: u64) -> Option<&ExecMapping> {

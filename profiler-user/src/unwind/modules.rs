@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use object::{Object, ObjectSection, ObjectSegment};
 
+use super::cfa_deref::{self, ExprFde};
+
 const PAGE: u64 = 4096;
 /// Largest unwind section read (node's `.eh_frame` is a few MiB).
 const MAX_SECTION_BYTES: u64 = 64 << 20;
@@ -109,6 +111,10 @@ pub struct Tables {
     /// `(file offset range, vaddr)` of each executable PT_LOAD segment, to
     /// find the load bias of a mapping.
     pub segments: Vec<(Range<u64>, u64)>,
+    /// FDEs framehop cannot follow, unwound by [`cfa_deref`] instead.
+    pub cfa_exprs: Vec<ExprFde>,
+    /// The section those FDEs are in (`.eh_frame` when the file has one).
+    pub cfa_section: cfa_deref::Section,
 }
 
 impl Tables {
@@ -128,6 +134,24 @@ impl Tables {
 
     pub fn has_tables(&self) -> bool {
         self.eh_frame.is_some() || self.debug_frame.is_some()
+    }
+
+    /// The bytes of the section [`Self::cfa_exprs`] point into.
+    pub fn cfa_data(&self) -> &[u8] {
+        let section = match self.cfa_section {
+            cfa_deref::Section::EhFrame => &self.eh_frame,
+            cfa_deref::Section::DebugFrame => &self.debug_frame,
+        };
+        section.as_deref().unwrap_or_default()
+    }
+
+    pub fn bases(&self) -> cfa_deref::Bases {
+        let start = |r: &Option<Range<u64>>| r.as_ref().map_or(0, |r| r.start);
+        cfa_deref::Bases {
+            eh_frame: start(&self.eh_frame_svma),
+            text: start(&self.text_svma),
+            got: start(&self.got_svma),
+        }
     }
 }
 
@@ -203,7 +227,7 @@ fn open_mapped_file(pid: u32, m: &ExecMapping) -> Result<(File, FileKey), Module
     Ok((file, key))
 }
 
-fn read_tables(file: &File, path: &str) -> Result<Tables, ModuleError> {
+pub(super) fn read_tables(file: &File, path: &str) -> Result<Tables, ModuleError> {
     let cache = object::ReadCache::new(file);
     let elf = object::File::parse(&cache).map_err(|e| ModuleError::Parse {
         path: path.to_owned(),
@@ -245,7 +269,7 @@ fn read_tables(file: &File, path: &str) -> Result<Tables, ModuleError> {
         Some(_) => None,
         None => read(".debug_frame")?,
     };
-    Ok(Tables {
+    let mut tables = Tables {
         text_svma: range(".text"),
         got_svma: range(".got"),
         eh_frame_svma: range(".eh_frame"),
@@ -254,7 +278,14 @@ fn read_tables(file: &File, path: &str) -> Result<Tables, ModuleError> {
         eh_frame_hdr: read(".eh_frame_hdr")?,
         debug_frame,
         segments,
-    })
+        cfa_exprs: Vec::new(),
+        cfa_section: cfa_deref::Section::EhFrame,
+    };
+    if tables.eh_frame.is_none() {
+        tables.cfa_section = cfa_deref::Section::DebugFrame;
+    }
+    tables.cfa_exprs = cfa_deref::scan(tables.cfa_data(), tables.cfa_section, &tables.bases());
+    Ok(tables)
 }
 
 #[cfg(test)]

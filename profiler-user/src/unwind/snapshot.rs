@@ -25,31 +25,56 @@ pub struct UnwoundFrame {
 }
 
 /// The bytes of user stack captured with one sample: `bytes[i]` is the byte
-/// at address `sp + i`. Empty when only a frame-pointer walk was possible.
+/// at address `base + i`, `base` being `sp` or, when the red zone below it
+/// was copied too, 128 bytes lower. Empty when only a frame-pointer walk was
+/// possible.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct StackSnapshot {
     /// The thread's stack pointer when the sample was taken.
     pub sp: u64,
+    /// The address of `bytes[0]`.
+    pub base: u64,
     pub bytes: Vec<u8>,
 }
 
 /// The range only: the bytes are the process's stack, not for logs.
 impl std::fmt::Debug for StackSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StackSnapshot({:#x}..{:#x})", self.sp, self.end())
+        write!(
+            f,
+            "StackSnapshot({:#x}..{:#x}, sp {:#x})",
+            self.base,
+            self.end(),
+            self.sp
+        )
     }
 }
 
 impl StackSnapshot {
+    /// A copy that starts at `sp`.
     pub fn new(sp: u64, bytes: Vec<u8>) -> Self {
-        StackSnapshot { sp, bytes }
+        StackSnapshot {
+            sp,
+            base: sp,
+            bytes,
+        }
+    }
+
+    /// A copy that starts `below` bytes under `sp` (the red zone); `None`
+    /// if that would wrap.
+    pub fn with_below(sp: u64, below: u64, bytes: Vec<u8>) -> Option<Self> {
+        Some(StackSnapshot {
+            sp,
+            base: sp.checked_sub(below)?,
+            bytes,
+        })
     }
 
     /// The little-endian word at `addr`, if all eight of its bytes were
-    /// captured; `None` for anything below `sp`, past the copy, unaligned
-    /// arithmetic that would overflow, or an empty snapshot.
+    /// captured; `None` for anything below the copy, past it, arithmetic
+    /// that would overflow, or an empty snapshot.
     pub fn read_u64(&self, addr: u64) -> Option<u64> {
-        let offset = usize::try_from(addr.checked_sub(self.sp)?).ok()?;
+        let offset = usize::try_from(addr.checked_sub(self.base)?).ok()?;
         let end = offset.checked_add(8)?;
         let word = self.bytes.get(offset..end)?;
         Some(u64::from_le_bytes(word.try_into().ok()?))
@@ -57,12 +82,12 @@ impl StackSnapshot {
 
     /// Whether `addr` lies in the captured range.
     pub fn contains(&self, addr: u64) -> bool {
-        addr >= self.sp && addr - self.sp < self.bytes.len() as u64
+        addr >= self.base && addr - self.base < self.bytes.len() as u64
     }
 
     /// One past the highest captured address.
     pub fn end(&self) -> u64 {
-        self.sp.saturating_add(self.bytes.len() as u64)
+        self.base.saturating_add(self.bytes.len() as u64)
     }
 }
 
@@ -95,5 +120,16 @@ mod tests {
         assert_eq!(s.read_u64(u64::MAX - 3), None);
         assert!(s.contains(0x7017) && !s.contains(0x7018));
         assert_eq!(StackSnapshot::default().read_u64(0), None);
+    }
+
+    #[test]
+    fn a_red_zone_copy_reads_below_sp() {
+        let mut bytes = vec![0u8; 136];
+        bytes[120..128].copy_from_slice(&7u64.to_le_bytes());
+        let s = StackSnapshot::with_below(0x7080, 128, bytes).unwrap();
+        assert_eq!(s.read_u64(0x7078), Some(7));
+        assert_eq!(s.read_u64(0x6ff8), None);
+        assert_eq!((s.base, s.end()), (0x7000, 0x7088));
+        assert!(StackSnapshot::with_below(64, 128, vec![]).is_none());
     }
 }

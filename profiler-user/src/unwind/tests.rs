@@ -41,7 +41,7 @@ fn capture() -> (UserRegs, Vec<u8>) {
         sp,
         bp,
         stack_bytes: n as u32,
-        _pad: 0,
+        below_sp: 0,
     };
     (regs, stack)
 }
@@ -82,7 +82,7 @@ fn garbage_registers_end_in_truncated() {
         sp: 0x1000,
         bp: 0x1000,
         stack_bytes: 64,
-        _pad: 0,
+        below_sp: 0,
     };
     let stack = Unwinder::new().unwind(std::process::id(), &regs, vec![0xab; 64], &[]);
     assert!(stack.truncated && stack.frames.is_empty());
@@ -122,7 +122,7 @@ fn splices_the_kernel_walk_where_the_copy_ends() {
         sp: 0x8000,
         bp: 0x8000,
         stack_bytes: 16,
-        _pad: 0,
+        below_sp: 0,
     };
     let fp_walk = [here, ret, outer_start_plus(2), outer_start_plus(3)];
     let stack = Unwinder::new().unwind(std::process::id(), &regs, bytes, &fp_walk);

@@ -4,8 +4,9 @@
 //! loopbpf at 199 and 999 Hz with the stack copy off (`LOOPBPF_STACK_COPY=off`:
 //! frame pointers only, as before) and on. Per condition: the kernel's own
 //! run time of `sample_stack` and `sched_switch` per call (BPF_ENABLE_STATS),
-//! ring-buffer bytes per sample, loopbpf's CPU and peak RSS, and the share
-//! of samples whose stack names the JavaScript caller (blockPbkdf2).
+//! ring-buffer bytes per sample, loopbpf's CPU (also per sample: the
+//! userspace unwind is in it) and peak RSS, what the ring buffer dropped, and
+//! the share of samples whose stack names the JavaScript caller.
 
 use super::procs::{cpu_ticks, json_field, status_kib, Proc, SIGINT};
 use super::{scratch, Env, Row};
@@ -76,9 +77,27 @@ fn measure(env: &Env, hz: u32, copy: bool, ticks_per_s: f64) -> Result<Vec<Row>>
     let ticks = cpu_ticks(loopbpf.pid())? - ticks0;
     let after = stats()?;
     let hwm_mib = status_kib(loopbpf.pid(), "VmHWM")? as f64 / 1024.0;
-    let lines = loopbpf.drain();
+    let mut lines = loopbpf.drain();
     loopbpf.stop(SIGINT, Duration::from_secs(10))?;
     drop(node);
+    // The summary comes at exit; its reader thread may still hold it.
+    std::thread::sleep(Duration::from_millis(200));
+    lines.extend(loopbpf.drain());
+    let summary = lines
+        .iter()
+        .find(|l| json_field(&l.text, "type") == Some("summary"))
+        .map(|l| l.text.clone())
+        .unwrap_or_default();
+    let count = |key| {
+        json_field(&summary, key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (samples, samples_lost, episodes_lost) = (
+        count("samples"),
+        count("samples_lost"),
+        count("episodes_lost"),
+    );
 
     // Share of samples (folded counts) naming the caller, over the episodes.
     let (mut hits, mut total) = (0u64, 0u64);
@@ -148,13 +167,28 @@ fn measure(env: &Env, hz: u32, copy: bool, ticks_per_s: f64) -> Result<Vec<Row>>
             )
         },
     ));
+    let cpu_s = ticks as f64 / ticks_per_s;
     rows.push(Row::info(
         section,
         format!("{cond}: loopbpf CPU, peak RSS"),
-        format!(
-            "{:.2}% of one core, {hwm_mib:.1} MiB",
-            ticks as f64 / ticks_per_s / secs * 100.0
-        ),
+        format!("{:.2}% of one core, {hwm_mib:.1} MiB", cpu_s / secs * 100.0),
+    ));
+    rows.push(Row::info(
+        section,
+        format!("{cond}: loopbpf CPU per sample (all of it: decode, unwind, symbolize)"),
+        if samples > 0 {
+            format!(
+                "{:.0} us over {samples} samples",
+                cpu_s * 1e6 / samples as f64
+            )
+        } else {
+            "no samples".to_string()
+        },
+    ));
+    rows.push(Row::info(
+        section,
+        format!("{cond}: lost in the ring buffer"),
+        format!("{samples_lost} samples, {episodes_lost} episodes"),
     ));
     rows.push(Row::info(
         section,
