@@ -438,6 +438,7 @@ async fn finish(
             .busy_tracked
             .then(|| w.pool.summary(&workers, now)),
         threads,
+        v8_names: None,
     };
     let _ = collector.tx.send(Output::Summary(Box::new(summary)));
     let _ = collector.tx.send(Output::Forget(pid));

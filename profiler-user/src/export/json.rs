@@ -268,6 +268,7 @@ mod tests {
             kernel: Default::default(),
             threadpool: None,
             threads: vec![],
+            v8_names: None,
         };
         let v = summary(&s);
         assert_eq!(v["iterations"], 10);
