@@ -2,7 +2,9 @@
 //! own memory: each block of `node/blocks.js` is an episode whose top frame
 //! is the blocking function with its file:line, present in most samples.
 
-use integration_tests::{node_tests, overlaps, samples_with_frame, Block, Episode, Run, Scenario};
+use integration_tests::{
+    node_tests, overlaps, samples_with_frame, Block, Episode, FoldedStack, Run, Scenario,
+};
 
 node_tests!(js_functions_are_named_without_node_flags =>
     js_functions_are_named_without_node_flags_node20 = 20,
@@ -90,6 +92,109 @@ fn check(run: &Run, block: &Block, e: &Episode, major: u32) -> Vec<String> {
                 ));
             }
         }
+    }
+    problems
+}
+
+node_tests!(interpreted_and_waiting_callers_are_named_without_node_flags =>
+    interpreted_and_waiting_callers_are_named_without_node_flags_node20 = 20,
+    interpreted_and_waiting_callers_are_named_without_node_flags_node22 = 22,
+    interpreted_and_waiting_callers_are_named_without_node_flags_node24 = 24,
+    interpreted_and_waiting_callers_are_named_without_node_flags_node26 = 26,
+);
+
+/// Block, and the file its function is in.
+const TIER_BLOCKS: [(&str, &str); 3] = [
+    ("blockInterpreted", "interpreted.js"),
+    ("blockExecSync", "js_tiers.js"),
+    ("blockPbkdf2Sync", "js_tiers.js"),
+];
+
+/// A function in the interpreter (Node 24, 26; Sparkplug on 20, 22, see
+/// js_tiers.js), and callers of calls that wait off the CPU or run in
+/// OpenSSL: those named only by the V8 slots read from the off-CPU stack
+/// copy, or past OpenSSL's assembly by the unwinder.
+fn interpreted_and_waiting_callers_are_named_without_node_flags(major: u32) {
+    let run = Scenario::new(major, "js_tiers.js")
+        .without_node_flags()
+        .run();
+    let blocks = run.blocks();
+    let names: Vec<&str> = blocks.iter().map(|b| b.name.as_str()).collect();
+    let want: Vec<&str> = TIER_BLOCKS.iter().map(|b| b.0).collect();
+    if names != want || blocks.iter().any(|b| b.ms < 150.0) {
+        run.fail(&format!(
+            "js_tiers.js did not run its blocks for >= 150 ms each: {blocks:?}"
+        ));
+    }
+    let episodes = run.episodes();
+    let mut problems = Vec::new();
+    for (block, (_, file)) in blocks.iter().zip(TIER_BLOCKS) {
+        let matching: Vec<&Episode> = episodes
+            .iter()
+            .filter(|e| overlaps(e.span(), block.span()))
+            .collect();
+        match matching[..] {
+            [e] => problems.extend(check_tier(&run, &block.name, file, e, major)),
+            _ => problems.push(format!(
+                "{}: {} overlapping episodes, want 1",
+                block.name,
+                matching.len()
+            )),
+        }
+    }
+    run.check(problems);
+}
+
+/// `top_frame` is `name /…/file:LINE:COL`, and the function is in >= 90% of
+/// the episode's stacks, on-CPU samples and off-CPU time alike (the folded
+/// file weighs off-CPU time at the sampling rate). Time waiting for a CPU
+/// after a preemption has no stack by design (`[runqueue]` alone).
+fn check_tier(run: &Run, name: &str, file: &str, e: &Episode, major: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    let named = |frame: &str| {
+        frame.starts_with(&format!("{name} /"))
+            && frame.rsplit_once(' ').is_some_and(|(_, at)| {
+                at.contains(&format!("/{file}:"))
+                    && at
+                        .rsplit(':')
+                        .nth(1)
+                        .is_some_and(|l| l.parse::<u32>().is_ok())
+            })
+    };
+    if !e.top_frame.as_deref().is_some_and(named) {
+        problems.push(format!(
+            "{name}: top_frame {:?}, want `{name} …/{file}:LINE:COL`",
+            e.top_frame
+        ));
+    }
+    let stacks: Vec<FoldedStack> = match run.folded(e) {
+        Ok(s) => s
+            .into_iter()
+            .filter(|s| s.frames != ["[runqueue]"])
+            .collect(),
+        Err(err) => return vec![format!("{name}: {err}")],
+    };
+    let total: u64 = stacks.iter().map(|s| s.count).sum();
+    let hits = samples_with_frame(&stacks, &format!("{name} /"));
+    let share = hits as f64 / total.max(1) as f64;
+    println!(
+        "node {major} {name}: top_frame {:?}, {hits} of {total} samples ({:.0}%) name it",
+        e.top_frame,
+        share * 100.0
+    );
+    if share < MIN_SHARE {
+        let mut heaviest = stacks.clone();
+        heaviest.sort_by_key(|s| std::cmp::Reverse(s.count));
+        let shown: Vec<String> = heaviest
+            .iter()
+            .take(4)
+            .map(|s| format!("{} {}", s.frames.join(";"), s.count))
+            .collect();
+        problems.push(format!(
+            "{name}: {hits} of {total} samples name it, want >= {:.0}%; heaviest:\n        {}",
+            MIN_SHARE * 100.0,
+            shown.join("\n        ")
+        ));
     }
     problems
 }
