@@ -26,7 +26,7 @@ pub struct RawStack {
 /// (V8 has about thirty frame types, each stored shifted by one).
 const MAX_MARKER: u64 = 512;
 /// Stands for "neither context nor marker": even and no frame type.
-const NOT_V8: u64 = u64::MAX & !1;
+const NOT_V8: u64 = !1;
 
 /// Keeps of a frame's slots only what names it: a context is told from a
 /// frame-type marker by its tag alone, and which context it is does not
