@@ -18,17 +18,30 @@ pub struct RawStack {
     pub user: Box<[u64]>,
     pub kernel: Box<[u64]>,
     /// V8 slots per user frame (function, context or marker), leaf first;
-    /// empty for off-CPU stacks.
+    /// for off-CPU stacks those the stack copy held.
     pub v8: Box<[[u64; 2]]>,
 }
 
-/// A context is told from a frame-type marker by its tag alone; which
-/// context it is does not name the frame, so it is dropped from the key
-/// (else one function with many closures' contexts splits into many stacks).
+/// Even words below this at a frame's context slot are frame-type markers
+/// (V8 has about thirty frame types, each stored shifted by one).
+const MAX_MARKER: u64 = 512;
+/// Stands for "neither context nor marker": even and no frame type.
+const NOT_V8: u64 = !1;
+
+/// Keeps of a frame's slots only what names it: a context is told from a
+/// frame-type marker by its tag alone, and which context it is does not
+/// matter (else one function with many closures' contexts splits into many
+/// stacks); a marker frame is named by its marker alone; any other pair
+/// (native frames hold whatever their locals were) names nothing, and must
+/// not split one stack into many either.
 fn v8_key(slots: Vec<[u64; 2]>) -> Box<[[u64; 2]]> {
     slots
         .into_iter()
-        .map(|[function, context]| [function, if context & 1 == 1 { 1 } else { context }])
+        .map(|[function, context]| match context {
+            c if c & 1 == 1 => [function, 1],
+            c if c < MAX_MARKER => [0, c],
+            _ => [0, NOT_V8],
+        })
         .collect()
 }
 
@@ -159,7 +172,7 @@ impl EpisodeBuilder {
         let stack = RawStack {
             user: o.user.into(),
             kernel: o.kernel.into(),
-            v8: Box::new([]),
+            v8: v8_key(o.v8),
         };
         let kept = w.off_cpu.len();
         if let Some(t) = w.off_cpu.get_mut(&stack) {
@@ -425,5 +438,25 @@ mod tests {
         assert!(e.ongoing);
         assert_eq!((e.samples, e.busy_ns), (1, 300_000));
         assert!(b.open_iterations(1).is_empty());
+    }
+
+    #[test]
+    fn v8_slots_keep_only_what_names_a_frame() {
+        let mut b = EpisodeBuilder::new(10);
+        // The same stack three times: two closures' contexts, then native
+        // frames' locals that differ each time, then a marker frame.
+        for (i, context) in [0x1001u64, 0x2001].into_iter().enumerate() {
+            let mut o = off_cpu(1, 5, 10, 100, 0);
+            o.v8 = vec![
+                [0xf1, context],
+                [0x7fff_0000 + 8 * i as u64, 0x7fff_1000 + 8 * i as u64],
+            ];
+            b.add_off_cpu(o);
+        }
+        let e = b.close(&episode(1, 5));
+        assert_eq!(e.off_cpu_stacks.len(), 1, "{:?}", e.off_cpu_stacks);
+        assert_eq!(&*e.off_cpu_stacks[0].0.v8, &[[0xf1, 1], [0, NOT_V8]]);
+        assert_eq!(e.off_cpu_stacks[0].1, (200, 0));
+        assert_eq!(&*v8_key(vec![[0xabc, 2 * 14]]), &[[0, 28]]);
     }
 }

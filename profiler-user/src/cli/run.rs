@@ -377,6 +377,7 @@ async fn finish(
             .filter(|p| p.attach.busy_tracked)
             .map(|p| p.summary(&workers, now)),
         threads,
+        v8_names: None,
     };
     let _ = tx.send(Output::Summary(Box::new(summary)));
     life.release(probes, pid, tx);

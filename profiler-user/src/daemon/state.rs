@@ -343,5 +343,8 @@ impl State {
             self.metrics.set_pool(pid, m.summary(&workers, now));
         }
         self.metrics.set_kernel(self.probes.counters());
+        if let Some(v) = self.symbolizer.v8_names(None) {
+            self.metrics.set_v8_names(v);
+        }
     }
 }

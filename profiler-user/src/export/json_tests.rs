@@ -186,6 +186,7 @@ fn process_summary(threadpool: Option<PoolSummary>) -> ProcessSummary {
         exited: true,
         kernel: Default::default(),
         threadpool,
+        v8_names: None,
         threads: vec![ThreadInfo {
             tid: 9,
             name: "node".into(),

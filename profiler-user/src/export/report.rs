@@ -150,4 +150,7 @@ pub struct ProcessSummary {
     /// Every thread with its role (as of the end, or of the start for a
     /// process that exited).
     pub threads: Vec<crate::assembly::threads::ThreadInfo>,
+    /// JavaScript frames named from V8's memory (filled in by the reporter;
+    /// `None` when no stack of the process carried V8 slots).
+    pub v8_names: Option<crate::symbolize::V8Names>,
 }

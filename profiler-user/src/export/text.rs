@@ -113,6 +113,12 @@ pub fn summary(s: &ProcessSummary) -> String {
             .collect();
         out.push_str(&format!("\n  threads: {}", roles.join(", ")));
     }
+    if let Some(v) = &s.v8_names {
+        out.push_str(&format!(
+            "\n  JavaScript frames from V8's memory: {} named, {} V8 frames by type, {} unknown; name cache: {} of {} functions cached, {} evicted",
+            v.stats.named, v.stats.markers, v.stats.unknown, v.cached, v.capacity, v.stats.evicted
+        ));
+    }
     let dropped: Vec<String> = s
         .kernel
         .drops()
@@ -215,7 +221,42 @@ mod tests {
             kernel,
             threadpool: None,
             threads: vec![],
+            v8_names: None,
         })
+    }
+
+    #[test]
+    fn the_summary_shows_the_v8_name_cache() {
+        let mut s = ProcessSummary {
+            pid: 7,
+            comm: "node".into(),
+            loops: vec![],
+            samples: 0,
+            episodes_reported: 0,
+            exited: false,
+            kernel: Default::default(),
+            threadpool: None,
+            threads: vec![],
+            v8_names: None,
+        };
+        assert!(!summary(&s).contains("V8"));
+        s.v8_names = Some(crate::symbolize::V8Names {
+            stats: crate::v8::NamerStats {
+                named: 40,
+                markers: 5,
+                unknown: 2,
+                cache_hits: 30,
+                evicted: 4096,
+            },
+            cached: 100,
+            capacity: 8192,
+        });
+        let text = summary(&s);
+        assert!(
+            text.contains("40 named, 5 V8 frames by type, 2 unknown")
+                && text.contains("100 of 8192 functions cached, 4096 evicted"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct OffCpu {
     /// Leaf first, taken as it left the CPU (see `Sample::user`).
     pub user: Vec<u64>,
     pub kernel: Vec<u64>,
+    /// V8 slots per user frame, as [`Sample::v8`]: the kernel captures none
+    /// for off-CPU stacks; unwinding reads them from the stack copy.
+    pub v8: Vec<[u64; 2]>,
     pub regs: UserRegs,
     pub stack: Vec<u8>,
 }
@@ -138,6 +141,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 time_ns: h.time_ns,
                 user: frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes),
                 kernel: frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes),
+                v8: Vec::new(),
                 regs,
                 stack,
             }))

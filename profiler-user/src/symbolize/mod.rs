@@ -11,6 +11,7 @@ mod native;
 mod perf_map;
 mod untrusted;
 mod v8_frames;
+mod v8_names;
 mod worker;
 
 use std::collections::HashSet;
@@ -21,6 +22,9 @@ use std::time::Duration;
 
 pub use perf_map::{normalize_v8_name, perf_map_path, Limits, PerfMap, PerfMapError};
 pub use untrusted::{start_ticks, UntrustedFileError};
+pub use v8_names::V8Names;
+
+use v8_names::V8NameBook;
 
 /// One captured stack; addresses leaf-first, as the kernel captured them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -146,6 +150,7 @@ struct Shared {
     current: Mutex<Current>,
     restarts: AtomicU64,
     panics: Arc<AtomicU64>,
+    v8_names: V8NameBook,
     timeout: Duration,
 }
 
@@ -168,7 +173,8 @@ impl Symbolizer {
         timeout: Duration,
     ) -> Result<Self, SymbolizeError> {
         let panics = Arc::new(AtomicU64::new(0));
-        let commands = spawn_worker(locate_perf_map.clone(), panics.clone())?;
+        let v8_names = V8NameBook::default();
+        let commands = spawn_worker(locate_perf_map.clone(), panics.clone(), v8_names.clone())?;
         Ok(Self {
             shared: Arc::new(Shared {
                 locate_perf_map,
@@ -179,6 +185,7 @@ impl Symbolizer {
                 }),
                 restarts: AtomicU64::new(0),
                 panics,
+                v8_names,
                 timeout,
             }),
         })
@@ -189,6 +196,12 @@ impl Symbolizer {
             restarts: self.shared.restarts.load(Ordering::Relaxed),
             panics: self.shared.panics.load(Ordering::Relaxed),
         }
+    }
+
+    /// JavaScript frames named from V8's memory: of `pid` (`None` until one
+    /// of its stacks carried V8 slots), or of all processes for `None`.
+    pub fn v8_names(&self, pid: Option<u32>) -> Option<V8Names> {
+        self.shared.v8_names.get(pid)
     }
 
     /// Names every frame of `stacks`, captured in process `pid`. Frames that
@@ -302,6 +315,7 @@ impl Symbolizer {
             match spawn_worker(
                 self.shared.locate_perf_map.clone(),
                 self.shared.panics.clone(),
+                self.shared.v8_names.clone(),
             ) {
                 Ok(commands) => {
                     // The old worker keeps its thread until its read returns,
@@ -327,11 +341,12 @@ impl Symbolizer {
 fn spawn_worker(
     locate_perf_map: LocatePerfMap,
     panics: Arc<AtomicU64>,
+    v8_names: V8NameBook,
 ) -> Result<mpsc::Sender<Command>, SymbolizeError> {
     let (commands, receiver) = mpsc::channel();
     std::thread::Builder::new()
         .name("loopbpf-symbolize".to_owned())
-        .spawn(move || worker::run(locate_perf_map, panics, receiver))
+        .spawn(move || worker::run(locate_perf_map, panics, v8_names, receiver))
         .map_err(SymbolizeError::Spawn)?;
     Ok(commands)
 }

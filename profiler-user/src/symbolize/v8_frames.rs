@@ -15,6 +15,12 @@ use super::{Frame, FrameKind, StackRequest};
 /// The slots samples carry, relative to the frame pointer.
 const CAPTURED_FUNCTION: i64 = -16;
 const CAPTURED_CONTEXT: i64 = -8;
+/// `LOOPBPF_V8_FRAMES=off` names JavaScript frames from perf maps only (for
+/// `cargo xtask bench`'s with/without, and as an escape hatch).
+pub const V8_FRAMES_ENV: &str = "LOOPBPF_V8_FRAMES";
+
+/// V8's frame type of native regular-expression code (`v8dbg_frametype_*`).
+const IRREGEXP_FRAME: &str = "IrregexpFrame";
 
 /// Layouts per node binary, keyed by (device, inode): read once, however
 /// many processes run it. A binary that cannot be read is remembered too,
@@ -36,7 +42,8 @@ impl V8Binaries {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let layout = self.layout(pid, &exe);
+        let off = std::env::var_os(V8_FRAMES_ENV).is_some_and(|v| v == "off");
+        let layout = if off { None } else { self.layout(pid, &exe) };
         ProcessV8 {
             namer: layout.map(Namer::new),
             code: CodeMap::default(),
@@ -76,6 +83,11 @@ fn read_layout(pid: u32) -> Result<Layout, String> {
 }
 
 impl ProcessV8 {
+    /// What the namer did so far and how many functions it caches.
+    pub(super) fn namer_stats(&self) -> Option<(crate::v8::NamerStats, usize)> {
+        self.namer.as_ref().map(|n| (n.stats, n.cached()))
+    }
+
     /// Re-reads the process's executable mappings (new JIT code pages);
     /// keeps the last ones if the process is gone.
     pub(super) fn refresh(&mut self, pid: u32) {
@@ -106,11 +118,19 @@ impl ProcessV8 {
             match (namer.name(&memory, context, function), kind) {
                 // A function with no script is one of V8's own (RegExp's
                 // `test`, Array's `map`): shown as the perf map shows builtins,
-                // so the JavaScript that called it stays the top frame.
-                (V8Frame::Js(f), _) if f.script.is_empty() => {
+                // so the JavaScript that called it stays the top frame. Code
+                // of `eval` or `new Function` has a script with no name, and
+                // a position in it.
+                (V8Frame::Js(f), _) if f.script.is_empty() && f.position.is_none() => {
                     *frame = Frame::new(format!("[builtin] {}", f.name), FrameKind::Js);
                 }
                 (V8Frame::Js(f), _) => *frame = Frame::new(f.to_string(), FrameKind::Js),
+                // Native code of a regular expression: its frame holds the
+                // subject string, not the regexp, so the pattern is not told (a perf
+                // map names it with its pattern).
+                (V8Frame::Marker(m), CodeKind::Jit) if m == IRREGEXP_FRAME && !from_perf_map => {
+                    *frame = Frame::new("[regexp]", FrameKind::Js);
+                }
                 (V8Frame::Marker(m), CodeKind::Jit) if !from_perf_map => {
                     *frame = Frame::new(format!("[v8] {m}"), FrameKind::Js);
                 }

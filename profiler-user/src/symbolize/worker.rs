@@ -11,6 +11,7 @@ use super::native::NativeSymbolizer;
 use super::perf_map::{perf_map_path, PerfMap, PerfMapError};
 use super::untrusted::{start_ticks, Expect, Root};
 use super::v8_frames::{ProcessV8, V8Binaries};
+use super::v8_names::V8NameBook;
 use super::{Command, Frame, FrameKind, LocatePerfMap, PerfMapStatus, StackRequest, Symbolized};
 
 /// Serves `commands` until every handle is gone. A panic (a malformed ELF
@@ -19,18 +20,27 @@ use super::{Command, Frame, FrameKind, LocatePerfMap, PerfMapStatus, StackReques
 pub(super) fn run(
     locate_perf_map: LocatePerfMap,
     panics: Arc<AtomicU64>,
+    v8_names: V8NameBook,
     commands: Receiver<Command>,
 ) {
+    // A worker replacing a stuck one starts with empty caches.
+    v8_names.retire_all();
     let mut worker = Worker::new(locate_perf_map.clone());
     for command in commands {
         match command {
             Command::Symbolize { pid, stacks, reply } => {
                 match catch_unwind(AssertUnwindSafe(|| worker.symbolize(pid, &stacks))) {
-                    Ok(symbolized) => reply(symbolized),
+                    Ok(symbolized) => {
+                        if let Some((stats, cached)) = worker.v8_stats(pid) {
+                            v8_names.update(pid, stats, cached);
+                        }
+                        reply(symbolized)
+                    }
                     Err(_) => {
                         panics.fetch_add(1, Ordering::Relaxed);
                         log::warn!("symbolizing pid {pid} panicked: its frames are left as addresses; caches cleared");
                         worker = Worker::new(locate_perf_map.clone());
+                        v8_names.retire_all();
                         reply(unnamed(pid, &stacks));
                     }
                 }
@@ -50,7 +60,10 @@ pub(super) fn run(
                     }
                 }
             }
-            Command::Forget { pid } => worker.forget(pid),
+            Command::Forget { pid } => {
+                worker.forget(pid);
+                v8_names.retire(pid);
+            }
         }
     }
 }
@@ -428,6 +441,11 @@ impl Worker {
             }
         }
         frames
+    }
+
+    /// The V8 namer's counts and cache fill of `pid`, once it has one.
+    fn v8_stats(&self, pid: u32) -> Option<(crate::v8::NamerStats, usize)> {
+        self.processes.get(&pid)?.v8.as_ref()?.namer_stats()
     }
 
     fn forget(&mut self, pid: u32) {

@@ -17,6 +17,7 @@ mod symbolization;
 mod syscall_cost;
 mod threadpool_cost;
 mod unwind_cost;
+mod v8_cost;
 
 use crate::{cmd, toolchain, Paths};
 use anyhow::{bail, Context, Result};
@@ -35,7 +36,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 4)]
     wrk_secs: u64,
     /// Only these sections: overhead, agent, syscall, poll, latency,
-    /// accuracy, symbolization, threadpool, probes, report, unwind.
+    /// accuracy, symbolization, threadpool, probes, report, unwind, v8.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not write BENCHMARKS.md (print the table only).
@@ -178,7 +179,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     let mut failures = Vec::new();
     // Other work on the machine makes every figure noisier; the report says how much there was.
     let busy_before = wait_for_quiet()?;
-    let sections: [(&str, Section); 11] = [
+    let sections: [(&str, Section); 12] = [
         ("symbolization", symbolization::run),
         ("latency", latency::run),
         ("accuracy", accuracy::run),
@@ -190,6 +191,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
         ("probes", probe_cost::run),
         ("report", report_page::run),
         ("unwind", unwind_cost::run),
+        ("v8", v8_cost::run),
     ];
     let mut timings = Vec::new();
     for (name, section) in sections {

@@ -349,6 +349,7 @@ fn encode_agent(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "Loop threads of watched processes with statistics in the kernel's LOOP_STATS map, at the last refresh",
         s.processes.values().map(|p| p.loops.len()).sum::<usize>() as f64,
     )?;
+    encode_v8_names(s, enc)?;
     let own = agent::Usage::read(s.started);
     counter_f(
         enc,
@@ -367,6 +368,42 @@ fn encode_agent(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "process_start_time_seconds",
         "When the loopbpf agent started, Unix time",
         own.start_unix_seconds,
+    )
+}
+
+/// Naming JavaScript frames from V8's memory: how it went, and the name
+/// cache's fill against its bound, so that evictions are seen.
+fn encode_v8_names(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let v = &s.v8_names;
+    {
+        let help = "JavaScript frames looked up in V8's memory, by result";
+        let mut m = enc.encode_descriptor("loopbpf_v8_frames", help, None, MetricType::Counter)?;
+        for (result, n) in [
+            ("named", v.stats.named),
+            ("frame_type", v.stats.markers),
+            ("unknown", v.stats.unknown),
+        ] {
+            m.encode_family(&[("result", result)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    counter(
+        enc,
+        "loopbpf_v8_name_cache_evictions",
+        "Functions dropped from the V8 name caches (bound reached)",
+        v.stats.evicted,
+    )?;
+    gauge(
+        enc,
+        "loopbpf_v8_name_cache_functions",
+        "Functions in the V8 name caches of watched processes",
+        v.cached as f64,
+    )?;
+    gauge(
+        enc,
+        "loopbpf_v8_name_cache_capacity",
+        "Functions one process's V8 name cache holds before it evicts",
+        v.capacity as f64,
     )
 }
 

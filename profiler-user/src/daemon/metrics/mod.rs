@@ -155,6 +155,8 @@ struct Snapshot {
     /// Episodes by loop label set and verdict, with when the last one came.
     episodes: BTreeMap<(Labels, &'static str), (u64, Instant)>,
     kernel: KernelCounters,
+    /// JavaScript frames named from V8's memory, all processes.
+    v8_names: crate::symbolize::V8Names,
     episodes_stored: u64,
     processes_watched: u64,
     /// Metrics connections closed at once: the endpoint's connection cap was reached.
@@ -173,6 +175,7 @@ impl Default for Snapshot {
             retired_pools: BTreeMap::new(),
             episodes: BTreeMap::new(),
             kernel: KernelCounters::default(),
+            v8_names: Default::default(),
             episodes_stored: 0,
             processes_watched: 0,
             connections_refused: 0,
@@ -367,6 +370,10 @@ impl Metrics {
 
     pub fn set_kernel(&self, k: KernelCounters) {
         self.with(|s| s.kernel = k);
+    }
+
+    pub fn set_v8_names(&self, v: crate::symbolize::V8Names) {
+        self.with(|s| s.v8_names = v);
     }
 
     pub fn episode_stored(&self) {
