@@ -128,6 +128,7 @@ impl Reporter {
             }
             Output::Summary(mut s) => {
                 s.episodes_reported = self.episodes.get(&s.pid).copied().unwrap_or(0);
+                s.symbolizer = self.symbolizer.health();
                 if self.json {
                     stdout_line(&json::summary(&s).to_string());
                 } else {

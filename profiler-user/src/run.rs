@@ -432,6 +432,7 @@ async fn finish(
         episodes_reported: 0,
         exited,
         kernel: probes.counters(),
+        symbolizer: Default::default(),
         threadpool: w
             .pool
             .attach

@@ -378,6 +378,7 @@ impl State {
             self.metrics.set_pool(pid, m.summary(&workers, now));
         }
         self.metrics.set_kernel(self.probes.counters());
+        self.metrics.set_symbolizer(self.symbolizer.health());
     }
 }
 

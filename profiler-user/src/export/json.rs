@@ -105,6 +105,13 @@ pub fn summary(s: &ProcessSummary) -> Value {
     out.insert("samples".into(), s.samples.into());
     out.insert("samples_lost".into(), s.kernel.samples_lost.into());
     out.insert("episodes_lost".into(), s.kernel.episodes_lost.into());
+    let symbolizer: serde_json::Map<String, Value> = s
+        .symbolizer
+        .events()
+        .iter()
+        .map(|&(what, n, _)| (what.to_owned(), n.into()))
+        .collect();
+    out.insert("symbolizer".into(), symbolizer.into());
     let loops: Vec<Value> = s
         .loops
         .iter()
@@ -266,6 +273,7 @@ mod tests {
             episodes_reported: 0,
             exited: true,
             kernel: Default::default(),
+            symbolizer: Default::default(),
             threadpool: None,
             threads: vec![],
         };

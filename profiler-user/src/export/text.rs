@@ -172,6 +172,19 @@ pub fn summary(s: &ProcessSummary) -> String {
             dropped.join(", ")
         ));
     }
+    let symbolizer: Vec<String> = s
+        .symbolizer
+        .events()
+        .iter()
+        .filter(|(_, n, _)| *n > 0)
+        .map(|(_, n, what)| format!("{n} {what}"))
+        .collect();
+    if !symbolizer.is_empty() {
+        out.push_str(&format!(
+            "\n  symbolizer (all targets): {}",
+            symbolizer.join(", ")
+        ));
+    }
     out
 }
 
@@ -259,6 +272,7 @@ mod tests {
             episodes_reported: 0,
             exited: false,
             kernel,
+            symbolizer: Default::default(),
             threadpool: None,
             threads: vec![],
         })

@@ -153,6 +153,7 @@ struct Snapshot {
     /// Episodes by loop label set and verdict, with when the last one came.
     episodes: BTreeMap<(Labels, &'static str), (u64, Instant)>,
     kernel: KernelCounters,
+    symbolizer: crate::symbolize::SymbolizerHealth,
     episodes_stored: u64,
     processes_watched: u64,
     /// Metrics connections closed at once: the endpoint's connection cap was reached.
@@ -171,6 +172,7 @@ impl Default for Snapshot {
             retired_pools: BTreeMap::new(),
             episodes: BTreeMap::new(),
             kernel: KernelCounters::default(),
+            symbolizer: Default::default(),
             episodes_stored: 0,
             processes_watched: 0,
             connections_refused: 0,
@@ -352,6 +354,10 @@ impl Metrics {
 
     pub fn set_kernel(&self, k: KernelCounters) {
         self.with(|s| s.kernel = k);
+    }
+
+    pub fn set_symbolizer(&self, h: crate::symbolize::SymbolizerHealth) {
+        self.with(|s| s.symbolizer = h);
     }
 
     pub fn episode_stored(&self) {

@@ -124,8 +124,42 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SymbolizerHealth {
     /// Workers replaced after a request outran [`REQUEST_TIMEOUT`].
     pub restarts: u64,
+    /// Requests that outran [`REQUEST_TIMEOUT`] (their frames kept as
+    /// addresses); one stuck worker may time out several.
+    pub timeouts: u64,
     /// Requests whose symbolization panicked (answered with addresses).
     pub panics: u64,
+    /// Processes whose perf map was refused (a symlink, FIFO, directory,
+    /// another user's or a stale file), once each.
+    pub perf_maps_refused: u64,
+}
+
+impl SymbolizerHealth {
+    /// (label, count, what it means), for metrics and the CLI summary.
+    pub fn events(&self) -> [(&'static str, u64, &'static str); 4] {
+        [
+            (
+                "restarts",
+                self.restarts,
+                "symbolizer restarts (a request stuck)",
+            ),
+            ("timeouts", self.timeouts, "symbolize requests timed out"),
+            ("panics", self.panics, "symbolize requests that panicked"),
+            (
+                "perf_maps_refused",
+                self.perf_maps_refused,
+                "perf maps refused",
+            ),
+        ]
+    }
+}
+
+/// What the worker thread counts, shared with the handle (and kept across
+/// worker replacements).
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    pub panics: AtomicU64,
+    pub perf_maps_refused: AtomicU64,
 }
 
 /// Handle to the symbolizer thread. The thread exits once every clone is
@@ -139,7 +173,8 @@ struct Shared {
     locate_perf_map: LocatePerfMap,
     current: Mutex<Current>,
     restarts: AtomicU64,
-    panics: Arc<AtomicU64>,
+    timeouts: AtomicU64,
+    counters: Arc<WorkerCounters>,
     timeout: Duration,
 }
 
@@ -161,8 +196,8 @@ impl Symbolizer {
         locate_perf_map: LocatePerfMap,
         timeout: Duration,
     ) -> Result<Self, SymbolizeError> {
-        let panics = Arc::new(AtomicU64::new(0));
-        let commands = spawn_worker(locate_perf_map.clone(), panics.clone())?;
+        let counters = Arc::new(WorkerCounters::default());
+        let commands = spawn_worker(locate_perf_map.clone(), counters.clone())?;
         Ok(Self {
             shared: Arc::new(Shared {
                 locate_perf_map,
@@ -172,7 +207,8 @@ impl Symbolizer {
                     stuck: HashSet::new(),
                 }),
                 restarts: AtomicU64::new(0),
-                panics,
+                timeouts: AtomicU64::new(0),
+                counters,
                 timeout,
             }),
         })
@@ -181,7 +217,13 @@ impl Symbolizer {
     pub fn health(&self) -> SymbolizerHealth {
         SymbolizerHealth {
             restarts: self.shared.restarts.load(Ordering::Relaxed),
-            panics: self.shared.panics.load(Ordering::Relaxed),
+            timeouts: self.shared.timeouts.load(Ordering::Relaxed),
+            panics: self.shared.counters.panics.load(Ordering::Relaxed),
+            perf_maps_refused: self
+                .shared
+                .counters
+                .perf_maps_refused
+                .load(Ordering::Relaxed),
         }
     }
 
@@ -262,12 +304,13 @@ impl Symbolizer {
     /// A request to worker `generation` timed out: replace that worker (once,
     /// however many of its requests time out) and stop asking about `pid`.
     fn stuck(&self, pid: u32, generation: u64) -> SymbolizeError {
+        self.shared.timeouts.fetch_add(1, Ordering::Relaxed);
         let mut current = self.lock();
         current.stuck.insert(pid);
         if current.generation == generation {
             match spawn_worker(
                 self.shared.locate_perf_map.clone(),
-                self.shared.panics.clone(),
+                self.shared.counters.clone(),
             ) {
                 Ok(commands) => {
                     // The old worker keeps its thread until its read returns,
@@ -292,12 +335,12 @@ impl Symbolizer {
 
 fn spawn_worker(
     locate_perf_map: LocatePerfMap,
-    panics: Arc<AtomicU64>,
+    counters: Arc<WorkerCounters>,
 ) -> Result<mpsc::Sender<Command>, SymbolizeError> {
     let (commands, receiver) = mpsc::channel();
     std::thread::Builder::new()
         .name("loopbpf-symbolize".to_owned())
-        .spawn(move || worker::run(locate_perf_map, panics, receiver))
+        .spawn(move || worker::run(locate_perf_map, counters, receiver))
         .map_err(SymbolizeError::Spawn)?;
     Ok(commands)
 }
