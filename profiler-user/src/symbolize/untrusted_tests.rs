@@ -54,10 +54,15 @@ impl Target {
             done
         });
         assert!(execed, "pid {pid} never became {comm}");
-        Target {
-            map: PathBuf::from(format!("/tmp/perf-{pid}.map")),
-            child,
+        let map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        // A Node process that had this pid earlier may have left its perf map
+        // behind (node never removes it); each test sets up its own.
+        match fs::symlink_metadata(&map) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&map).unwrap(),
+            Ok(_) => fs::remove_file(&map).unwrap(),
+            Err(_) => {}
         }
+        Target { map, child }
     }
 
     fn pid(&self) -> u32 {

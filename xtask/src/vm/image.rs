@@ -63,14 +63,52 @@ impl Image {
         Ok(image)
     }
 
+    /// An empty tree at `root` with nothing in it: an archive unpacked over
+    /// another one (whose /etc/passwd and libraries must stay).
+    pub fn bare(root: &Path) -> Result<Image> {
+        if root.exists() {
+            fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+        }
+        fs::create_dir_all(root)?;
+        Ok(Image {
+            root: root.to_path_buf(),
+            libs: BTreeSet::new(),
+        })
+    }
+
     /// Copies `path` to the same place in the image.
     pub fn file(&mut self, path: &Path, mode: u32) -> Result<()> {
-        let to = self.root.join(path.strip_prefix("/").unwrap_or(path));
+        self.file_at(path, &path.to_string_lossy(), mode)
+    }
+
+    /// `self.root` + the absolute path `at`, its parents created.
+    fn place(&self, at: &str) -> Result<PathBuf> {
+        let to = self.root.join(at.trim_start_matches('/'));
         fs::create_dir_all(to.parent().context("no parent")?)?;
+        Ok(to)
+    }
+
+    /// Copies `path` to `at` in the image.
+    pub fn file_at(&mut self, path: &Path, at: &str, mode: u32) -> Result<()> {
+        let to = self.place(at)?;
         fs::copy(path, &to)
             .with_context(|| format!("copying {} into the image", path.display()))?;
         fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
         Ok(())
+    }
+
+    /// A file at `at` holding `text`.
+    pub fn write(&mut self, at: &str, text: &str, mode: u32) -> Result<()> {
+        let to = self.place(at)?;
+        fs::write(&to, text).with_context(|| format!("writing {}", to.display()))?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
+        Ok(())
+    }
+
+    /// A symbolic link at `at` to `target`.
+    pub fn symlink(&mut self, target: &str, at: &str) -> Result<()> {
+        let to = self.place(at)?;
+        std::os::unix::fs::symlink(target, &to).with_context(|| format!("linking {}", to.display()))
     }
 
     /// An executable and the shared libraries `ldd` says it loads.
@@ -107,13 +145,18 @@ impl Image {
     /// Packs the tree into an uncompressed newc cpio archive (no
     /// decompression for the emulated guest to pay for).
     pub fn pack(&self, out: &Path) -> Result<()> {
-        let script = format!(
-            "cd '{}' && find . -print0 | cpio --null --quiet -o -H newc > '{}'",
-            self.root.display(),
-            out.display()
-        );
-        cmd::run(Command::new("sh").args(["-c", &script]))
+        pack_tree(&self.root, out)
     }
+}
+
+/// `tree` as a newc cpio archive at `out`, owners and device nodes kept.
+pub fn pack_tree(tree: &Path, out: &Path) -> Result<()> {
+    let script = format!(
+        "cd '{}' && find . -print0 | cpio --null --quiet -o -H newc > '{}'",
+        tree.display(),
+        out.display()
+    );
+    cmd::run(Command::new("sh").args(["-c", &script]))
 }
 
 /// The library paths in `ldd` output: `libc.so.6 => /lib/…/libc.so.6 (0x…)`

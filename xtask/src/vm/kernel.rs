@@ -160,7 +160,7 @@ mod tests {
         assert!(Series::V6_1.matches(p61) && !Series::V6_1.matches(p612));
         assert!(Series::V6_12.matches(p612) && !Series::V6_12.matches(p61));
         assert!(!Series::V6_12.matches("linux-image-6.12.117+deb12-cloud-amd64-dbg"));
-        let mut v = vec![
+        let mut v = [
             "linux-image-6.1.0-10-cloud-amd64-unsigned",
             "linux-image-6.1.0-9-cloud-amd64-unsigned",
         ];

@@ -14,6 +14,7 @@ pub mod guest_bench;
 mod image;
 mod kernel;
 mod qemu;
+mod systemd;
 
 use crate::{build, cmd, node, toolchain, Paths};
 use anyhow::{bail, Context, Result};
@@ -51,6 +52,10 @@ const NODE: u32 = 20;
 /// code and GC take longer than that under emulation) assume a normal CPU.
 const GUEST_TESTS: [(&str, &str); 2] = [("syscall_probes", ""), ("exec_sync", "node20")];
 
+/// `--tests` name of the systemd case (systemd.rs): in the default set, run
+/// once, on the newest kernel selected.
+const SYSTEMD_CASE: &str = "systemd";
+
 #[derive(clap::Args)]
 pub struct Opts {
     /// Kernel series to boot: 6.1, 6.12 or all.
@@ -65,8 +70,8 @@ pub struct Opts {
     /// Minutes a guest may run before it is stopped and counted as failed.
     #[arg(long, default_value_t = 25)]
     timeout_minutes: u64,
-    /// Only these tests (`binary` or `binary:filter`, comma-separated)
-    /// instead of the standard subset.
+    /// Only these tests (`binary` or `binary:filter`, comma-separated, and
+    /// `systemd` for the unit under systemd) instead of the standard set.
     #[arg(long, value_delimiter = ',')]
     tests: Vec<String>,
     /// Instead of the tests: what the fentry probes cost against the
@@ -78,26 +83,48 @@ pub struct Opts {
 pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     let series = Series::parse(&opts.kernel)?;
     ensure_host_tools()?;
-    let bin_dir = toolchain::setup(&paths.cache)?;
-    let loopbpf = build(paths, &bin_dir, false)?;
-    let selected: Vec<(String, String)> = if opts.tests.is_empty() {
-        GUEST_TESTS
+    let (selected, systemd_case): (Vec<(String, String)>, bool) = if opts.tests.is_empty() {
+        let standard = GUEST_TESTS
             .iter()
             .map(|(b, f)| (b.to_string(), f.to_string()))
-            .collect()
+            .collect();
+        (standard, !opts.bench)
     } else {
-        opts.tests
+        let named = opts
+            .tests
             .iter()
+            .filter(|t| *t != SYSTEMD_CASE)
             .map(|t| match t.split_once(':') {
                 Some((b, f)) => (b.to_string(), f.to_string()),
                 None => (t.clone(), String::new()),
             })
-            .collect()
+            .collect();
+        (named, opts.tests.iter().any(|t| t == SYSTEMD_CASE))
     };
+    // The rootfs is built (minutes of downloads and dpkg, little CPU) while
+    // cargo builds, when this recipe has no cached one.
+    let rootfs = systemd_case.then(|| {
+        let cache = paths.cache.clone();
+        std::thread::spawn(move || systemd::rootfs(&cache))
+    });
+    let bin_dir = toolchain::setup(&paths.cache)?;
+    let loopbpf = build(paths, &bin_dir, false)?;
     let binaries = if opts.bench {
         Vec::new()
     } else {
         build_test_binaries(paths, &bin_dir, &selected)?
+    };
+    // Before any guest boots: a build, package or mirror failure ends the
+    // run at once.
+    let systemd_parts = match rootfs {
+        Some(rootfs) => {
+            let deb = systemd::deb_in(&crate::dist::run(paths)?)?;
+            let rootfs = rootfs
+                .join()
+                .map_err(|_| anyhow::anyhow!("the rootfs build panicked"))??;
+            Some((deb, rootfs))
+        }
+        None => None,
     };
     let nodes = node::ensure(&paths.cache, &[NODE])?.env_value();
     let node_path = nodes
@@ -167,7 +194,8 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     let mut failed = Vec::new();
     let mut summary = Vec::new();
     let mut bench_tables = Vec::new();
-    for (s, k) in &kernels {
+    let busybox_guests = opts.bench || !binaries.is_empty();
+    for (s, k) in kernels.iter().filter(|_| busybox_guests) {
         let boot = Boot {
             vmlinuz: &k.vmlinuz,
             initrd: &initrd,
@@ -176,6 +204,7 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
             // vCPU running loopbpf would take host time from the measured one.
             cpus: if opts.bench { 1 } else { opts.cpus },
             memory_mb: 2048,
+            append: qemu::BUSYBOX_INIT,
             tag: format!("[{}]", s.name()),
             timeout: Duration::from_secs(opts.timeout_minutes * 60),
         };
@@ -203,6 +232,26 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
         if let Err(e) = qemu::check(s.name(), &outcome) {
             eprintln!("{e:#}");
             failed.push(s.name());
+        }
+    }
+    if let (Some((deb, rootfs)), Some((s, k))) = (&systemd_parts, kernels.last()) {
+        let overlay = systemd::overlay(&work, deb, &node_path, time_scale)?;
+        let initrd = systemd::initrd(&work, rootfs, &overlay)?;
+        let boot = Boot {
+            vmlinuz: &k.vmlinuz,
+            initrd: &initrd,
+            accel,
+            cpus: opts.cpus,
+            memory_mb: 2048,
+            append: systemd::APPEND,
+            tag: format!("[{} systemd]", s.name()),
+            timeout: Duration::from_secs(opts.timeout_minutes * 60),
+        };
+        let outcome = boot.run()?;
+        summary.push(systemd::summarize(s.name(), &outcome));
+        if let Err(e) = qemu::check(&format!("{} (systemd)", s.name()), &outcome) {
+            eprintln!("{e:#}");
+            failed.push("systemd");
         }
     }
     if opts.bench && !bench_tables.is_empty() {
@@ -277,11 +326,18 @@ fn summarize(name: &str, package: &str, accel: Accel, o: &Outcome) -> String {
             failed += count("failed");
         }
     }
+    let took: Vec<&str> = o
+        .lines
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix(TOOK))
+        .map(str::trim)
+        .collect();
     format!(
-        "kernel {name} ({package}, {}): {passed} passed, {failed} failed, status {}, {:.0} s",
+        "kernel {name} ({package}, {}): {passed} passed, {failed} failed, status {}, {:.0} s ({})",
         accel.name(),
         o.status.map_or("none".to_string(), |s| s.to_string()),
-        o.took.as_secs_f64()
+        o.took.as_secs_f64(),
+        took.join("; ")
     )
 }
 
@@ -342,6 +398,9 @@ fn build_poll_loop(paths: &Paths, bin_dir: &Path) -> Result<PathBuf> {
     Ok(paths.target.join("release/examples/poll_loop"))
 }
 
+/// Console line prefix of a test binary's guest time.
+const TOOK: &str = "loopbpf-vm-test: took";
+
 /// Runs the tests one binary at a time.
 fn test_script(
     loopbpf: &Path,
@@ -353,7 +412,9 @@ fn test_script(
     for (name, exe, filter) in binaries {
         run += &format!(
             "echo 'loopbpf-vm-test: {name} {filter}'\n\
-             '{}' --test-threads=1 {filter} || status=1\n",
+             t0=$(date +%s)\n\
+             '{}' --test-threads=1 {filter} || status=1\n\
+             echo \"{TOOK} {name} {filter}: $(($(date +%s) - t0)) s\"\n",
             exe.display()
         );
     }

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// The guest's last line before it powers off: `loopbpf-vm-test: exit N`.
 pub const END_MARKER: &str = "loopbpf-vm-test: exit";
 
+/// The kernel command line's init for the busybox initramfs.
+pub const BUSYBOX_INIT: &str = "rdinit=/init";
+
 /// How the guest's CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
@@ -35,6 +38,8 @@ pub struct Boot<'a> {
     pub accel: Accel,
     pub cpus: u32,
     pub memory_mb: u32,
+    /// Kernel command line after the console settings: the init to run.
+    pub append: &'a str,
     /// Prefix of each echoed console line.
     pub tag: String,
     pub timeout: Duration,
@@ -67,10 +72,11 @@ impl Boot<'_> {
             .arg("-initrd")
             .arg(self.initrd)
             // panic=-1 and -no-reboot: a guest kernel panic ends qemu.
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 rdinit=/init quiet loglevel=3 mitigations=off",
-            ])
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off {}",
+                self.append
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -162,6 +168,7 @@ pub fn kvm_works(vmlinuz: &Path, probe_initrd: &Path) -> Result<bool> {
         accel: Accel::Kvm,
         cpus: 1,
         memory_mb: 256,
+        append: BUSYBOX_INIT,
         tag: "[kvm probe]".into(),
         timeout: Duration::from_secs(30),
     };
