@@ -288,7 +288,9 @@ async fn a_stuck_worker_is_replaced_and_its_pid_skipped() {
             }
             PerfMap::new("/nonexistent/perf.map")
         }),
-        Duration::from_millis(300),
+        // Long enough for a fresh worker to load this (debug) binary on a
+        // loaded host: at 300 ms its first native lookup timed out too.
+        Duration::from_secs(2),
     )
     .unwrap();
     let stuck = symbolizer.symbolize(1, vec![user_stack(&[0x1])]).await;
