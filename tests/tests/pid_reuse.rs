@@ -15,6 +15,8 @@ use integration_tests::{node_for, Process};
 
 /// Named on every user frame if the old process's map were used.
 const MARKER: &str = "STALE_MAP_OF_THE_PIDS_LAST_OWNER";
+const OLD_MAJOR: u32 = 22;
+const NEW_MAJOR: u32 = 20;
 
 /// Appends ranges covering the 47-bit user address space (4 GiB each, the
 /// most a perf-map line holds) to the old process's map, as its last write.
@@ -30,8 +32,9 @@ fn poison(map: &str) {
     f.write_all(text.as_bytes()).expect("appending to the map");
 }
 
-/// `daemon_target.js` titled "reused", started as pid `pid`, or `None`
-/// when another process took the pid first.
+/// `daemon_target.js` on another node binary (Node 20: another `exe` than
+/// the old process's Node 22, read at exec as the daemon does), started as
+/// pid `pid`, or `None` when another process took the pid first.
 fn spawn_at(pid: u32) -> Option<Process> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/node/daemon_target.js");
     for _ in 0..200 {
@@ -39,10 +42,8 @@ fn spawn_at(pid: u32) -> Option<Process> {
         // anything forking on the host in between takes it: try again.
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
             .expect("writing ns_last_pid (needs root)");
-        let mut cmd = Command::new(node_for(22));
-        cmd.env("DAEMON_TARGET_TITLE", "reused")
-            .arg("--interpreted-frames-native-stack")
-            .arg(script);
+        let mut cmd = Command::new(node_for(NEW_MAJOR));
+        cmd.arg("--interpreted-frames-native-stack").arg(script);
         let mut p = Process::spawn("reused", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
         if p.pid() == pid {
             p.wait_for_line(Instant::now() + Duration::from_secs(10), "ready", |l| {
@@ -73,7 +74,7 @@ fn a_reused_pid_gets_nothing_of_its_last_owner() {
     // A few rounds, in case another process takes the pid first.
     let (mut reused, pid, map) = (0..3)
         .find_map(|_| {
-            let mut old = node_target_with(22, true);
+            let mut old = node_target_with(OLD_MAJOR, true);
             let pid = old.pid();
             poll(Duration::from_secs(10), || {
                 daemon.watches(pid).then_some(())
@@ -105,17 +106,21 @@ fn a_reused_pid_gets_nothing_of_its_last_owner() {
     let _remove = Remove(map.clone());
 
     // Watched under its own identity.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .expect("the new process's exe")
+        .to_string_lossy()
+        .into_owned();
     let pid_label = pid.to_string();
     let labelled = poll(Duration::from_secs(10), || {
         metric(
             &daemon.metrics(),
             "loopbpf_process_info",
-            &[("pid", &pid_label), ("comm", "reused")],
+            &[("pid", &pid_label), ("exe", &exe)],
         )
     });
     assert!(
         labelled.is_some(),
-        "pid {pid} is not watched as the new process (comm reused):\n{}",
+        "pid {pid} is not watched as the new process (exe {exe}):\n{}",
         daemon.process.describe()
     );
 
@@ -139,7 +144,8 @@ fn a_reused_pid_gets_nothing_of_its_last_owner() {
             )
         });
         assert_eq!(
-            record["comm"], "reused",
+            record["exe"],
+            exe.as_str(),
             "episode under the old labels: {record}"
         );
         if record["samples"].as_u64() > Some(0) {
@@ -157,14 +163,19 @@ fn a_reused_pid_gets_nothing_of_its_last_owner() {
         !folded.contains(MARKER),
         "the new process's frames were named from the old process's map:\n{folded}"
     );
-    let refused = metric(
-        &daemon.metrics(),
-        "loopbpf_symbolizer_events_total",
-        &[("what", "perf_maps_refused")],
-    );
+    // Metrics are refreshed every second.
+    let refused = poll(Duration::from_secs(5), || {
+        metric(
+            &daemon.metrics(),
+            "loopbpf_symbolizer_events_total",
+            &[("what", "perf_maps_refused")],
+        )
+        .filter(|&n| n >= 1.0)
+    });
     assert!(
-        refused >= Some(1.0),
-        "the stale map was not counted as refused ({refused:?})"
+        refused.is_some(),
+        "the stale map was not counted in loopbpf_symbolizer_events_total{{what=\"perf_maps_refused\"}}:\n{}",
+        daemon.process.describe()
     );
     let _ = reused.write_line("exit");
     let status = daemon.terminate(Duration::from_secs(5));
