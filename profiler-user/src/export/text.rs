@@ -294,6 +294,32 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_names_what_went_wrong_in_the_symbolizer() {
+        let mut s = ProcessSummary {
+            pid: 7,
+            comm: "node".into(),
+            loops: vec![],
+            samples: 0,
+            episodes_reported: 0,
+            exited: false,
+            kernel: Default::default(),
+            symbolizer: Default::default(),
+            threadpool: None,
+            threads: vec![],
+        };
+        assert!(!summary(&s).contains("symbolizer"));
+        s.symbolizer.perf_maps_refused = 1;
+        s.symbolizer.timeouts = 2;
+        assert!(
+            summary(&s).contains(
+                "symbolizer (all targets): 2 symbolize requests timed out, 1 perf maps refused"
+            ),
+            "{}",
+            summary(&s)
+        );
+    }
+
+    #[test]
     fn a_hostile_comm_cannot_break_or_drive_the_terminal() {
         let s = summary_of("\u{1b}[2Jx\ny", Default::default());
         assert!(s.starts_with("pid 7 (\\u{1b}[2Jx\\ny)"), "{s}");
