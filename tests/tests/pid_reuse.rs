@@ -53,7 +53,8 @@ fn spawn_at(pid: u32) -> Option<Process> {
             return Some(p);
         }
         p.kill();
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            eprintln!("pid {pid} was taken by {}", comm.trim());
             return None;
         }
     }
@@ -73,7 +74,7 @@ fn a_reused_pid_gets_nothing_of_its_last_owner() {
     let mut daemon = Daemon::start("threshold = \"50ms\"\n");
     // A few rounds, in case another process takes the pid first.
     let (mut reused, pid, map) = (0..3)
-        .find_map(|_| {
+        .find_map(|round| {
             let mut old = node_target_with(OLD_MAJOR, true);
             let pid = old.pid();
             poll(Duration::from_secs(10), || {
@@ -90,6 +91,14 @@ fn a_reused_pid_gets_nothing_of_its_last_owner() {
             poison(&map);
             std::thread::sleep(Duration::from_millis(500));
             old.kill();
+            // The only run so far lost the pid three times within 10 s:
+            // after the first round, let the daemon's own reaction to the
+            // exit (threads take pids too) pass before asking for the pid.
+            if round > 0 {
+                poll(Duration::from_secs(5), || {
+                    (!daemon.watches(pid)).then_some(())
+                });
+            }
             let new = spawn_at(pid);
             if new.is_none() {
                 let _ = std::fs::remove_file(&map);
