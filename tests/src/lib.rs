@@ -6,6 +6,7 @@
 //! a skipped kernel test would read as a pass.
 
 pub mod checks;
+pub mod container;
 pub mod daemon;
 mod parse;
 mod process;

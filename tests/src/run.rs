@@ -1,5 +1,6 @@
 //! One test run: a Node script under loopbpf, from start to both exits.
 
+use crate::container::ContainerRoot;
 use crate::parse::{line_type, parse_folded, str_field, u64_field, Block, Episode, FoldedStack};
 use crate::process::{tail, Process};
 use crate::schema::{loopbpf_line, loopbpf_lines};
@@ -28,6 +29,9 @@ pub struct Scenario {
     /// Run Node in new pid and mount namespaces with a private /tmp, as in a
     /// container: its perf map is /tmp/perf-<its own pid>.map inside.
     contained: bool,
+    /// Run Node chrooted into a directory of its own (see `container`); the
+    /// function, if any, plants files in that root before loopbpf starts.
+    chrooted: Option<Option<fn(&Path)>>,
     /// Run this node binary instead of the one for `major`.
     node_binary: Option<PathBuf>,
     /// Environment of loopbpf beyond ours.
@@ -65,6 +69,7 @@ impl Scenario {
             kill_node_on: None,
             cpu: None,
             contained: false,
+            chrooted: None,
             node_binary: None,
             loopbpf_env: Vec::new(),
             loopbpf_args: Vec::new(),
@@ -126,6 +131,14 @@ impl Scenario {
         self
     }
 
+    /// Run Node as in a container with its own root directory; `plant`
+    /// puts files in that root (given as the host sees it) once Node is ready
+    /// and before loopbpf starts.
+    pub fn chrooted(mut self, plant: Option<fn(&Path)>) -> Self {
+        self.chrooted = Some(plant);
+        self
+    }
+
     /// Add a Node (V8) flag, e.g. `--expose-gc`.
     pub fn node_flag(mut self, flag: &str) -> Self {
         self.node_flags.push(flag.to_string());
@@ -173,7 +186,12 @@ impl Scenario {
         // asked for a perf map.
         let cwd = tempdir("loopbpf-test-node-");
 
+        let root = self.chrooted.map(|_| {
+            let scripts = [self.script, "protocol.js"].map(|f| script.with_file_name(f));
+            ContainerRoot::new(&scripts.each_ref().map(PathBuf::as_path))
+        });
         let mut cmd = match (self.cpu, self.contained) {
+            _ if root.is_some() => root.as_ref().expect("checked").command(&node),
             (Some(cpu), _) => {
                 let mut c = Command::new("taskset");
                 c.args(["-c", &cpu.to_string()]).arg(&node);
@@ -208,7 +226,9 @@ impl Scenario {
             }
             (None, false) => Command::new(&node),
         };
-        let script_arg = if self.contained {
+        let script_arg = if root.is_some() {
+            ContainerRoot::script(self.script)
+        } else if self.contained {
             PathBuf::from("/tmp/app").join(self.script)
         } else {
             script.clone()
@@ -219,7 +239,7 @@ impl Scenario {
             .current_dir(cwd.path());
         let node = Process::spawn("node", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
         // The process to watch: node itself, not the unshare that started it.
-        let target = if self.contained {
+        let target = if self.contained || root.is_some() {
             contained_child(node.pid())
         } else {
             node.pid()
@@ -242,6 +262,9 @@ impl Scenario {
         }
         if let Some(plant) = self.plant_perf_map {
             plant(&perf_map.0);
+        }
+        if let (Some(root), Some(Some(plant))) = (&root, self.chrooted) {
+            plant(root.path());
         }
 
         let pid = target.to_string();
@@ -323,6 +346,7 @@ impl Scenario {
             output,
             syscall_probes: self.syscall_probes,
             _perf_map: perf_map,
+            _root: root,
         };
         run.check_contract();
         run
@@ -413,6 +437,8 @@ pub struct Run {
     /// The syscall probes the ready line must name.
     pub syscall_probes: &'static str,
     _perf_map: RemoveOnDrop,
+    /// Removed after the run (its mounts died with node's namespace).
+    _root: Option<ContainerRoot>,
 }
 
 impl Run {

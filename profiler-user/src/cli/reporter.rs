@@ -144,6 +144,7 @@ impl Reporter {
             Output::Summary(mut s) => {
                 s.episodes_reported = self.episodes.get(&s.pid).copied().unwrap_or(0);
                 s.v8_names = self.symbolizer.v8_names(Some(s.pid));
+                s.symbolizer = self.symbolizer.health();
                 if self.json {
                     stdout_line(&json::summary(&s).to_json());
                 } else {

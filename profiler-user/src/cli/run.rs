@@ -373,6 +373,7 @@ async fn finish(
         episodes_reported: 0,
         exited,
         kernel: probes.counters(),
+        symbolizer: Default::default(),
         threadpool: pool
             .filter(|p| p.attach.busy_tracked)
             .map(|p| p.summary(&workers, now)),

@@ -346,5 +346,6 @@ impl State {
         if let Some(v) = self.symbolizer.v8_names(None) {
             self.metrics.set_v8_names(v);
         }
+        self.metrics.set_symbolizer(self.symbolizer.health());
     }
 }

@@ -421,6 +421,8 @@ pub struct Summary {
     pub samples_lost: u64,
     pub episodes_lost: u64,
     pub off_cpu_lost: u64,
+    /// What went wrong in the symbolizer, all targets together.
+    pub symbolizer: crate::symbolize::SymbolizerHealth,
     pub loops: Vec<Loop>,
     pub thread_roles: BTreeMap<&'static str, usize>,
     pub threads: Vec<Thread>,
@@ -441,6 +443,7 @@ pub fn summary(s: &ProcessSummary) -> Line<Summary> {
             samples_lost: s.kernel.samples_lost,
             episodes_lost: s.kernel.episodes_lost,
             off_cpu_lost: s.kernel.off_cpu_lost,
+            symbolizer: s.symbolizer,
             loops: s
                 .loops
                 .iter()

@@ -187,6 +187,7 @@ fn process_summary(threadpool: Option<PoolSummary>) -> ProcessSummary {
         kernel: Default::default(),
         threadpool,
         v8_names: None,
+        symbolizer: Default::default(),
         threads: vec![ThreadInfo {
             tid: 9,
             name: "node".into(),

@@ -145,6 +145,8 @@ pub struct ProcessSummary {
     pub episodes_reported: u64,
     pub exited: bool,
     pub kernel: KernelCounters,
+    /// What went wrong in the symbolizer (all targets), filled in by the reporter.
+    pub symbolizer: crate::symbolize::SymbolizerHealth,
     /// `None` when the threadpool could not be tracked (see the warning).
     pub threadpool: Option<crate::assembly::threadpool::PoolSummary>,
     /// Every thread with its role (as of the end, or of the start for a

@@ -132,6 +132,19 @@ pub fn summary(s: &ProcessSummary) -> String {
             dropped.join(", ")
         ));
     }
+    let symbolizer: Vec<String> = s
+        .symbolizer
+        .events()
+        .iter()
+        .filter(|(_, n, _)| *n > 0)
+        .map(|(_, n, what)| format!("{n} {what}"))
+        .collect();
+    if !symbolizer.is_empty() {
+        out.push_str(&format!(
+            "\n  symbolizer (all targets): {}",
+            symbolizer.join(", ")
+        ));
+    }
     out
 }
 
@@ -219,6 +232,7 @@ mod tests {
             episodes_reported: 0,
             exited: false,
             kernel,
+            symbolizer: Default::default(),
             threadpool: None,
             threads: vec![],
             v8_names: None,
@@ -235,6 +249,7 @@ mod tests {
             episodes_reported: 0,
             exited: false,
             kernel: Default::default(),
+            symbolizer: Default::default(),
             threadpool: None,
             threads: vec![],
             v8_names: None,
@@ -272,6 +287,33 @@ mod tests {
             "{s}"
         );
         assert!(!summary_of("node", Default::default()).contains("dropped"));
+    }
+
+    #[test]
+    fn the_summary_names_what_went_wrong_in_the_symbolizer() {
+        let mut s = ProcessSummary {
+            pid: 7,
+            comm: "node".into(),
+            loops: vec![],
+            samples: 0,
+            episodes_reported: 0,
+            exited: false,
+            kernel: Default::default(),
+            symbolizer: Default::default(),
+            threadpool: None,
+            threads: vec![],
+            v8_names: None,
+        };
+        assert!(!summary(&s).contains("symbolizer"));
+        s.symbolizer.perf_maps_refused = 1;
+        s.symbolizer.timeouts = 2;
+        assert!(
+            summary(&s).contains(
+                "symbolizer (all targets): 2 symbolize requests timed out, 1 perf maps refused"
+            ),
+            "{}",
+            summary(&s)
+        );
     }
 
     #[test]

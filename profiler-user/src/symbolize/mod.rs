@@ -130,12 +130,46 @@ enum Command {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters of what went wrong inside the symbolizer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SymbolizerHealth {
     /// Workers replaced after a request outran [`REQUEST_TIMEOUT`].
     pub restarts: u64,
+    /// Requests that outran [`REQUEST_TIMEOUT`] (their frames kept as
+    /// addresses); one stuck worker may time out several.
+    pub timeouts: u64,
     /// Requests whose symbolization panicked (answered with addresses).
     pub panics: u64,
+    /// Processes whose perf map was refused (a symlink, FIFO, directory,
+    /// another user's or a stale file), once each.
+    pub perf_maps_refused: u64,
+}
+
+impl SymbolizerHealth {
+    /// (label, count, what it means), for metrics and the CLI summary.
+    pub fn events(&self) -> [(&'static str, u64, &'static str); 4] {
+        [
+            (
+                "restarts",
+                self.restarts,
+                "symbolizer restarts (a request stuck)",
+            ),
+            ("timeouts", self.timeouts, "symbolize requests timed out"),
+            ("panics", self.panics, "symbolize requests that panicked"),
+            (
+                "perf_maps_refused",
+                self.perf_maps_refused,
+                "perf maps refused",
+            ),
+        ]
+    }
+}
+
+/// What the worker thread counts, shared with the handle (and kept across
+/// worker replacements).
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    pub panics: AtomicU64,
+    pub perf_maps_refused: AtomicU64,
 }
 
 /// Handle to the symbolizer thread. The thread exits once every clone is
@@ -149,7 +183,8 @@ struct Shared {
     locate_perf_map: LocatePerfMap,
     current: Mutex<Current>,
     restarts: AtomicU64,
-    panics: Arc<AtomicU64>,
+    timeouts: AtomicU64,
+    counters: Arc<WorkerCounters>,
     v8_names: V8NameBook,
     timeout: Duration,
 }
@@ -172,9 +207,9 @@ impl Symbolizer {
         locate_perf_map: LocatePerfMap,
         timeout: Duration,
     ) -> Result<Self, SymbolizeError> {
-        let panics = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(WorkerCounters::default());
         let v8_names = V8NameBook::default();
-        let commands = spawn_worker(locate_perf_map.clone(), panics.clone(), v8_names.clone())?;
+        let commands = spawn_worker(locate_perf_map.clone(), counters.clone(), v8_names.clone())?;
         Ok(Self {
             shared: Arc::new(Shared {
                 locate_perf_map,
@@ -184,7 +219,8 @@ impl Symbolizer {
                     stuck: HashSet::new(),
                 }),
                 restarts: AtomicU64::new(0),
-                panics,
+                timeouts: AtomicU64::new(0),
+                counters,
                 v8_names,
                 timeout,
             }),
@@ -194,7 +230,13 @@ impl Symbolizer {
     pub fn health(&self) -> SymbolizerHealth {
         SymbolizerHealth {
             restarts: self.shared.restarts.load(Ordering::Relaxed),
-            panics: self.shared.panics.load(Ordering::Relaxed),
+            timeouts: self.shared.timeouts.load(Ordering::Relaxed),
+            panics: self.shared.counters.panics.load(Ordering::Relaxed),
+            perf_maps_refused: self
+                .shared
+                .counters
+                .perf_maps_refused
+                .load(Ordering::Relaxed),
         }
     }
 
@@ -309,12 +351,13 @@ impl Symbolizer {
     /// A request to worker `generation` timed out: replace that worker (once,
     /// however many of its requests time out) and stop asking about `pid`.
     fn stuck(&self, pid: u32, generation: u64) -> SymbolizeError {
+        self.shared.timeouts.fetch_add(1, Ordering::Relaxed);
         let mut current = self.lock();
         current.stuck.insert(pid);
         if current.generation == generation {
             match spawn_worker(
                 self.shared.locate_perf_map.clone(),
-                self.shared.panics.clone(),
+                self.shared.counters.clone(),
                 self.shared.v8_names.clone(),
             ) {
                 Ok(commands) => {
@@ -340,13 +383,13 @@ impl Symbolizer {
 
 fn spawn_worker(
     locate_perf_map: LocatePerfMap,
-    panics: Arc<AtomicU64>,
+    counters: Arc<WorkerCounters>,
     v8_names: V8NameBook,
 ) -> Result<mpsc::Sender<Command>, SymbolizeError> {
     let (commands, receiver) = mpsc::channel();
     std::thread::Builder::new()
         .name("loopbpf-symbolize".to_owned())
-        .spawn(move || worker::run(locate_perf_map, panics, v8_names, receiver))
+        .spawn(move || worker::run(locate_perf_map, counters, v8_names, receiver))
         .map_err(SymbolizeError::Spawn)?;
     Ok(commands)
 }

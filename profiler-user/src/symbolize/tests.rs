@@ -243,7 +243,15 @@ fn a_fifo_perf_map_does_not_block_the_symbolizer() {
         PerfMapStatus::Unreadable { reason, .. } => assert!(reason.contains("fifo"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(symbolizer.health(), SymbolizerHealth::default());
+    // Refused, counted once however often it is asked.
+    let _ = symbolizer.symbolize_blocking(std::process::id(), Vec::new());
+    assert_eq!(
+        symbolizer.health(),
+        SymbolizerHealth {
+            perf_maps_refused: 1,
+            ..SymbolizerHealth::default()
+        }
+    );
 }
 
 #[test]
@@ -280,7 +288,9 @@ async fn a_stuck_worker_is_replaced_and_its_pid_skipped() {
             }
             PerfMap::new("/nonexistent/perf.map")
         }),
-        Duration::from_millis(300),
+        // Long enough for a fresh worker to load this (debug) binary on a
+        // loaded host: at 300 ms its first native lookup timed out too.
+        Duration::from_secs(2),
     )
     .unwrap();
     let stuck = symbolizer.symbolize(1, vec![user_stack(&[0x1])]).await;
@@ -289,6 +299,7 @@ async fn a_stuck_worker_is_replaced_and_its_pid_skipped() {
         "{stuck:?}"
     );
     assert_eq!(symbolizer.health().restarts, 1);
+    assert_eq!(symbolizer.health().timeouts, 1);
     // The next request goes to a fresh worker, and pid 1 is not asked again.
     let other = symbolizer
         .symbolize(std::process::id(), vec![user_stack(&[native_addr()])])

@@ -21,6 +21,10 @@ pub enum UntrustedFileError {
     Missing { path: PathBuf },
     #[error("opening {} failed: {error}", path.display())]
     Open { path: PathBuf, error: io::Error },
+    /// ELOOP: the file is a symlink, or the path loops through symlinks (a
+    /// container's link to a host path, resolved inside its root).
+    #[error("{} is a symbolic link, or its path loops through them", path.display())]
+    Symlink { path: PathBuf },
     #[error("{} is a {kind}, not a regular file", path.display())]
     NotRegular { path: PathBuf, kind: &'static str },
     #[error("{} is owned by uid {uid}, not by the process's uid {want} or root", path.display())]
@@ -83,6 +87,9 @@ impl Root {
         };
         let file = openat2(dirfd, path, resolve).map_err(|error| match error.raw_os_error() {
             Some(libc::ENOENT) => UntrustedFileError::Missing {
+                path: path.to_path_buf(),
+            },
+            Some(libc::ELOOP) => UntrustedFileError::Symlink {
                 path: path.to_path_buf(),
             },
             _ => UntrustedFileError::Open {
@@ -198,18 +205,25 @@ impl ProcessIdentity {
         })
     }
 
-    /// When the process started, on the wall clock, less two seconds: boot
-    /// time is known to a second, and some filesystems keep coarse times.
+    /// When the process started, on the wall clock, less [`START_SLACK`].
+    /// A map a reused pid's earlier process wrote even half a second before
+    /// this one started is older than that (a whole-second boot time, as in
+    /// /proc/stat, would need seconds of slack and let it through).
     pub fn started_at(&self) -> Option<SystemTime> {
-        let boot = boot_time()?;
         // SAFETY: sysconf has no memory-safety preconditions.
         let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
             .ok()
             .filter(|&hz| hz > 0)?;
-        let after_boot = self.start_ticks / hz;
-        boot.checked_add(Duration::from_secs(after_boot.saturating_sub(2)))
+        let after_boot = Duration::from_nanos(self.start_ticks.checked_mul(1_000_000_000 / hz)?);
+        boot_wall_time()?
+            .checked_add(after_boot)?
+            .checked_sub(START_SLACK)
     }
 }
+
+/// Start times count clock ticks (10 ms), file times come from the coarse
+/// clock (a jiffy behind), and the wall clock may be slewed meanwhile.
+pub const START_SLACK: Duration = Duration::from_millis(100);
 
 pub fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -223,15 +237,19 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn boot_time() -> Option<SystemTime> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let secs: u64 = stat
-        .lines()
-        .find_map(|line| line.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+/// The wall-clock time of boot, to the nanosecond: the realtime clock less
+/// the boot-time clock (which, like start times, counts suspend too).
+fn boot_wall_time() -> Option<SystemTime> {
+    let read = |clock| {
+        // SAFETY: timespec is plain data, written by the call.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: `ts` is a valid timespec for the call to fill.
+        (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
+            .then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    };
+    let since_boot = read(libc::CLOCK_BOOTTIME)?;
+    let now = read(libc::CLOCK_REALTIME)?;
+    SystemTime::UNIX_EPOCH.checked_add(now.checked_sub(since_boot)?)
 }
 
 #[cfg(test)]

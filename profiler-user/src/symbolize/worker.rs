@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -12,20 +12,23 @@ use super::perf_map::{perf_map_path, PerfMap, PerfMapError};
 use super::untrusted::{start_ticks, Expect, Root};
 use super::v8_frames::{ProcessV8, V8Binaries};
 use super::v8_names::V8NameBook;
-use super::{Command, Frame, FrameKind, LocatePerfMap, PerfMapStatus, StackRequest, Symbolized};
+use super::{
+    Command, Frame, FrameKind, LocatePerfMap, PerfMapStatus, StackRequest, Symbolized,
+    WorkerCounters,
+};
 
 /// Serves `commands` until every handle is gone. A panic (a malformed ELF
 /// file tripping blazesym, say) answers that request with addresses, is
 /// counted, and the worker starts over with empty caches.
 pub(super) fn run(
     locate_perf_map: LocatePerfMap,
-    panics: Arc<AtomicU64>,
+    counters: Arc<WorkerCounters>,
     v8_names: V8NameBook,
     commands: Receiver<Command>,
 ) {
     // A worker replacing a stuck one starts with empty caches.
     v8_names.retire_all();
-    let mut worker = Worker::new(locate_perf_map.clone());
+    let mut worker = Worker::new(locate_perf_map.clone(), counters.clone());
     for command in commands {
         match command {
             Command::Symbolize { pid, stacks, reply } => {
@@ -37,9 +40,9 @@ pub(super) fn run(
                         reply(symbolized)
                     }
                     Err(_) => {
-                        panics.fetch_add(1, Ordering::Relaxed);
+                        counters.panics.fetch_add(1, Ordering::Relaxed);
                         log::warn!("symbolizing pid {pid} panicked: its frames are left as addresses; caches cleared");
-                        worker = Worker::new(locate_perf_map.clone());
+                        worker = Worker::new(locate_perf_map.clone(), counters.clone());
                         v8_names.retire_all();
                         reply(unnamed(pid, &stacks));
                     }
@@ -53,9 +56,9 @@ pub(super) fn run(
                 match prepared {
                     Ok(symbolized) => reply(symbolized),
                     Err(_) => {
-                        panics.fetch_add(1, Ordering::Relaxed);
+                        counters.panics.fetch_add(1, Ordering::Relaxed);
                         log::warn!("preparing pid {pid} panicked: caches cleared");
-                        worker = Worker::new(locate_perf_map.clone());
+                        worker = Worker::new(locate_perf_map.clone(), counters.clone());
                         reply(unnamed(pid, &[]));
                     }
                 }
@@ -113,6 +116,7 @@ pub(super) struct Worker {
     v8_binaries: V8Binaries,
     /// Kernel symbols have been read (they are read once, then shared).
     kernel_ready: bool,
+    counters: Arc<WorkerCounters>,
 }
 
 /// Kept until `forget`, so stacks of a process that exited meanwhile still
@@ -129,6 +133,8 @@ struct ProcessState {
     alive: bool,
     /// Read on the first stack that carries V8 slots.
     v8: Option<ProcessV8>,
+    /// Its perf map's refusal was counted (once per process).
+    refusal_counted: bool,
 }
 
 impl ProcessState {
@@ -145,6 +151,7 @@ impl ProcessState {
             start_ticks: start,
             alive,
             v8: None,
+            refusal_counted: false,
         }
     }
 
@@ -197,9 +204,10 @@ fn sites(leaf_first: &[u64]) -> impl DoubleEndedIterator<Item = Site> + '_ {
 }
 
 impl Worker {
-    pub(super) fn new(locate_perf_map: LocatePerfMap) -> Self {
+    pub(super) fn new(locate_perf_map: LocatePerfMap, counters: Arc<WorkerCounters>) -> Self {
         Self {
             locate_perf_map,
+            counters,
             processes: HashMap::new(),
             native: NativeSymbolizer::new(),
             names: HashMap::new(),
@@ -243,7 +251,13 @@ impl Worker {
             .entry(pid)
             .or_insert_with(|| ProcessState::new(pid, locate_perf_map(pid)));
         let alive = process.still_alive(pid);
-        let perf_map = refresh_perf_map(&mut process.perf_map);
+        let (perf_map, refused) = refresh_perf_map(&mut process.perf_map);
+        if refused && !process.refusal_counted {
+            process.refusal_counted = true;
+            self.counters
+                .perf_maps_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
         // A refresh (no stacks) also re-reads the mappings, so they are known
         // if the process exits before its stacks are named.
         if stacks.is_empty() && alive {
@@ -470,24 +484,31 @@ fn remember(names: &mut HashMap<CacheKey, String>, key: CacheKey, name: String) 
     names.insert(key, name);
 }
 
-fn refresh_perf_map(perf_map: &mut PerfMap) -> PerfMapStatus {
+/// The map's status, and whether it was refused as hostile.
+fn refresh_perf_map(perf_map: &mut PerfMap) -> (PerfMapStatus, bool) {
     let path = perf_map.path().to_path_buf();
     match perf_map.refresh() {
-        Ok(()) => loaded(perf_map),
+        Ok(()) => (loaded(perf_map), false),
         // The process exited, but the symbols already read still name its stacks.
         Err(error) if perf_map.ever_read() => {
             log::debug!("keeping cached perf map: {error}");
-            loaded(perf_map)
+            (loaded(perf_map), false)
         }
-        Err(PerfMapError::Missing { path }) => PerfMapStatus::Missing { path },
-        Err(PerfMapError::Read { error, .. }) => PerfMapStatus::Unreadable {
-            path,
-            reason: error.to_string(),
-        },
-        Err(PerfMapError::Refused { error, .. }) => PerfMapStatus::Unreadable {
-            path,
-            reason: format!("refused: {error}"),
-        },
+        Err(PerfMapError::Missing { path }) => (PerfMapStatus::Missing { path }, false),
+        Err(PerfMapError::Read { error, .. }) => (
+            PerfMapStatus::Unreadable {
+                path,
+                reason: error.to_string(),
+            },
+            false,
+        ),
+        Err(PerfMapError::Refused { error, .. }) => (
+            PerfMapStatus::Unreadable {
+                path,
+                reason: format!("refused: {error}"),
+            },
+            true,
+        ),
     }
 }
 

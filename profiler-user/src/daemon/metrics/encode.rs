@@ -337,6 +337,15 @@ fn encode_agent(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
                 .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
     }
+    {
+        let help = "What went wrong in the symbolizer, by kind: workers restarted after a stuck request, requests timed out or panicked, perf maps refused";
+        let mut m =
+            enc.encode_descriptor("loopbpf_symbolizer_events", help, None, MetricType::Counter)?;
+        for (what, n, _) in s.symbolizer.events() {
+            m.encode_family(&[("what", what)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
     gauge(
         enc,
         "loopbpf_watched_processes",

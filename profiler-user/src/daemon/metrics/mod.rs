@@ -157,6 +157,7 @@ struct Snapshot {
     kernel: KernelCounters,
     /// JavaScript frames named from V8's memory, all processes.
     v8_names: crate::symbolize::V8Names,
+    symbolizer: crate::symbolize::SymbolizerHealth,
     episodes_stored: u64,
     processes_watched: u64,
     /// Metrics connections closed at once: the endpoint's connection cap was reached.
@@ -176,6 +177,7 @@ impl Default for Snapshot {
             episodes: BTreeMap::new(),
             kernel: KernelCounters::default(),
             v8_names: Default::default(),
+            symbolizer: Default::default(),
             episodes_stored: 0,
             processes_watched: 0,
             connections_refused: 0,
@@ -374,6 +376,10 @@ impl Metrics {
 
     pub fn set_v8_names(&self, v: crate::symbolize::V8Names) {
         self.with(|s| s.v8_names = v);
+    }
+
+    pub fn set_symbolizer(&self, h: crate::symbolize::SymbolizerHealth) {
+        self.with(|s| s.symbolizer = h);
     }
 
     pub fn episode_stored(&self) {
