@@ -3,7 +3,6 @@
 use crate::container::ContainerRoot;
 use crate::parse::{line_type, parse_folded, str_field, u64_field, Block, Episode, FoldedStack};
 use crate::process::{tail, Process};
-use crate::schema::{loopbpf_line, loopbpf_lines};
 use crate::{default_syscall_probes, loopbpf_bin, node_for, timeout, PERF_MAP_FLAG, THRESHOLD_MS};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -442,38 +441,6 @@ pub struct Run {
 }
 
 impl Run {
-    /// Every JSON line loopbpf printed and indexed keeps the contract
-    /// (`docs/schema/loopbpf.schema.json`), whatever the test goes on to read.
-    fn check_contract(&self) {
-        let stdout = loopbpf_lines(self.loopbpf_stdout.iter().map(String::as_str));
-        if let Err(e) = stdout {
-            self.fail(&format!("loopbpf's stdout: {e}"));
-        }
-        let index_path = self.output.path().join("index.jsonl");
-        let index = std::fs::read_to_string(&index_path).unwrap_or_default();
-        let mut indexed = Vec::new();
-        for line in index.lines() {
-            match loopbpf_line(line) {
-                Ok(Some(v)) => indexed.push(v),
-                Ok(None) => self.fail(&format!("{}: not JSON: {line}", index_path.display())),
-                Err(e) => self.fail(&format!("{}: {e}", index_path.display())),
-            }
-        }
-        // The index holds what stdout reported, line for line.
-        let reported: Vec<Value> = ["episode", "threadpool_saturation"]
-            .iter()
-            .flat_map(|kind| self.events(kind))
-            .collect();
-        if indexed.len() != reported.len() {
-            self.fail(&format!(
-                "{} has {} records, stdout {} episode and saturation lines",
-                index_path.display(),
-                indexed.len(),
-                reported.len()
-            ));
-        }
-    }
-
     /// loopbpf's JSON lines of this `"type"`.
     pub fn events(&self, kind: &str) -> Vec<Value> {
         self.loopbpf_stdout

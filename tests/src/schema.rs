@@ -53,6 +53,40 @@ pub fn loopbpf_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Vec
     Ok(out)
 }
 
+impl crate::run::Run {
+    /// Every JSON line loopbpf printed and indexed keeps the contract
+    /// (`docs/schema/loopbpf.schema.json`), whatever the test goes on to read.
+    pub(crate) fn check_contract(&self) {
+        let stdout = loopbpf_lines(self.loopbpf_stdout.iter().map(String::as_str));
+        if let Err(e) = stdout {
+            self.fail(&format!("loopbpf's stdout: {e}"));
+        }
+        let index_path = self.output.path().join("index.jsonl");
+        let index = std::fs::read_to_string(&index_path).unwrap_or_default();
+        let mut indexed = Vec::new();
+        for line in index.lines() {
+            match loopbpf_line(line) {
+                Ok(Some(v)) => indexed.push(v),
+                Ok(None) => self.fail(&format!("{}: not JSON: {line}", index_path.display())),
+                Err(e) => self.fail(&format!("{}: {e}", index_path.display())),
+            }
+        }
+        // The index holds what stdout reported, line for line.
+        let reported: Vec<Value> = ["episode", "threadpool_saturation"]
+            .iter()
+            .flat_map(|kind| self.events(kind))
+            .collect();
+        if indexed.len() != reported.len() {
+            self.fail(&format!(
+                "{} has {} records, stdout {} episode and saturation lines",
+                index_path.display(),
+                indexed.len(),
+                reported.len()
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

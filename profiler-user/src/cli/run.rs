@@ -22,6 +22,7 @@ use crate::{
     cli::reporter::{Output, Reporter},
     clock::monotonic_ns,
     export::report::{LoopSummary, ProcessSummary},
+    kernel::startup::{Phase, Startup},
     kernel::{
         collect,
         privileges::{self, PrivilegeError},
@@ -30,11 +31,10 @@ use crate::{
         },
         target::{self, Target, TargetError, ThreadRole},
     },
-    kernel::startup::{Phase, Startup},
     lifecycle::{Left, Lifecycle},
-    unwind::Unwinder,
     limits::{DRAIN_EVERY, NO_POLL_WARNING_AFTER, PERF_MAP_REFRESH_EVERY, STALL_CHECK_EVERY},
     symbolize::{SymbolizeError, Symbolizer},
+    unwind::Unwinder,
 };
 
 pub struct Settings {

@@ -9,6 +9,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::discovery::Identity;
 use crate::{
     assembly::{episode::Episode, threadpool::PoolEpisode},
+    clock::WallClock,
     daemon::{
         metrics::Metrics,
         store::{Retention, Store},
@@ -17,7 +18,6 @@ use crate::{
         common::Profile, json, pool_report::PoolReport, render_all, report::EpisodeReport,
         FileFormat,
     },
-    clock::WallClock,
     lifecycle::Stall,
     symbolize::{PerfMapStatus, Symbolizer},
 };

@@ -17,6 +17,7 @@ use std::{borrow::Cow, collections::BTreeMap, path::PathBuf, time::SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::WallClock;
+pub use crate::kernel::startup::StartupMs;
 use crate::{
     assembly::{
         loop_stats::LoopFigures,
@@ -122,31 +123,6 @@ pub struct Ready {
     /// Start-up time per phase (`btf`, `maps`, `load:<program>`, `attach`,
     /// …), in the order the phases ran.
     pub startup_ms: StartupMs,
-}
-
-/// Phase name → milliseconds (0.1 ms), kept in the order the phases ran.
-#[derive(Debug)]
-pub struct StartupMs(pub Vec<(String, f64)>);
-
-impl Serialize for StartupMs {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(phase, ms)| (phase, ms)))
-    }
-}
-
-impl StartupMs {
-    pub fn of(startup: &crate::kernel::startup::Startup) -> StartupMs {
-        StartupMs(
-            startup
-                .phases()
-                .iter()
-                .map(|(phase, took)| {
-                    let ms = (took.as_secs_f64() * 1e4).round() / 10.0;
-                    (phase.name(), ms)
-                })
-                .collect(),
-        )
-    }
 }
 
 pub fn ready(

@@ -200,7 +200,10 @@ fn process_summary(threadpool: Option<PoolSummary>) -> ProcessSummary {
 
 #[test]
 fn ready_line() {
-    let startup = StartupMs(vec![("btf".into(), 41.2), ("load:sched_switch".into(), 177.0)]);
+    let startup = StartupMs(vec![
+        ("btf".into(), 41.2),
+        ("load:sched_switch".into(), 177.0),
+    ]);
     let line = ready(&[1, 2], 50_000_000, 199, SyscallProbes::Tracepoint, startup).to_json();
     check(&line, "ready", false);
     // The phases keep the order they ran in.

@@ -106,6 +106,31 @@ impl Drop for Timer<'_> {
     }
 }
 
+/// Phase name → milliseconds (0.1 ms), kept in the order the phases ran.
+#[derive(Debug)]
+pub struct StartupMs(pub Vec<(String, f64)>);
+
+impl serde::Serialize for StartupMs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(phase, ms)| (phase, ms)))
+    }
+}
+
+impl StartupMs {
+    pub fn of(startup: &crate::kernel::startup::Startup) -> StartupMs {
+        StartupMs(
+            startup
+                .phases()
+                .iter()
+                .map(|(phase, took)| {
+                    let ms = (took.as_secs_f64() * 1e4).round() / 10.0;
+                    (phase.name(), ms)
+                })
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -207,8 +207,7 @@ fn a_removed_episode_leaves_its_files_and_index_line_and_the_others_stay() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), BIG).unwrap();
     for id in ["1-1-5", "1-1-6-provisional", "1-1-7"] {
-        s.put(id, &folded(id, "a;b 3\n"), rec(id))
-            .unwrap();
+        s.put(id, &folded(id, "a;b 3\n"), rec(id)).unwrap();
     }
     let before = s.total_bytes();
     s.remove("1-1-6-provisional").unwrap();
