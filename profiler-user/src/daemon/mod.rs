@@ -85,6 +85,13 @@ fn kernel_config(c: &Config) -> Result<profiler_common::Config, ProbeError> {
 }
 
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
+    // Handled from the first moment: start-up (probes, the first scan, each
+    // process's symbols and unwind tables) takes a second or more, and a
+    // SIGHUP's default action would kill the daemon in that window (a reload
+    // sent as soon as /metrics showed a process did).
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let config = settings.load()?;
     let syscall_probes = SyscallProbesChoice::from_env()?;
     privileges::check()?;
@@ -146,9 +153,6 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     let mut last = [tokio::time::Instant::now(); 5];
     loop {
