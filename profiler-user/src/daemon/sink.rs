@@ -2,7 +2,7 @@
 //! writes (two fsyncs per file) never hold up draining the ring buffer: name
 //! the frames, store the episode (its files as `formats` chose + JSON + index
 //! line), log one line.
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -12,7 +12,7 @@ use crate::{
     clock::WallClock,
     daemon::{
         metrics::Metrics,
-        store::{Retention, Store},
+        store::{Retention, Store, StoreError},
     },
     export::{
         common::Profile, json, pool_report::PoolReport, render_all, report::EpisodeReport,
@@ -105,6 +105,25 @@ impl Sink {
         files
     }
 
+    /// Stores an episode's record with its files (none without samples),
+    /// the record naming the paths the store wrote.
+    fn put_episode(
+        &mut self,
+        report: &EpisodeReport,
+        profile: &Profile,
+        mut record: json::Line<json::Episode>,
+    ) -> Result<(Vec<PathBuf>, PathBuf), StoreError> {
+        let files = if report.episode.samples > 0 {
+            self.render(profile)
+        } else {
+            Vec::new()
+        };
+        self.store.put(&profile.id, &files, |folded, files| {
+            (record.body.folded, record.body.files) = (folded, files);
+            record.to_json()
+        })
+    }
+
     fn clock(&self) -> WallClock {
         WallClock::with_offset(self.realtime_minus_monotonic_ns)
     }
@@ -186,22 +205,13 @@ impl Sink {
         record.body.process = Some(labels(&id));
         record.body.id = file_id.clone();
         record.body.provisional = true;
-        let files = if report.episode.samples > 0 {
-            self.render(&profile)
-        } else {
-            Vec::new()
-        };
-        let record = |folded, files| {
-            (record.body.folded, record.body.files) = (folded, files);
-            record.to_json()
-        };
         if let Some(old) = self.provisional.remove(&key) {
             // Same id (same iteration): the new one takes its place.
             if let Err(err) = self.store.remove(&old) {
                 log::warn!("provisional record {old} not removed: {err}");
             }
         }
-        match self.store.put(&file_id, &files, record) {
+        match self.put_episode(&report, &profile, record) {
             Ok(_) => {
                 self.provisional.insert(key, file_id);
             }
@@ -239,19 +249,9 @@ impl Sink {
             report.breakdown.verdict,
         );
         let profile = Profile::of_episode(&report, self.frequency_hz);
-        let file_id = profile.id.clone();
         let mut record = json::episode(&report, &self.clock());
         record.body.process = Some(labels(&id));
-        let files = if report.episode.samples > 0 {
-            self.render(&profile)
-        } else {
-            Vec::new()
-        };
-        let record = |folded, files| {
-            (record.body.folded, record.body.files) = (folded, files);
-            record.to_json()
-        };
-        let stored = self.store.put(&file_id, &files, record);
+        let stored = self.put_episode(&report, &profile, record);
         let key = (report.episode.pid, report.episode.tid, report.episode.seq);
         if let Some(provisional) = self.provisional.remove(&key) {
             if let Err(err) = self.store.remove(&provisional) {
