@@ -44,8 +44,11 @@ impl Kallsyms {
         let mut hidden = 0usize;
         for line in BufReader::with_capacity(64 << 10, reader).split(b'\n') {
             let line = line?;
-            let mut fields = line.split(|&b| b == b' ' || b == b'\t').filter(|f| !f.is_empty());
-            let (Some(addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+            let mut fields = line
+                .split(|&b| b == b' ' || b == b'\t')
+                .filter(|f| !f.is_empty());
+            let (Some(addr), Some(kind), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
             else {
                 continue;
             };

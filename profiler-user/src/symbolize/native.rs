@@ -63,7 +63,12 @@ impl NativeSymbolizer {
         });
         addrs
             .iter()
-            .map(|&a| kallsyms.name(a).map(sanitize_frame_name).filter(|n| !n.is_empty()))
+            .map(|&a| {
+                kallsyms
+                    .name(a)
+                    .map(sanitize_frame_name)
+                    .filter(|n| !n.is_empty())
+            })
             .collect()
     }
 
