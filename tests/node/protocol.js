@@ -17,6 +17,15 @@ function idleMs(ms) {
   return ms * TIME_SCALE;
 }
 
+// Set by tests that scale loopbpf's threshold by the machine's measured
+// speed factor (Scenario::speed_scaled): block lengths scale with it, so
+// blocks stay over the threshold. 1 elsewhere.
+const SPEED_SCALE = Number(process.env.LOOPBPF_TEST_SPEED_SCALE || 1);
+
+function blockMs(ms) {
+  return ms * SPEED_SCALE;
+}
+
 function now() {
   return process.hrtime.bigint();
 }
@@ -48,4 +57,4 @@ function done(extra) {
   report({ script: 'done', at_ns: now().toString(), ...extra });
 }
 
-module.exports = { now, report, measure, waitForGo, done, idleMs };
+module.exports = { now, report, measure, waitForGo, done, idleMs, blockMs };

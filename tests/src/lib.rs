@@ -138,6 +138,22 @@ pub fn time_scale() -> f64 {
     }
 }
 
+/// `LOOPBPF_TEST_SPEED_FACTOR`: how many times slower this machine ran a
+/// fixed calibration loop (`tests/node/calibrate.js`) than the host the
+/// bounds were set on; measured by the `vm-test` guest's init, unset (1)
+/// elsewhere. Tests that opt in (`Scenario::speed_scaled`) scale their
+/// thresholds and block lengths by it, so host speed never decides them; at
+/// 1 every bound is today's exactly.
+pub fn speed_factor() -> f64 {
+    match env::var("LOOPBPF_TEST_SPEED_FACTOR") {
+        Err(_) => 1.0,
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 1.0 => s,
+            _ => panic!("LOOPBPF_TEST_SPEED_FACTOR={v:?} is not a number >= 1"),
+        },
+    }
+}
+
 /// A timeout stretched by `time_scale()`.
 pub fn timeout(d: std::time::Duration) -> std::time::Duration {
     d.mul_f64(time_scale())
