@@ -45,12 +45,17 @@ const NODE: u32 = 20;
 /// Kernel tests run in each guest: (test binary, name filter). A stated
 /// subset: every syscall-probe test (fentry by default there, tracepoint and
 /// tp_btf forced, tracefs missing, a loop asleep at attach, blocks.js and
-/// execSync through each) and a nested execSync loop, on one Node major. The
-/// full suite under emulation would not fit CI's hour, and tests that hold
-/// loop work around a block to a few ms (blocks.rs, wedged.rs) or require
-/// Node's own iterations to stay under 50 ms (healthy.rs, wedged.rs: cold
-/// code and GC take longer than that under emulation) assume a normal CPU.
-const GUEST_TESTS: [(&str, &str); 2] = [("syscall_probes", ""), ("exec_sync", "node20")];
+/// execSync through each), a nested execSync loop, and the tests whose
+/// thresholds and block lengths scale by the guest's measured speed factor
+/// (blocks, wedged, healthy: `LOOPBPF_TEST_SPEED_FACTOR`, see test_script),
+/// on one Node major. The full suite under emulation would not fit CI's hour.
+const GUEST_TESTS: [(&str, &str); 5] = [
+    ("syscall_probes", ""),
+    ("exec_sync", "node20"),
+    ("wedged", "node20"),
+    ("blocks", "node20"),
+    ("healthy", "node20"),
+];
 
 /// `--tests` name of the systemd case (systemd.rs): in the default set, run
 /// once, on the newest kernel selected.
