@@ -163,11 +163,7 @@ impl SymbolizerHealth {
                 "symbolizer restarts (a request stuck)",
             ),
             ("timeouts", self.timeouts, "symbolize requests timed out"),
-            (
-                "retries",
-                self.retries,
-                "processes retried after a backoff",
-            ),
+            ("retries", self.retries, "processes retried after a backoff"),
             (
                 "gave_up",
                 self.gave_up,
@@ -400,7 +396,8 @@ impl Symbolizer {
             let counters = &workers.counters;
             let _ = verdict.abandoned.set(verdict.stuck);
             counters.timeouts.fetch_add(1, Ordering::Relaxed);
-            let struck = lock(&workers.strikes).strike(verdict.pid, Instant::now(), &workers.policy);
+            let struck =
+                lock(&workers.strikes).strike(verdict.pid, Instant::now(), &workers.policy);
             let then = match struck {
                 Struck::Benched { strikes, backoff } => format!(
                     "strike {strikes} of {}, retried in {:.1} s",
@@ -441,7 +438,9 @@ fn sender_reply(sender: tokio::sync::oneshot::Sender<Result<Symbolized, Symboliz
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain fields, consistent at every step: a panic elsewhere leaves them usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Starts a worker on the shared queue; returns its watch.

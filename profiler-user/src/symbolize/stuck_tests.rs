@@ -84,7 +84,10 @@ async fn a_hung_process_is_retried_after_a_backoff_then_given_up() {
     let started = Instant::now();
     let again = symbolizer.prepare(1).await;
     assert!(timed_out(&again).is_some(), "{again:?}");
-    assert!(started.elapsed() >= Duration::from_secs(2), "limits did not grow");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "limits did not grow"
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let gave_up = symbolizer.symbolize(1, vec![user_stack(&[0x1])]).await;
     assert!(
@@ -169,6 +172,9 @@ fn a_request_queued_behind_a_stuck_one_is_served_by_the_replacement() {
     assert!(timed_out(&stuck).is_some(), "{stuck:?}");
     // Only pid 1 was struck.
     let health = symbolizer.health();
-    assert_eq!((health.timeouts, health.restarts, health.skipped), (1, 1, 0));
+    assert_eq!(
+        (health.timeouts, health.restarts, health.skipped),
+        (1, 1, 0)
+    );
     drop(release);
 }

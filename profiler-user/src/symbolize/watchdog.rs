@@ -284,7 +284,9 @@ impl Strikes {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain fields, consistent at every step: a panic elsewhere leaves them usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -313,7 +315,10 @@ mod tests {
         let backoff = Duration::from_secs(2);
         assert_eq!(
             strikes.strike(7, t0, &POLICY),
-            Struck::Benched { strikes: 1, backoff }
+            Struck::Benched {
+                strikes: 1,
+                backoff
+            }
         );
         assert_eq!(strikes.admit(7, s(1)), Admit::Benched);
         assert_eq!(strikes.current(7, s(1)), None);
@@ -325,7 +330,10 @@ mod tests {
         let backoff = Duration::from_secs(4);
         assert_eq!(
             strikes.strike(7, s(3), &POLICY),
-            Struck::Benched { strikes: 2, backoff }
+            Struck::Benched {
+                strikes: 2,
+                backoff
+            }
         );
         assert_eq!(strikes.admit(7, s(6)), Admit::Benched);
         assert_eq!(strikes.strike(7, s(7), &POLICY), Struck::GaveUp);
@@ -380,15 +388,25 @@ mod tests {
         go.send(()).unwrap();
         spun.recv().unwrap();
         assert!(watch.check(at(900)).is_none(), "it computed");
-        assert!(watch.check(at(1500)).is_none(), "asleep for less than the stall window");
+        assert!(
+            watch.check(at(1500)).is_none(),
+            "asleep for less than the stall window"
+        );
         let verdict = watch.check(at(2000)).unwrap();
         assert_eq!(verdict.pid, 7);
-        assert_eq!(verdict.stuck, Stuck::NoProgress(Duration::from_millis(1100)));
+        assert_eq!(
+            verdict.stuck,
+            Stuck::NoProgress(Duration::from_millis(1100))
+        );
         // Computing again, but past its budget.
         go.send(()).unwrap();
         spun.recv().unwrap();
         let verdict = watch.check(at(5000)).unwrap();
-        assert!(matches!(verdict.stuck, Stuck::OverBudget(_)), "{:?}", verdict.stuck);
+        assert!(
+            matches!(verdict.stuck, Stuck::OverBudget(_)),
+            "{:?}",
+            verdict.stuck
+        );
         watch.end();
         assert!(watch.check(at(60_000)).is_none(), "idle, not busy");
         drop(go);
