@@ -10,7 +10,8 @@
 // How many times slower than a normal machine this one runs (an emulated
 // guest of `cargo xtask vm-test` sets it): idle gaps between blocks are
 // stretched by it, so that slow loop work around a block never runs into the
-// next timer. Blocks themselves are timed, never scaled.
+// next timer. Blocks are timed, and scaled only by the measured speed
+// factor in the tests that ask for it (blockMs below).
 const TIME_SCALE = Number(process.env.LOOPBPF_TEST_TIME_SCALE || 1);
 
 function idleMs(ms) {

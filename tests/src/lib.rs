@@ -126,8 +126,8 @@ pub fn node_for(major: u32) -> PathBuf {
 
 /// `LOOPBPF_TEST_TIME_SCALE`: how many times slower than a normal machine
 /// this one runs, for the timeouts (an emulated guest of `cargo xtask
-/// vm-test` sets it). Never for thresholds or block lengths: those are times
-/// the scripts measure themselves.
+/// vm-test` sets it). Never for thresholds or block lengths: those scale by
+/// the measured `speed_factor()`, in the tests that opt in.
 pub fn time_scale() -> f64 {
     match env::var("LOOPBPF_TEST_TIME_SCALE") {
         Err(_) => 1.0,

@@ -8,7 +8,10 @@
 //! console, which is all the host reads back. Guests use KVM when a KVM guest
 //! boots here, else pure emulation (TCG, JIT code ~100x slower): the tests'
 //! timeouts are stretched (`LOOPBPF_TEST_TIME_SCALE`), their blocks are timed
-//! by the scripts themselves, so nothing depends on the guest's speed.
+//! by the scripts themselves, and the tests that bound loop work (blocks,
+//! wedged, healthy) scale their thresholds and block lengths by the guest's
+//! speed factor, measured at boot against the host with a calibration loop
+//! (`LOOPBPF_TEST_SPEED_FACTOR`), so nothing depends on the guest's speed.
 
 pub mod guest_bench;
 mod image;
