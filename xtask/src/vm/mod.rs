@@ -28,19 +28,9 @@ use std::time::Duration;
 use kernel::Series;
 use qemu::{Accel, Boot, Outcome};
 
-/// BENCHMARKS.md's last section, written by `vm-test --bench` and kept by
-/// `cargo xtask bench` (which rewrites everything before it).
+/// BENCHMARKS.md's section written by `vm-test --bench` (and kept by
+/// `cargo xtask bench`, which does not write it).
 const EMULATED_SECTION: &str = "## fentry against tracepoints, under emulation";
-
-/// `text` followed by `old`'s emulated section (from its heading to the end),
-/// if `old` has one.
-pub fn with_emulated_section(text: &str, old: &str) -> String {
-    let before = text.find(EMULATED_SECTION).map_or(text, |i| &text[..i]);
-    match old.find(EMULATED_SECTION) {
-        Some(i) => format!("{}\n{}", before.trim_end(), &old[i..]),
-        None => before.to_string(),
-    }
-}
 
 /// The Node major in the guests (the machine's own Node where it is 20).
 const NODE: u32 = 20;
@@ -311,12 +301,8 @@ fn write_bench_section(path: &Path, tables: &[String]) -> Result<()> {
         crate::cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?,
         tables.join("\n")
     );
-    let kept = old
-        .find(EMULATED_SECTION)
-        .map_or(old.as_str(), |i| &old[..i])
-        .trim_end();
-    std::fs::write(path, format!("{kept}\n\n{section}"))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let text = crate::bench::sections::replace_section(&old, EMULATED_SECTION, &section);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -536,19 +522,4 @@ fn ensure_host_tools() -> Result<()> {
         "cpio",
         "busybox-static",
     ]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_emulated_section_survives_a_rewrite() {
-        let old = format!("# old\n\n{EMULATED_SECTION}\n\ntable\n");
-        assert_eq!(
-            with_emulated_section("# new\n", &old),
-            format!("# new\n{EMULATED_SECTION}\n\ntable\n")
-        );
-        assert_eq!(with_emulated_section("# new\n", "# old\n"), "# new\n");
-    }
 }
