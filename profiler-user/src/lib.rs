@@ -11,6 +11,7 @@ pub mod export;
 pub mod kernel;
 pub mod lifecycle;
 pub mod limits;
+pub mod memory;
 pub mod printable;
 pub mod secure_fs;
 pub mod symbolize;

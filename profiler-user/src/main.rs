@@ -16,6 +16,7 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    profiler_user::memory::one_arena();
     let mut args = std::env::args_os().skip(1);
     if args
         .next()

@@ -166,6 +166,32 @@ pub fn write_new(
     Ok(path)
 }
 
+/// [`write_new`] without waiting for the disk: the file is complete and in
+/// place when this returns (readers see all of it or the old one), and the
+/// returned handle is synced by the caller once it has said so (an episode
+/// line must not wait for fsyncs behind a busy disk).
+pub fn write_new_sync_later(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(PathBuf, File), SecureFsError> {
+    let path = dir.join(name);
+    let write_error = |source| SecureFsError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".loopbpf-")
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(write_error)?;
+    tmp.write_all(bytes).map_err(write_error)?;
+    let file = tmp.persist(&path).map_err(|e| write_error(e.error))?;
+    Ok((path, file))
+}
+
 /// Opens `path` to append (creating it with `mode`), refusing a symlink or
 /// anything but a regular file (a FIFO would block, a device would be written).
 pub fn open_append(path: &Path, mode: u32) -> Result<File, SecureFsError> {

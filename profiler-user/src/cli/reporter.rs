@@ -188,17 +188,17 @@ impl Reporter {
     /// printed).
     fn files_outcome(
         &mut self,
-        written: Written,
+        written: &mut Written,
     ) -> (Vec<PathBuf>, Option<PathBuf>, Option<String>) {
         let folded = written.folded();
-        let error = written.error.map(|err| {
+        let error = written.error.take().map(|err| {
             if !self.write_error_warned {
                 self.write_error_warned = true;
                 self.warn(None, &format!("{err}; episodes are still reported here"));
             }
             err.to_string()
         });
-        (written.paths, folded, error)
+        (std::mem::take(&mut written.paths), folded, error)
     }
 
     async fn pool_saturation(&mut self, e: PoolEpisode) {
@@ -209,10 +209,12 @@ impl Reporter {
                 format!("pid {pid}: symbolization failed ({err}); frames left as addresses");
             self.warn(Some(pid), &message);
         }
+        let mut written = Written::default();
         if !report.stacks.is_empty() {
             let profile = Profile::of_pool(&report, self.frequency_hz);
-            let written = write_all(&self.output_dir, &profile, &self.formats);
-            (report.files, report.folded_path, report.folded_error) = self.files_outcome(written);
+            written = write_all(&self.output_dir, &profile, &self.formats);
+            (report.files, report.folded_path, report.folded_error) =
+                self.files_outcome(&mut written);
         }
         let record = json::pool_saturation(&report, &self.clock).to_json();
         self.index(&record);
@@ -221,6 +223,9 @@ impl Reporter {
         } else {
             stdout_line(&text::pool_saturation(&report, &self.clock));
         }
+        // Said first, synced after on a blocking thread: neither the line
+        // nor the ring buffer's drain (same thread) waits for the disk.
+        tokio::task::spawn_blocking(move || written.sync());
     }
 
     /// Appends the episode's line to `index.jsonl` in the output directory,
@@ -280,10 +285,12 @@ impl Reporter {
                 self.warn(Some(pid), &message);
             }
         }
+        let mut written = Written::default();
         if !report.stacks.is_empty() || !report.off_cpu.is_empty() {
             let profile = Profile::of_episode(&report, self.frequency_hz);
-            let written = write_all(&self.output_dir, &profile, &self.formats);
-            (report.files, report.folded_path, report.folded_error) = self.files_outcome(written);
+            written = write_all(&self.output_dir, &profile, &self.formats);
+            (report.files, report.folded_path, report.folded_error) =
+                self.files_outcome(&mut written);
         }
         *self.episodes.entry(report.episode.pid).or_default() += 1;
         let record = json::episode(&report, &self.clock).to_json();
@@ -293,6 +300,9 @@ impl Reporter {
         } else {
             stdout_line(&text::episode(&report, &self.clock));
         }
+        // Said first, synced after on a blocking thread: neither the line
+        // nor the ring buffer's drain (same thread) waits for the disk.
+        tokio::task::spawn_blocking(move || written.sync());
     }
 }
 

@@ -164,6 +164,8 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
             message,
         });
     }
+    // BTF, the BPF object and the ELF parses of start-up are freed by now.
+    crate::memory::release_freed();
 
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: the fd stays open
     // for as long as it is registered.
@@ -335,7 +337,10 @@ async fn finish(
         threads::update_from_kernel(pid, &mut w.threads, &loops, &pool);
         std::mem::take(&mut w.threads)
     } else {
-        thread_census(probes, symbolizer, pid).await
+        let (loops, pool) = kernel_roles(probes, pid);
+        let mut threads = threads::census_again(pid, &w.threads, &loops, &pool);
+        threads::classify_by_stack(pid, &mut threads, symbolizer).await;
+        threads
     };
     // The census knows a loop thread that is not a Worker (V8's delayed-task
     // scheduler, on Node 20 only from its stack).

@@ -137,10 +137,13 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         sink: tx,
         pending: Vec::new(),
         pool_candidates: HashMap::new(),
+        unwind_ready: Default::default(),
     };
     // Attached before the scan: a process started during the scan is caught by its exec event.
     st.scan();
     st.refresh_metrics();
+    // BTF, the BPF object and the ELF parses of start-up are freed by now.
+    crate::memory::release_freed();
     log::info!(
         "ready: watching {} processes, threshold {} ms, {} Hz stacks, {} syscall probes, metrics on http://{bound}/metrics, state in {}",
         st.watched.len(),
@@ -175,7 +178,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                     st.free_dead_threads();
                     st.refresh_metrics();
                 }
-                if due(1, SWEEP_EVERY, &mut last) { st.sweep(); }
+                if due(1, SWEEP_EVERY, &mut last) {
+                    st.sweep();
+                    // What exited processes held (symbols, tables) goes back to the kernel.
+                    crate::memory::release_freed();
+                }
                 if due(4, STALL_CHECK_EVERY, &mut last) { st.check_stalls(); }
                 if due(2, PERF_MAP_REFRESH_EVERY, &mut last) {
                     for &pid in st.watched.keys() {

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::{
     config::Config,
@@ -24,6 +24,7 @@ use crate::{
     lifecycle::{self, Left, Lifecycle, Stall},
     limits::{MAX_PENDING_EXECS, POOL_ATTACH_AFTER},
     symbolize::Symbolizer,
+    unwind::ProcessUnwinder,
 };
 
 pub struct State {
@@ -40,6 +41,22 @@ pub struct State {
     pub pending: Vec<u32>,
     /// Watched processes waiting for their threadpool uprobes, since when.
     pub pool_candidates: HashMap<u32, Instant>,
+    /// Unwind tables read on blocking threads (discovery does not wait for
+    /// them), back to the lifecycle on the next drain.
+    pub unwind_ready: PreparedUnwind,
+}
+
+/// Process unwinders built off the daemon's loop: where the jobs send them.
+pub struct PreparedUnwind {
+    tx: UnboundedSender<(u32, ProcessUnwinder)>,
+    rx: UnboundedReceiver<(u32, ProcessUnwinder)>,
+}
+
+impl Default for PreparedUnwind {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        PreparedUnwind { tx, rx }
+    }
 }
 
 /// The daemon's side of the lifecycle: episodes and stalls to the sink (with
@@ -138,7 +155,13 @@ impl State {
             let _ = s.prepare(pid).await;
         });
         self.life.watch(pid);
-        self.life.prepare_unwind(pid);
+        // A node binary's tables take tens of ms to read: on a blocking
+        // thread, so a scan of many processes does not wait for them.
+        let job = self.life.unwind_job(pid);
+        let tx = self.unwind_ready.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send((pid, job()));
+        });
         self.watched.insert(pid, id);
         true
     }
@@ -165,6 +188,9 @@ impl State {
     }
 
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Ok((pid, p)) = self.unwind_ready.rx.try_recv() {
+            self.life.add_prepared_unwind(pid, p);
+        }
         while let Some(item) = ring.next() {
             let record = collect::decode(&item);
             drop(item);

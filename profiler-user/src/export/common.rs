@@ -352,6 +352,17 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Expor
     secure_fs::write_new(dir, name, bytes, OUTPUT_FILE_MODE).map_err(ExportError::Write)
 }
 
+/// [`write_file`], the file to be synced by the caller (see
+/// [`secure_fs::write_new_sync_later`]).
+pub fn write_file_sync_later(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(PathBuf, std::fs::File), ExportError> {
+    secure_fs::ensure_dir(dir, &DirPolicy::output()).map_err(ExportError::Dir)?;
+    secure_fs::write_new_sync_later(dir, name, bytes, OUTPUT_FILE_MODE).map_err(ExportError::Write)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

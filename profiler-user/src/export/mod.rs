@@ -73,9 +73,21 @@ pub fn render_all(
 pub struct Written {
     pub paths: Vec<PathBuf>,
     pub error: Option<ExportError>,
+    /// The files, in place but not yet synced: see [`Written::sync`].
+    unsynced: Vec<std::fs::File>,
 }
 
 impl Written {
+    /// Syncs the files to disk; called once the episode has been reported,
+    /// so its line does not wait for the disk.
+    pub fn sync(self) {
+        for f in self.unsynced {
+            if let Err(e) = f.sync_data() {
+                log::debug!("syncing an episode file failed: {e}");
+            }
+        }
+    }
+
     pub fn folded(&self) -> Option<PathBuf> {
         self.paths
             .iter()
@@ -88,13 +100,21 @@ impl Written {
 pub fn write_all(dir: &Path, p: &Profile, formats: &[FileFormat]) -> Written {
     let (files, mut error) = render_all(p, formats);
     let mut paths = Vec::new();
+    let mut unsynced = Vec::new();
     for (name, bytes) in files {
-        match common::write_file(dir, &name, &bytes) {
-            Ok(path) => paths.push(path),
+        match common::write_file_sync_later(dir, &name, &bytes) {
+            Ok((path, file)) => {
+                paths.push(path);
+                unsynced.push(file);
+            }
             Err(e) => {
                 error.get_or_insert(e);
             }
         }
     }
-    Written { paths, error }
+    Written {
+        paths,
+        error,
+        unsynced,
+    }
 }

@@ -20,7 +20,7 @@ use crate::{
         probes::Probes,
     },
     limits::{MAX_DISTINCT_STACKS, MAX_POOL_ITEMS_PER_S, STALL_NOTICE_AFTER, STALL_REPEAT_EVERY},
-    unwind::Unwinder,
+    unwind::{ProcessUnwinder, Unwinder},
 };
 
 #[cfg(test)]
@@ -143,6 +143,25 @@ impl Lifecycle {
     /// Reads `pid`'s unwind tables now, not on its first sample.
     pub fn prepare_unwind(&mut self, pid: u32) {
         self.unwinder.prepare(pid);
+    }
+
+    /// [`Self::prepare_unwind`] as a job for a blocking thread; its result
+    /// goes to [`Self::add_prepared_unwind`]. Until then a sample of `pid`
+    /// reads the tables itself.
+    pub fn unwind_job(&self, pid: u32) -> impl FnOnce() -> ProcessUnwinder + Send {
+        self.unwinder.prepare_off_thread(pid)
+    }
+
+    /// The result of [`Self::unwind_job`], kept if `pid` is still watched.
+    pub fn add_prepared_unwind(&mut self, pid: u32, p: ProcessUnwinder) {
+        if self.watched.contains_key(&pid) {
+            self.unwinder.add_prepared(pid, p);
+        }
+    }
+
+    /// The unwinder (for tests and the bench).
+    pub fn unwinder(&self) -> &Unwinder {
+        &self.unwinder
     }
 
     /// A new threshold (daemon SIGHUP): for episodes closed from now on and

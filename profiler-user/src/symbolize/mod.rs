@@ -5,6 +5,7 @@
 //! blazesym's symbolizer is not `Send`, so one instance lives on a dedicated
 //! thread and [`Symbolizer`] is a cheap, cloneable handle to it.
 
+mod kallsyms;
 mod maps;
 mod name_table;
 mod native;

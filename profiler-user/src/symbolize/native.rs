@@ -2,14 +2,16 @@
 //! blazesym. Not `Send`: lives on the symbolizer thread.
 
 use blazesym::symbolize::evict::{Evict, Process as EvictProcess};
-use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
+use blazesym::symbolize::source::{Elf, Process, Source};
 use blazesym::symbolize::{Input, Reason, Symbolized};
-use blazesym::MaybeDefault;
 
+use super::kallsyms::Kallsyms;
 use super::perf_map::sanitize_frame_name;
 
 pub(super) struct NativeSymbolizer {
     blazesym: blazesym::symbolize::Symbolizer,
+    /// Read on the first kernel address.
+    kallsyms: Option<Kallsyms>,
 }
 
 impl NativeSymbolizer {
@@ -20,7 +22,10 @@ impl NativeSymbolizer {
             .enable_inlined_fns(false)
             .enable_demangling(true)
             .build();
-        Self { blazesym }
+        Self {
+            blazesym,
+            kallsyms: None,
+        }
     }
 
     /// One entry per address; `None` where no symbol covers it.
@@ -40,20 +45,30 @@ impl NativeSymbolizer {
             .collect()
     }
 
-    pub(super) fn kernel_names(&self, addrs: &[u64]) -> Vec<Option<String>> {
+    pub(super) fn kernel_names(&mut self, addrs: &[u64]) -> Vec<Option<String>> {
         if addrs.is_empty() {
             return Vec::new();
         }
-        // kallsyms has every function name; parsing a vmlinux's DWARF would
-        // cost seconds for nothing more than that.
-        let kernel = Kernel {
-            vmlinux: MaybeDefault::None,
-            debug_syms: false,
-            ..Kernel::default()
-        };
-        self.names(&Source::Kernel(kernel), addrs)
-            .into_iter()
-            .map(Lookup::into_name)
+        // kallsyms has every function name (a vmlinux's DWARF would cost
+        // seconds for nothing more); read once, kept compact.
+        let kallsyms = self.kallsyms.get_or_insert_with(|| match Kallsyms::load() {
+            Ok(k) => {
+                log::debug!("{} kernel functions read from /proc/kallsyms", k.len());
+                k
+            }
+            Err(e) => {
+                log::warn!("kernel frames will be unnamed: {e}");
+                Kallsyms::default()
+            }
+        });
+        addrs
+            .iter()
+            .map(|&a| {
+                kallsyms
+                    .name(a)
+                    .map(sanitize_frame_name)
+                    .filter(|n| !n.is_empty())
+            })
             .collect()
     }
 

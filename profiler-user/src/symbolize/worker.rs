@@ -238,12 +238,19 @@ impl Worker {
             // Any address loads the whole table; its name does not matter.
             let _ = self.native.kernel_names(&[KERNEL_WARM_UP_ADDR]);
         }
+        let fresh = !self.processes.contains_key(&pid);
         let locate_perf_map = &self.locate_perf_map;
         let process = self
             .processes
             .entry(pid)
             .or_insert_with(|| ProcessState::new(pid, locate_perf_map(pid)));
         if !process.still_alive(pid) {
+            // Gone before it was prepared (a short-lived process; its
+            // `forget` may already have come): keeping this entry would
+            // hold its state, and an open /proc root, until loopbpf exits.
+            if fresh {
+                self.processes.remove(&pid);
+            }
             return;
         }
         process.maps.reload();

@@ -63,7 +63,9 @@ pub struct Unwinder {
     pub stats: UnwindStats,
 }
 
-struct ProcessUnwinder {
+/// One process's unwinder, built by [`Unwinder::prepare`] or, off the
+/// caller's thread, by [`Unwinder::prepare_off_thread`].
+pub struct ProcessUnwinder {
     mappings: Vec<ExecMapping>,
     unwinder: UnwinderX86_64<Arc<[u8]>>,
     cache: CacheX86_64,
@@ -71,7 +73,27 @@ struct ProcessUnwinder {
     added: HashSet<u64>,
     /// Mappings whose tables have CFA rules framehop cannot follow, sorted.
     expr_modules: Vec<ExprModule>,
+    /// The tables this process uses: while any process holds a file's
+    /// tables they stay cached; once none does, they are dropped.
+    used: Vec<Arc<modules::Tables>>,
     loaded_at: Instant,
+    /// Files whose tables could not be read.
+    table_errors: u64,
+}
+
+impl ProcessUnwinder {
+    fn new() -> Self {
+        ProcessUnwinder {
+            mappings: Vec::new(),
+            unwinder: UnwinderX86_64::new(),
+            cache: CacheX86_64::new(),
+            added: HashSet::new(),
+            expr_modules: Vec::new(),
+            used: Vec::new(),
+            loaded_at: Instant::now(),
+            table_errors: 0,
+        }
+    }
 }
 
 impl Unwinder {
@@ -83,16 +105,43 @@ impl Unwinder {
     /// the first samples do not pay for it. Safe to call again.
     pub fn prepare(&mut self, pid: u32) {
         if let std::collections::hash_map::Entry::Vacant(e) = self.processes.entry(pid) {
-            e.insert(ProcessUnwinder {
-                mappings: Vec::new(),
-                unwinder: UnwinderX86_64::new(),
-                cache: CacheX86_64::new(),
-                added: HashSet::new(),
-                expr_modules: Vec::new(),
-                loaded_at: Instant::now(),
-            });
+            e.insert(ProcessUnwinder::new());
             self.reload(pid);
         }
+    }
+
+    /// What [`Self::prepare`] does, as a job for another thread (the
+    /// daemon's discovery must not wait for a binary's tables): run the
+    /// returned closure there and give its result to [`Self::add_prepared`].
+    /// Files already cached are not read again.
+    pub fn prepare_off_thread(&self, pid: u32) -> impl FnOnce() -> ProcessUnwinder + Send {
+        let mut cache = self.tables.clone();
+        move || {
+            let mut p = ProcessUnwinder::new();
+            load_process(&mut cache, pid, &mut p);
+            p
+        }
+    }
+
+    /// A process unwinder built by [`Self::prepare_off_thread`]; its tables
+    /// join the cache. Kept only if `pid` has none yet (a sample that came
+    /// first built one).
+    pub fn add_prepared(&mut self, pid: u32, p: ProcessUnwinder) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.processes.entry(pid) {
+            self.stats.table_errors += p.table_errors;
+            self.tables.adopt(&p.used);
+            e.insert(p);
+        }
+    }
+
+    /// Whether `pid` has an unwinder (prepared or built by a sample).
+    pub fn is_prepared(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
+    /// Files whose tables are cached (for tests and the bench).
+    pub fn cached_files(&self) -> usize {
+        self.tables.len()
     }
 
     /// Replaces a sample's user stack by the one unwound from its copy.
@@ -111,9 +160,12 @@ impl Unwinder {
         o.user = addresses(&unwound);
     }
 
-    /// Drops `pid`'s state once it has exited.
+    /// Drops `pid`'s state once it has exited, and the tables of files no
+    /// other process uses.
     pub fn forget(&mut self, pid: u32) {
-        self.processes.remove(&pid);
+        if self.processes.remove(&pid).is_some() {
+            self.tables.drop_unused();
+        }
     }
 
     /// Unwinds one captured user stack of `pid`. `fp_walk` is the kernel's
@@ -308,56 +360,66 @@ impl Unwinder {
         let Some(p) = self.processes.get_mut(&pid) else {
             return;
         };
-        p.loaded_at = Instant::now();
-        let text = match read_maps(pid) {
-            Ok(text) => text,
+        let errors = p.table_errors;
+        load_process(&mut self.tables, pid, p);
+        self.stats.table_errors += p.table_errors - errors;
+    }
+}
+
+/// Reads `pid`'s mappings into `p` and adds the tables of files not seen yet.
+fn load_process(tables: &mut TableCache, pid: u32, p: &mut ProcessUnwinder) {
+    p.loaded_at = Instant::now();
+    let text = match read_maps(pid) {
+        Ok(text) => text,
+        Err(err) => {
+            log::debug!("failed to read /proc/{pid}/maps: {err}");
+            return;
+        }
+    };
+    p.mappings = parse_exec_mappings(&text);
+    for m in &p.mappings {
+        if !m.path.starts_with('/') || !p.added.insert(m.range.start) {
+            continue;
+        }
+        match tables.tables(pid, m) {
+            Ok(t) if t.has_tables() => {
+                let Some(bias) = t.load_bias(m) else {
+                    continue;
+                };
+                let info = ExplicitModuleSectionInfo {
+                    base_svma: 0,
+                    text_svma: t.text_svma.clone(),
+                    got_svma: t.got_svma.clone(),
+                    eh_frame_svma: t.eh_frame_svma.clone(),
+                    eh_frame: t.eh_frame.clone(),
+                    eh_frame_hdr_svma: t.eh_frame_hdr_svma.clone(),
+                    eh_frame_hdr: t.eh_frame_hdr.clone(),
+                    debug_frame: t.debug_frame.clone(),
+                    ..Default::default()
+                };
+                p.unwinder
+                    .add_module(Module::new(m.path.clone(), m.range.clone(), bias, info));
+                if !t.cfa_exprs.is_empty() {
+                    let at = p
+                        .expr_modules
+                        .partition_point(|e| e.range.start < m.range.start);
+                    p.expr_modules.insert(
+                        at,
+                        ExprModule {
+                            range: m.range.clone(),
+                            bias,
+                            tables: t.clone(),
+                        },
+                    );
+                }
+                if !p.used.iter().any(|u| Arc::ptr_eq(u, &t)) {
+                    p.used.push(t);
+                }
+            }
+            Ok(_) => {}
             Err(err) => {
-                log::debug!("failed to read /proc/{pid}/maps: {err}");
-                return;
-            }
-        };
-        p.mappings = parse_exec_mappings(&text);
-        for m in &p.mappings {
-            if !m.path.starts_with('/') || !p.added.insert(m.range.start) {
-                continue;
-            }
-            match self.tables.tables(pid, m) {
-                Ok(t) if t.has_tables() => {
-                    let Some(bias) = t.load_bias(m) else {
-                        continue;
-                    };
-                    let info = ExplicitModuleSectionInfo {
-                        base_svma: 0,
-                        text_svma: t.text_svma.clone(),
-                        got_svma: t.got_svma.clone(),
-                        eh_frame_svma: t.eh_frame_svma.clone(),
-                        eh_frame: t.eh_frame.clone(),
-                        eh_frame_hdr_svma: t.eh_frame_hdr_svma.clone(),
-                        eh_frame_hdr: t.eh_frame_hdr.clone(),
-                        debug_frame: t.debug_frame.clone(),
-                        ..Default::default()
-                    };
-                    p.unwinder
-                        .add_module(Module::new(m.path.clone(), m.range.clone(), bias, info));
-                    if !t.cfa_exprs.is_empty() {
-                        let at = p
-                            .expr_modules
-                            .partition_point(|e| e.range.start < m.range.start);
-                        p.expr_modules.insert(
-                            at,
-                            ExprModule {
-                                range: m.range.clone(),
-                                bias,
-                                tables: t.clone(),
-                            },
-                        );
-                    }
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    self.stats.table_errors += 1;
-                    log::debug!("no unwind tables for pid {pid}: {err}");
-                }
+                p.table_errors += 1;
+                log::debug!("no unwind tables for pid {pid}: {err}");
             }
         }
     }

@@ -115,6 +115,8 @@ pub struct Tables {
     pub cfa_exprs: Vec<ExprFde>,
     /// The section those FDEs are in (`.eh_frame` when the file has one).
     pub cfa_section: cfa_deref::Section,
+    /// The file they were read from (set by [`TableCache`]).
+    key: Option<FileKey>,
 }
 
 impl Tables {
@@ -155,8 +157,10 @@ impl Tables {
     }
 }
 
-/// Tables per file, shared by every process that maps it.
-#[derive(Default)]
+/// Tables per file, shared by every process that maps it. A clone shares
+/// the tables (not the map): what a clone reads is added back with
+/// [`Self::adopt`].
+#[derive(Clone, Default)]
 pub struct TableCache {
     files: HashMap<FileKey, Arc<Tables>>,
 }
@@ -168,12 +172,33 @@ impl TableCache {
         if let Some(t) = self.files.get(&key) {
             return Ok(t.clone());
         }
-        let tables = Arc::new(read_tables(&file, &m.path)?);
+        let mut tables = read_tables(&file, &m.path)?;
+        tables.key = Some(key);
+        let tables = Arc::new(tables);
         if self.files.len() >= MAX_CACHED_FILES {
             self.files.clear();
         }
         self.files.insert(key, tables.clone());
         Ok(tables)
+    }
+
+    /// Caches `tables` (read through a clone of this cache), keeping an
+    /// entry already there.
+    pub fn adopt(&mut self, tables: &[Arc<Tables>]) {
+        for t in tables {
+            if let Some(key) = t.key {
+                if self.files.len() >= MAX_CACHED_FILES && !self.files.contains_key(&key) {
+                    self.files.clear();
+                }
+                self.files.entry(key).or_insert_with(|| t.clone());
+            }
+        }
+    }
+
+    /// Drops the tables no process holds any more (the cache's own
+    /// reference is the only one left).
+    pub fn drop_unused(&mut self) {
+        self.files.retain(|_, t| Arc::strong_count(t) > 1);
     }
 
     pub fn len(&self) -> usize {
@@ -280,6 +305,7 @@ pub(super) fn read_tables(file: &File, path: &str) -> Result<Tables, ModuleError
         segments,
         cfa_exprs: Vec::new(),
         cfa_section: cfa_deref::Section::EhFrame,
+        key: None,
     };
     if tables.eh_frame.is_none() {
         tables.cfa_section = cfa_deref::Section::DebugFrame;

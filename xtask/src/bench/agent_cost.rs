@@ -89,7 +89,9 @@ fn measure(env: &Env, bin: &Path, which: &str, case: &Case, ticks_per_s: f64) ->
     let elapsed = t0.elapsed().as_secs_f64();
     let hwm_mib = status_kib(loopbpf.pid(), "VmHWM")? as f64 / 1024.0;
     let mut lines = loopbpf.drain();
+    let stopping = Instant::now();
     loopbpf.stop(SIGINT, Duration::from_secs(20))?;
+    let stop_ms = stopping.elapsed().as_secs_f64() * 1e3;
     // The summaries (with the kernel's loss counters) come at exit.
     while let Ok(line) = loopbpf.next_line(Duration::from_millis(200)) {
         lines.push(line);
@@ -103,15 +105,17 @@ fn measure(env: &Env, bin: &Path, which: &str, case: &Case, ticks_per_s: f64) ->
     };
     let episodes = count("episode");
     let summaries = count("summary");
-    let lost: u64 = lines
-        .iter()
-        .filter(|l| json_field(&l.text, "type") == Some("summary"))
-        .flat_map(|l| {
-            ["samples_lost", "episodes_lost", "off_cpu_lost"]
-                .map(|k| json_field(&l.text, k).and_then(|v| v.parse::<u64>().ok()))
-        })
-        .map(Option::unwrap_or_default)
-        .sum();
+    // The loss counters are the kernel's, for the whole ring buffer: every
+    // process summary repeats them, the last one holds the final count.
+    let lost_by_kind = ["samples_lost", "episodes_lost", "off_cpu_lost"].map(|k| {
+        lines
+            .iter()
+            .filter(|l| json_field(&l.text, "type") == Some("summary"))
+            .filter_map(|l| json_field(&l.text, k).and_then(|v| v.parse::<u64>().ok()))
+            .max()
+            .unwrap_or_default()
+    });
+    let lost: u64 = lost_by_kind.iter().sum();
 
     let cpu_pct = ticks as f64 / ticks_per_s / elapsed * 100.0;
     let startup_ms = ticks_at_ready as f64 / ticks_per_s * 1e3;
@@ -166,6 +170,11 @@ fn measure(env: &Env, bin: &Path, which: &str, case: &Case, ticks_per_s: f64) ->
             phases,
         ));
     }
+    rows.push(Row::info(
+        section,
+        format!("{label}: exit after SIGINT (summaries written)"),
+        format!("{stop_ms:.0} ms"),
+    ));
     rows.push(Row {
         section,
         metric: format!("{label}: peak RSS (VmHWM)"),
@@ -176,7 +185,10 @@ fn measure(env: &Env, bin: &Path, which: &str, case: &Case, ticks_per_s: f64) ->
         rows.push(Row {
             section,
             metric: format!("{label}: ring buffer losses (samples, episodes, off-CPU stacks)"),
-            value: format!("{lost} in {summaries} process summaries"),
+            value: format!(
+                "{lost} ({} samples, {} episodes, {} off-CPU); {summaries} process summaries",
+                lost_by_kind[0], lost_by_kind[1], lost_by_kind[2]
+            ),
             target: Some(("0".into(), lost == 0 && summaries == case.targets)),
         });
     }

@@ -21,15 +21,16 @@ const TARGET_GROWTH: f64 = 0.10;
 pub fn run(env: &Env) -> Result<Vec<Row>> {
     let dir = scratch("daemon")?;
     // A copy of sleep under a name of its own: the daemon watches it and
-    // nothing else on the machine.
-    let exe = dir.path().join("loopbpf-lifetime");
+    // nothing else on the machine (not named loopbpf-*: the daemon never
+    // watches another loopbpf).
+    let exe = dir.path().join("lifetime-sleep");
     std::fs::copy("/bin/sleep", &exe).context("copying /bin/sleep")?;
     let port = free_port()?;
     let config = dir.path().join("loopbpf.toml");
     std::fs::write(
         &config,
         format!(
-            "state_dir = {:?}\nmetrics_address = \"127.0.0.1:{port}\"\nnode_only = false\nthreadpool = false\n[match]\nexecutables = [\"/loopbpf-lifetime$\"]\n",
+            "state_dir = {:?}\nmetrics_address = \"127.0.0.1:{port}\"\nnode_only = false\nthreadpool = false\n[match]\nexecutables = [\"/lifetime-sleep$\"]\n",
             dir.path().join("state").display()
         ),
     )?;

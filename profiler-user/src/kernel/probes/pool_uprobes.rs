@@ -192,15 +192,35 @@ impl Probes {
     }
 
     fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        let mut owned = Vec::new();
         for (prog, link) in links {
             if let Some(p) = self
                 .ebpf
                 .program_mut(prog)
                 .and_then(|p| <&mut UProbe>::try_from(p).ok())
             {
-                let _ = p.detach(link);
+                if let Ok(link) = p.take_link(link) {
+                    owned.push(link);
+                }
             }
         }
+        if owned.is_empty() {
+            return;
+        }
+        // Taking a uprobe off waits for the kernel's grace periods, one probe
+        // after another: ~0.7 s for a process's uprobes, so loopbpf stopping
+        // with 100 watched processes took over a minute. Dropped on other
+        // threads all at once, the waits overlap and nobody waits for them.
+        // (Should the thread not start, the links drop here, as before.)
+        let _ = std::thread::Builder::new()
+            .name("uprobe-detach".into())
+            .spawn(move || {
+                std::thread::scope(|s| {
+                    for link in owned {
+                        let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(link));
+                    }
+                });
+            });
     }
 
     /// Takes `pid`'s threadpool uprobes off; the workers' state stays
