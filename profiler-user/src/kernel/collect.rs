@@ -203,6 +203,21 @@ fn frames(mut area: &[u8], bytes: i32) -> Vec<u64> {
         .collect()
 }
 
+/// The V8 slots of a sample: as many as the kernel copied, never more than
+/// the user frames they belong to.
+fn v8_slots(mut buf: &[u8], user_frames: usize) -> Vec<[u64; 2]> {
+    let copied = buf.get_u64_le();
+    slots(buf, copied, user_frames)
+}
+
+/// `copied` V8 slots from `buf`, bounded by the array and the user frames.
+fn slots(mut buf: &[u8], copied: u64, user_frames: usize) -> Vec<[u64; 2]> {
+    let n = (copied.min(V8_FRAMES as u64) as usize).min(user_frames);
+    (0..n)
+        .map(|_| [buf.get_u64_le(), buf.get_u64_le()])
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,19 +448,4 @@ mod tests {
         );
         assert_eq!(decode(&b[..30]), Err(DecodeError::Short(30)));
     }
-}
-
-/// The V8 slots of a sample: as many as the kernel copied, never more than
-/// the user frames they belong to.
-fn v8_slots(mut buf: &[u8], user_frames: usize) -> Vec<[u64; 2]> {
-    let copied = buf.get_u64_le();
-    slots(buf, copied, user_frames)
-}
-
-/// `copied` V8 slots from `buf`, bounded by the array and the user frames.
-fn slots(mut buf: &[u8], copied: u64, user_frames: usize) -> Vec<[u64; 2]> {
-    let n = (copied.min(V8_FRAMES as u64) as usize).min(user_frames);
-    (0..n)
-        .map(|_| [buf.get_u64_le(), buf.get_u64_le()])
-        .collect()
 }
