@@ -17,7 +17,11 @@ fn renamed_metadata(node: &Path, to: &Path, replacement: &[u8; 6]) {
         renamed += 1;
         i += at + 6;
     }
-    assert!(renamed > 400, "only {renamed} v8dbg_ names in {}", node.display());
+    assert!(
+        renamed > 400,
+        "only {renamed} v8dbg_ names in {}",
+        node.display()
+    );
     std::fs::write(to, &data).expect("write node copy");
     let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
     std::fs::set_permissions(to, mode).expect("chmod node copy");

@@ -404,33 +404,7 @@ pub struct Summary {
     pub threads: Vec<Thread>,
     pub threadpool: Option<Pool>,
     /// JavaScript frames named from V8's memory; None when not read.
-    pub v8_frames: Option<V8Frames>,
-}
-
-/// What V8 frame reading did for one process, and its name cache's fill.
-#[derive(Debug, Serialize)]
-pub struct V8Frames {
-    pub named: u64,
-    /// V8 frames named by their frame type (`[v8] ExitFrame`, …).
-    pub frame_type: u64,
-    /// `[js unknown]`: unreadable or not validating.
-    pub unknown: u64,
-    pub cached: u64,
-    pub capacity: u64,
-    pub evicted: u64,
-}
-
-impl V8Frames {
-    fn of(v: &crate::symbolize::V8Names) -> Self {
-        Self {
-            named: v.stats.named,
-            frame_type: v.stats.markers,
-            unknown: v.stats.unknown,
-            cached: v.cached,
-            capacity: v.capacity,
-            evicted: v.stats.evicted,
-        }
-    }
+    pub v8_frames: Option<crate::symbolize::V8Frames>,
 }
 
 pub fn summary(s: &ProcessSummary) -> Line<Summary> {
@@ -469,7 +443,7 @@ pub fn summary(s: &ProcessSummary) -> Line<Summary> {
                 })
                 .collect(),
             threadpool: s.threadpool.as_ref().map(Pool::of),
-            v8_frames: s.v8_names.as_ref().map(V8Frames::of),
+            v8_frames: s.v8_names.as_ref().map(crate::symbolize::V8Frames::of),
         },
     )
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use perf_map::{normalize_v8_name, perf_map_path, Limits, PerfMap, PerfMapError};
 pub use untrusted::{start_ticks, UntrustedFileError};
-pub use v8_names::V8Names;
+pub use v8_names::{V8Frames, V8Names};
 
 use v8_names::V8NameBook;
 

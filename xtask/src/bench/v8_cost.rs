@@ -67,12 +67,7 @@ fn measure(env: &Env, on: bool) -> Result<Vec<Row>> {
         .iter()
         .filter(|l| json_field(&l.text, "type") == Some("summary"))
         .find_map(|l| serde_json::from_str(&l.text).ok());
-    let count = |key: &str| -> u64 {
-        summary
-            .as_ref()
-            .and_then(|s| s[key].as_u64())
-            .unwrap_or(0)
-    };
+    let count = |key: &str| -> u64 { summary.as_ref().and_then(|s| s[key].as_u64()).unwrap_or(0) };
     let lost = format!(
         "{} samples, {} off-CPU stacks, {} episodes",
         count("samples_lost"),
