@@ -244,7 +244,9 @@ pub struct OffCpuHeader {
     pub kind: u32,
     pub pid: u32,
     pub tid: u32,
-    pub _pad: u32,
+    /// Entries of `OffCpuEvent::v8_slots` filled (here rather than beside
+    /// them, as in samples, so the record is no bigger than a sample).
+    pub v8_frames: u32,
     pub user_bytes: i32,
     pub kernel_bytes: i32,
     /// Iteration of the thread's outermost loop (as in samples).
@@ -262,6 +264,9 @@ pub struct OffCpuEvent {
     pub header: OffCpuHeader,
     pub user_stack: [u64; MAX_USER_FRAMES],
     pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
+    /// As in [`SampleEvent`]: a waiting caller's V8 frames can lie past the
+    /// stack copy.
+    pub v8_slots: [[u64; 2]; V8_FRAMES],
     pub stack: [u8; STACK_COPY_BYTES],
 }
 
@@ -391,8 +396,11 @@ const _: () = assert!(
     core::mem::size_of::<OffCpuEvent>()
         == core::mem::size_of::<OffCpuHeader>()
             + (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8
+            + V8_FRAMES * 16
             + STACK_COPY_BYTES
 );
+// The ring buffer is sized from the largest record (kernel::ring_size).
+const _: () = assert!(core::mem::size_of::<OffCpuEvent>() <= core::mem::size_of::<SampleEvent>());
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<PoolWorker>() == 8 + 8 * 8 + histogram::BUCKETS * 8);
 const _: () = assert!(core::mem::size_of::<PendingWork>() == 16);

@@ -22,7 +22,7 @@ use profiler_common::{
 
 use crate::{
     config, count, is_watched,
-    unwind::{copy_user_stack, recover_user_stack},
+    unwind::{copy_user_stack, copy_v8_slots, copy_v8_slots_recovered, recover_user_stack},
     EVENTS, OFF_CPU, THREADS,
 };
 
@@ -108,6 +108,7 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool, copy_stack: bool) {
             (*e).header.user_bytes = 0;
             (*e).header.kernel_bytes = 0;
             (*e).header.regs.stack_bytes = 0;
+            (*e).header.v8_frames = 0;
             return;
         }
         let user = bpf_get_stack(
@@ -123,13 +124,23 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool, copy_stack: bool) {
             0,
         );
         let frames = if user > 0 { user as usize / 8 } else { 0 };
-        let recovered = recover_user_stack(&mut (*e).user_stack, frames);
+        let (recovered, resume_fp) = recover_user_stack(&mut (*e).user_stack, frames);
         (*e).header.user_bytes = if recovered > frames {
             (recovered * 8) as i32
         } else {
             user as i32
         };
         (*e).header.kernel_bytes = kernel as i32;
+        // A waiting caller's JavaScript frames can lie past the stack copy
+        // (execSync's are 17-18 KiB above the wait's %rsp, beyond libuv's
+        // on-stack epoll event array): their V8 slots are read here, along
+        // the same chain as the user stack, so slot i belongs to frame i.
+        let v8_frames = if recovered > frames {
+            copy_v8_slots_recovered(&mut (*e).v8_slots, resume_fp)
+        } else {
+            copy_v8_slots(&mut (*e).v8_slots)
+        };
+        (*e).header.v8_frames = v8_frames as u32;
         (*e).header.regs.stack_bytes = 0;
         if copy_stack && !copy_user_stack(&mut (*e).header.regs, (*e).stack.as_mut_ptr()) {
             count(COUNTER_STACK_COPY_ERRORS);

@@ -52,15 +52,17 @@ fn chain_starts_at(fp: u64, sp: u64) -> bool {
 }
 
 /// Recovers `stack` (leaf first) when the kernel's walk stopped after at most
-/// two frames; returns the new number of frames, or `frames` unchanged.
+/// two frames; returns the new number of frames (`frames` unchanged when
+/// nothing was recovered) and, when it recovered, the frame pointer of
+/// `stack[1]`'s frame (the saved %rbp of the pair), where the chain resumes.
 #[inline(always)]
-pub fn recover_user_stack(stack: &mut [u64; MAX_USER_FRAMES], frames: usize) -> usize {
+pub fn recover_user_stack(stack: &mut [u64; MAX_USER_FRAMES], frames: usize) -> (usize, u64) {
     if frames == 0 || frames > 2 {
-        return frames;
+        return (frames, 0);
     }
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     if regs.is_null() {
-        return frames;
+        return (frames, 0);
     }
     let sp = unsafe { (*regs).rsp };
     let mut fp = 0;
@@ -82,8 +84,9 @@ pub fn recover_user_stack(stack: &mut [u64; MAX_USER_FRAMES], frames: usize) -> 
         }
     }
     if fp == 0 {
-        return frames;
+        return (frames, 0);
     }
+    let resume = fp;
     // Keep the leaf (the wrapper), then the caller the pair names, then walk on.
     stack[1] = ret;
     let mut n = 2;
@@ -100,7 +103,7 @@ pub fn recover_user_stack(stack: &mut [u64; MAX_USER_FRAMES], frames: usize) -> 
         n += 1;
         fp = frame[0];
     }
-    n
+    (n, resume)
 }
 
 /// Copies, for the first `V8_FRAMES` frames of the frame-pointer chain
@@ -115,11 +118,26 @@ pub fn copy_v8_slots(slots: &mut [[u64; 2]; V8_FRAMES]) -> usize {
     if regs.is_null() {
         return 0;
     }
-    let mut fp = unsafe { (*regs).rbp };
-    let mut n = 0;
-    // An index loop with a constant bound is what the verifier checks best.
-    #[allow(clippy::needless_range_loop)]
-    for i in 0..V8_FRAMES {
+    copy_v8_slots_from(slots, unsafe { (*regs).rbp }, 0)
+}
+
+/// [`copy_v8_slots`] for a stack [`recover_user_stack`] rebuilt: frame 0 (the
+/// libc wrapper) keeps no frame pointer and gets empty slots, frame 1 on
+/// follow the chain from `fp`, the frame pointer the recovery resumed at, as
+/// the recovered walk does.
+#[inline(always)]
+pub fn copy_v8_slots_recovered(slots: &mut [[u64; 2]; V8_FRAMES], fp: u64) -> usize {
+    slots[0] = [0, 0];
+    copy_v8_slots_from(slots, fp, 1)
+}
+
+/// Slots from entry `first` on, along the chain from `fp`.
+#[inline(always)]
+fn copy_v8_slots_from(slots: &mut [[u64; 2]; V8_FRAMES], mut fp: u64, first: usize) -> usize {
+    let mut n = first;
+    // A constant bound is what the verifier checks best; `get_mut` keeps the
+    // index provably in range.
+    for i in first..V8_FRAMES {
         if !(16..USER_TOP).contains(&fp) || !fp.is_multiple_of(8) {
             break;
         }
@@ -127,7 +145,10 @@ pub fn copy_v8_slots(slots: &mut [[u64; 2]; V8_FRAMES]) -> usize {
         let Some(words) = (unsafe { read_user::<[u64; 3]>(fp - 16) }) else {
             break;
         };
-        slots[i] = [words[0], words[1]];
+        let Some(slot) = slots.get_mut(i) else {
+            break;
+        };
+        *slot = [words[0], words[1]];
         n = i + 1;
         if words[2] <= fp {
             break;

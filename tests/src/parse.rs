@@ -15,6 +15,11 @@ pub struct Episode {
     pub samples: u64,
     pub folded: Option<PathBuf>,
     pub top_frame: Option<String>,
+    /// `javascript`, `native`, `blocked`, …: the breakdown's one word.
+    pub verdict: Option<String>,
+    /// Of `duration_ms`: on a CPU, and runnable waiting for one.
+    pub on_cpu_ms: Option<f64>,
+    pub runqueue_ms: Option<f64>,
 }
 
 impl Episode {
@@ -29,6 +34,9 @@ impl Episode {
             samples: u64_field(v, "samples")?,
             folded: opt_str_field(v, "folded")?.map(PathBuf::from),
             top_frame: opt_str_field(v, "top_frame")?.map(str::to_string),
+            verdict: opt_str_field(v, "verdict")?.map(str::to_string),
+            on_cpu_ms: v.get("on_cpu_ms").and_then(Value::as_f64),
+            runqueue_ms: v.get("runqueue_ms").and_then(Value::as_f64),
         })
     }
 

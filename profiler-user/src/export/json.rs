@@ -403,6 +403,8 @@ pub struct Summary {
     pub thread_roles: BTreeMap<&'static str, usize>,
     pub threads: Vec<Thread>,
     pub threadpool: Option<Pool>,
+    /// JavaScript frames named from V8's memory; None when not read.
+    pub v8_frames: Option<crate::symbolize::V8Frames>,
 }
 
 pub fn summary(s: &ProcessSummary) -> Line<Summary> {
@@ -441,6 +443,7 @@ pub fn summary(s: &ProcessSummary) -> Line<Summary> {
                 })
                 .collect(),
             threadpool: s.threadpool.as_ref().map(Pool::of),
+            v8_frames: s.v8_names.as_ref().map(crate::symbolize::V8Frames::of),
         },
     )
 }

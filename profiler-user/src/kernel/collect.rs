@@ -6,14 +6,11 @@ use std::mem::size_of;
 
 use bytes::Buf;
 use profiler_common::{
-    EpisodeEvent, OffCpuHeader, PoolBusyEvent, ProcessEvent, SampleEvent, SampleHeader, UserRegs,
-    EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT, EVENT_OFF_CPU, EVENT_POOL_BUSY, EVENT_POOL_SAMPLE,
-    EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, STACK_COPY_BYTES, STACK_RED_ZONE, V8_FRAMES,
+    EpisodeEvent, OffCpuEvent, OffCpuHeader, PoolBusyEvent, ProcessEvent, SampleEvent,
+    SampleHeader, UserRegs, EVENT_EPISODE, EVENT_EXEC, EVENT_EXIT, EVENT_OFF_CPU, EVENT_POOL_BUSY,
+    EVENT_POOL_SAMPLE, EVENT_SAMPLE, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, STACK_COPY_BYTES,
+    STACK_RED_ZONE, V8_FRAMES,
 };
-
-/// Bytes of the fixed stacks and the stack copy after a sample's or off-CPU
-/// record's header.
-const STACKS_BYTES: usize = (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8 + STACK_COPY_BYTES;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -58,8 +55,8 @@ pub struct OffCpu {
     /// Leaf first, taken as it left the CPU (see `Sample::user`).
     pub user: Vec<u64>,
     pub kernel: Vec<u64>,
-    /// V8 slots per user frame, as [`Sample::v8`]: the kernel captures none
-    /// for off-CPU stacks; unwinding reads them from the stack copy.
+    /// V8 slots per user frame, as [`Sample::v8`]: read along the kernel's
+    /// frame-pointer walk (its recovered one past a libc wrapper).
     pub v8: Vec<[u64; 2]>,
     pub regs: UserRegs,
     pub stack: Vec<u8>,
@@ -125,13 +122,17 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         EVENT_OFF_CPU => {
-            if len < size_of::<OffCpuHeader>() + STACKS_BYTES {
+            if len < size_of::<OffCpuEvent>() {
                 return Err(DecodeError::Short(len));
             }
             let h = fixed::<OffCpuHeader>(buf)?;
             let buf = &buf[size_of::<OffCpuHeader>()..];
             let regs = checked(h.regs);
-            let stack = copy(&buf[(MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8..], &regs);
+            let user = frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes);
+            let kernel = frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes);
+            let buf = &buf[(MAX_USER_FRAMES + MAX_KERNEL_FRAMES) * 8..];
+            let v8 = slots(buf, h.v8_frames.into(), user.len());
+            let stack = copy(&buf[V8_FRAMES * 16..], &regs);
             Ok(Record::OffCpu(OffCpu {
                 pid: h.pid,
                 tid: h.tid,
@@ -139,9 +140,9 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 blocked_ns: h.blocked_ns,
                 runq_ns: h.runq_ns,
                 time_ns: h.time_ns,
-                user: frames(&buf[..MAX_USER_FRAMES * 8], h.user_bytes),
-                kernel: frames(&buf[MAX_USER_FRAMES * 8..], h.kernel_bytes),
-                v8: Vec::new(),
+                user,
+                kernel,
+                v8,
                 regs,
                 stack,
             }))
@@ -199,6 +200,21 @@ fn frames(mut area: &[u8], bytes: i32) -> Vec<u64> {
     (0..n)
         .map(|_| area.get_u64_le())
         .filter(|&a| a != 0)
+        .collect()
+}
+
+/// The V8 slots of a sample: as many as the kernel copied, never more than
+/// the user frames they belong to.
+fn v8_slots(mut buf: &[u8], user_frames: usize) -> Vec<[u64; 2]> {
+    let copied = buf.get_u64_le();
+    slots(buf, copied, user_frames)
+}
+
+/// `copied` V8 slots from `buf`, bounded by the array and the user frames.
+fn slots(mut buf: &[u8], copied: u64, user_frames: usize) -> Vec<[u64; 2]> {
+    let n = (copied.min(V8_FRAMES as u64) as usize).min(user_frames);
+    (0..n)
+        .map(|_| [buf.get_u64_le(), buf.get_u64_le()])
         .collect()
 }
 
@@ -288,6 +304,64 @@ mod tests {
         assert!(s.v8.is_empty(), "no slots without user frames");
     }
 
+    fn off_cpu_bytes(user: &[u64], v8_frames: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.put_u32_le(EVENT_OFF_CPU);
+        b.put_u32_le(10);
+        b.put_u32_le(11);
+        b.put_u32_le(v8_frames);
+        b.put_i32_le((user.len() * 8) as i32);
+        b.put_i32_le(16);
+        for word in [7, 300_000_000, 1_000, 150] {
+            b.put_u64_le(word);
+        }
+        for word in [0x1234, 0x7000, 0x7010] {
+            b.put_u64_le(word);
+        }
+        b.put_u32_le(3);
+        b.put_u32_le(0);
+        for i in 0..MAX_USER_FRAMES {
+            b.put_u64_le(user.get(i).copied().unwrap_or(0xdead));
+        }
+        for i in 0..MAX_KERNEL_FRAMES {
+            b.put_u64_le(0xffff_0000 + i as u64);
+        }
+        for i in 0..V8_FRAMES as u64 {
+            b.put_u64_le(0x1000 + i);
+            b.put_u64_le(0x2000 + i);
+        }
+        for i in 0..STACK_COPY_BYTES {
+            b.put_u8((i as u8).wrapping_add(1));
+        }
+        assert_eq!(b.len(), size_of::<OffCpuEvent>());
+        b
+    }
+
+    #[test]
+    fn off_cpu_keeps_the_slots_of_its_frames_only() {
+        let Record::OffCpu(o) = decode(&off_cpu_bytes(&[1, 2, 3], 2)).unwrap() else {
+            panic!("not an off-CPU record")
+        };
+        assert_eq!(
+            (o.pid, o.tid, o.seq, o.blocked_ns),
+            (10, 11, 7, 300_000_000)
+        );
+        assert_eq!(o.user, vec![1, 2, 3]);
+        assert_eq!(o.kernel, vec![0xffff_0000, 0xffff_0001]);
+        assert_eq!(o.v8, vec![[0x1000, 0x2000], [0x1001, 0x2001]]);
+        assert_eq!(o.stack, vec![129, 130, 131]);
+        // A count beyond the user frames (or the array) is cut to them.
+        let Record::OffCpu(o) = decode(&off_cpu_bytes(&[1, 2, 3], u32::MAX)).unwrap() else {
+            panic!("not an off-CPU record")
+        };
+        assert_eq!(o.v8.len(), 3);
+        let short = off_cpu_bytes(&[1], 1);
+        assert_eq!(
+            decode(&short[..short.len() - 1]),
+            Err(DecodeError::Short(short.len() - 1))
+        );
+    }
+
     #[test]
     fn episode_round_trips() {
         let mut b = Vec::new();
@@ -374,14 +448,4 @@ mod tests {
         );
         assert_eq!(decode(&b[..30]), Err(DecodeError::Short(30)));
     }
-}
-
-/// The V8 slots of a sample: as many as the kernel copied, never more than
-/// the user frames they belong to.
-fn v8_slots(mut buf: &[u8], user_frames: usize) -> Vec<[u64; 2]> {
-    let copied = buf.get_u64_le();
-    let n = (copied.min(V8_FRAMES as u64) as usize).min(user_frames);
-    (0..n)
-        .map(|_| [buf.get_u64_le(), buf.get_u64_le()])
-        .collect()
 }

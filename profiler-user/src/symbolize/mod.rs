@@ -23,7 +23,7 @@ use std::time::Instant;
 
 pub use perf_map::{normalize_v8_name, perf_map_path, Limits, PerfMap, PerfMapError};
 pub use untrusted::{start_ticks, UntrustedFileError};
-pub use v8_names::V8Names;
+pub use v8_names::{V8Frames, V8Names};
 pub use watchdog::{Policy, Stuck};
 
 use v8_names::V8NameBook;

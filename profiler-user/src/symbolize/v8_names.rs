@@ -17,6 +17,32 @@ pub struct V8Names {
     pub capacity: u64,
 }
 
+/// What V8 frame reading did for one process, and its name cache's fill.
+#[derive(Debug, serde::Serialize)]
+pub struct V8Frames {
+    pub named: u64,
+    /// V8 frames named by their frame type (`[v8] ExitFrame`, …).
+    pub frame_type: u64,
+    /// `[js unknown]`: unreadable or not validating.
+    pub unknown: u64,
+    pub cached: u64,
+    pub capacity: u64,
+    pub evicted: u64,
+}
+
+impl V8Frames {
+    pub fn of(v: &V8Names) -> Self {
+        Self {
+            named: v.stats.named,
+            frame_type: v.stats.markers,
+            unknown: v.stats.unknown,
+            cached: v.cached,
+            capacity: v.capacity,
+            evicted: v.stats.evicted,
+        }
+    }
+}
+
 /// Written by the symbolizer thread, read by the reporter and the metrics.
 #[derive(Clone, Default)]
 pub(super) struct V8NameBook {

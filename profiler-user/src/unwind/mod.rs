@@ -154,9 +154,7 @@ impl Unwinder {
     /// [`Self::unwind_sample`] for an off-CPU stack.
     pub fn unwind_off_cpu(&mut self, o: &mut OffCpu) {
         let unwound = self.unwind(o.pid, &o.regs, std::mem::take(&mut o.stack), &o.user);
-        // The kernel copies no V8 slots off-CPU: the copy holds those of
-        // every frame inside it (a waiting caller is a few KiB above sp).
-        o.v8 = v8_slots_of(&unwound, &o.user, &[]);
+        o.v8 = v8_slots_of(&unwound, &o.user, &o.v8);
         o.user = addresses(&unwound);
     }
 

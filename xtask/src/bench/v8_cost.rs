@@ -4,8 +4,9 @@
 //! chain of functions drawn from 20000 distinct ones (more than the name
 //! cache's 8192, so it evicts), watched at 999 Hz with V8 frame reading off
 //! (`LOOPBPF_V8_FRAMES=off`) and on. Per condition: loopbpf's CPU time per
-//! sample and in all, its peak RSS, and the share of samples whose stack
-//! names a JavaScript function.
+//! sample and in all, its peak RSS, the name cache's fill and evictions, the
+//! ring buffer's losses, and the share of samples whose stack names a
+//! JavaScript function.
 
 use super::procs::{json_field, status_kib, task_cpu_ns, Proc, SIGINT};
 use super::{scratch, Env, Row};
@@ -62,6 +63,32 @@ fn measure(env: &Env, on: bool) -> Result<Vec<Row>> {
         .filter_map(|l| json_field(&l.text, "samples")?.parse::<u64>().ok())
         .sum();
     let (named, total) = js_share(&lines, &out);
+    let summary: Option<serde_json::Value> = lines
+        .iter()
+        .filter(|l| json_field(&l.text, "type") == Some("summary"))
+        .find_map(|l| serde_json::from_str(&l.text).ok());
+    let count = |key: &str| -> u64 { summary.as_ref().and_then(|s| s[key].as_u64()).unwrap_or(0) };
+    let lost = format!(
+        "{} samples, {} off-CPU stacks, {} episodes",
+        count("samples_lost"),
+        count("off_cpu_lost"),
+        count("episodes_lost")
+    );
+    let cache = match summary.as_ref().map(|s| &s["v8_frames"]) {
+        Some(v) if v.is_object() => {
+            let n = |key: &str| v[key].as_u64().unwrap_or(0);
+            format!(
+                "{} of {} functions cached at exit, {} evicted; frames: {} named, {} by type, {} [js unknown]",
+                n("cached"),
+                n("capacity"),
+                n("evicted"),
+                n("named"),
+                n("frame_type"),
+                n("unknown")
+            )
+        }
+        _ => "not read".to_string(),
+    };
 
     let section = "v8 frames";
     let cond = if on {
@@ -91,6 +118,8 @@ fn measure(env: &Env, on: bool) -> Result<Vec<Row>> {
                 cpu_ns as f64 / 1e9 / secs * 100.0
             ),
         ),
+        Row::info(section, format!("{cond}: name cache"), cache),
+        Row::info(section, format!("{cond}: lost in the ring buffer"), lost),
         Row::info(
             section,
             format!("{cond}: samples naming a JavaScript function"),
