@@ -56,6 +56,9 @@ pub fn kernel_config(
         sample_after_ns: threshold_ns / SAMPLE_AFTER_THRESHOLD_DIVISOR,
         copy_stack: u32::from(std::env::var_os(STACK_COPY_ENV).is_none_or(|v| v != "off")),
         _pad: 0,
+        // Set from the ring buffer's size when it is created (`Probes::attach`).
+        ring_budget_bytes: 0,
+        ring_window_ns: 0,
     })
 }
 
@@ -124,11 +127,14 @@ pub struct KernelCounters {
     pub pool_unmatched: u64,
     pub pool_events_lost: u64,
     pub stack_copy_errors: u64,
+    pub off_cpu_budget: u64,
+    pub episodes_budget: u64,
+    pub pool_events_budget: u64,
 }
 
 impl KernelCounters {
     /// Everything the kernel side dropped, by cause: (label, count, what it means).
-    pub fn drops(&self) -> [(&'static str, u64, &'static str); 9] {
+    pub fn drops(&self) -> [(&'static str, u64, &'static str); 12] {
         [
             (
                 "samples",
@@ -149,6 +155,21 @@ impl KernelCounters {
                 "pool_events",
                 self.pool_events_lost,
                 "threadpool events (ring buffer full)",
+            ),
+            (
+                "off_cpu_budget",
+                self.off_cpu_budget,
+                "off-CPU intervals (their process over its ring-buffer budget)",
+            ),
+            (
+                "episodes_budget",
+                self.episodes_budget,
+                "episodes (their process over its ring-buffer budget)",
+            ),
+            (
+                "pool_events_budget",
+                self.pool_events_budget,
+                "threadpool events (their process over its ring-buffer budget)",
             ),
             (
                 "threads",
@@ -188,6 +209,9 @@ pub struct Probes {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     syscall_probes: SyscallProbesInUse,
+    /// Each process's ring-buffer budget, from the ring's size (see
+    /// `ring_size::process_budget`); kept across `set_config`.
+    ring_budget: (u64, u64),
     /// Kept alive so the log ring buffer map stays valid (see toolchain notes).
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -197,7 +221,7 @@ impl Probes {
     /// online CPU (0 disables sampling). `syscall_probes` picks the programs
     /// on the epoll, close and exit_group syscalls (see `syscall_probes()`).
     pub fn attach(
-        config: Config,
+        mut config: Config,
         frequency_hz: u64,
         syscall_probes: SyscallProbesChoice,
         startup: &mut Startup,
@@ -214,6 +238,11 @@ impl Probes {
             events_bytes >> 10,
             cpus.len()
         );
+        let ring_budget = (
+            crate::kernel::ring_size::process_budget(events_bytes),
+            crate::kernel::ring_size::BUDGET_WINDOW.as_nanos() as u64,
+        );
+        (config.ring_budget_bytes, config.ring_window_ns) = ring_budget;
         let mut ebpf = startup
             .time(Phase::Maps, || {
                 EbpfLoader::new()
@@ -280,6 +309,7 @@ impl Probes {
             config: config_map,
             counters,
             syscall_probes,
+            ring_budget,
             logger,
             pool_links: Default::default(),
         };
@@ -369,7 +399,8 @@ impl Probes {
         }
     }
 
-    pub fn set_config(&mut self, config: Config) -> Result<(), ProbeError> {
+    pub fn set_config(&mut self, mut config: Config) -> Result<(), ProbeError> {
+        (config.ring_budget_bytes, config.ring_window_ns) = self.ring_budget;
         self.config
             .set(0, config, 0)
             .map_err(|source| ProbeError::Map {
@@ -459,6 +490,9 @@ impl Probes {
             pool_unmatched: sum(COUNTER_POOL_UNMATCHED),
             pool_events_lost: sum(COUNTER_POOL_EVENTS_LOST),
             stack_copy_errors: sum(COUNTER_STACK_COPY_ERRORS),
+            off_cpu_budget: sum(COUNTER_OFF_CPU_BUDGET),
+            episodes_budget: sum(COUNTER_EPISODES_BUDGET),
+            pool_events_budget: sum(COUNTER_POOL_EVENTS_BUDGET),
         }
     }
 
