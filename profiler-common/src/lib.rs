@@ -96,7 +96,10 @@ pub const COUNTER_STACK_COPY_ERRORS: u32 = 11;
 pub const COUNTER_OFF_CPU_BUDGET: u32 = 12;
 pub const COUNTER_EPISODES_BUDGET: u32 = 13;
 pub const COUNTER_POOL_EVENTS_BUDGET: u32 = 14;
-pub const NUM_COUNTERS: u32 = 15;
+/// `THREADS` entries the kernel side created. Userspace subtracts the ones it
+/// deleted and the ones present: the rest the LRU evicted.
+pub const COUNTER_THREADS_INSERTED: u32 = 15;
+pub const NUM_COUNTERS: u32 = 16;
 
 /// Runtime settings userspace writes into the one-element `CONFIG` array.
 /// A map rather than load-time globals so a running daemon can change them.

@@ -24,7 +24,7 @@ use aya_log_ebpf::warn;
 use profiler_common::{
     histogram, EpisodeEvent, LoopKey, LoopSlot, LoopStats, ThreadLoops, COUNTER_EPISODES_BUDGET,
     COUNTER_EPISODES_LOST, COUNTER_SLOTS_RECYCLED, COUNTER_STATS_FULL, COUNTER_THREADS_FULL,
-    EVENT_EPISODE, MAX_LOOP_SLOTS,
+    COUNTER_THREADS_INSERTED, EVENT_EPISODE, MAX_LOOP_SLOTS,
 };
 
 use crate::{config, count, is_watched, within_budget, EVENTS, LOOP_STATS, THREADS};
@@ -255,11 +255,15 @@ fn thread_loops(pid: u32, tid: u32) -> Option<&'static mut ThreadLoops> {
         t.pid = pid;
         return Some(t);
     }
+    // An LRU insert evicts silently when the map is full: userspace finds
+    // evictions from this count (see COUNTER_THREADS_INSERTED).
     if THREADS
         .insert(tid, &ZERO_LOOPS, BPF_NOEXIST as u64)
         .is_err()
     {
         count(COUNTER_THREADS_FULL);
+    } else {
+        count(COUNTER_THREADS_INSERTED);
     }
     let t = unsafe { &mut *THREADS.get_ptr_mut(tid)? };
     t.pid = pid;

@@ -1,6 +1,7 @@
 //! Loads loopbpf's eBPF object into the kernel, attaches it, and gives typed
 //! access to its maps. Everything that can go wrong here becomes a `ProbeError`
 //! naming what failed and, where we know it, why.
+mod counters;
 mod fentry;
 pub mod pool_symbols;
 pub mod pool_uprobes;
@@ -62,6 +63,17 @@ pub fn kernel_config(
     })
 }
 
+/// `LOOPBPF_THREADS_MAX_ENTRIES=N` sizes the `THREADS` map N instead of
+/// 16,384: for tests, to make its LRU evict with a few threads (the code is
+/// the production code; only the size differs).
+pub const THREADS_MAX_ENTRIES_ENV: &str = "LOOPBPF_THREADS_MAX_ENTRIES";
+
+fn threads_max_entries() -> Option<u32> {
+    let n = std::env::var(THREADS_MAX_ENTRIES_ENV).ok()?.parse().ok()?;
+    log::warn!("THREADS map sized {n} ({THREADS_MAX_ENTRIES_ENV})");
+    Some(n)
+}
+
 /// `LOOPBPF_STACK_COPY=off` takes stacks by frame pointer only, as before
 /// issue 16 (for `cargo xtask bench`'s before/after, and as an escape hatch).
 pub const STACK_COPY_ENV: &str = "LOOPBPF_STACK_COPY";
@@ -112,93 +124,7 @@ pub enum ProbeError {
     },
 }
 
-/// Counters the kernel side keeps of what it dropped (see `COUNTER_*`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct KernelCounters {
-    pub samples_sent: u64,
-    pub samples_lost: u64,
-    pub episodes_lost: u64,
-    pub threads_full: u64,
-    pub stats_full: u64,
-    pub slots_recycled: u64,
-    pub user_stack_errors: u64,
-    pub off_cpu_lost: u64,
-    pub pool_workers_full: u64,
-    pub pool_unmatched: u64,
-    pub pool_events_lost: u64,
-    pub stack_copy_errors: u64,
-    pub off_cpu_budget: u64,
-    pub episodes_budget: u64,
-    pub pool_events_budget: u64,
-}
-
-impl KernelCounters {
-    /// Everything the kernel side dropped, by cause: (label, count, what it means).
-    pub fn drops(&self) -> [(&'static str, u64, &'static str); 12] {
-        [
-            (
-                "samples",
-                self.samples_lost,
-                "stack samples (ring buffer full)",
-            ),
-            (
-                "episodes",
-                self.episodes_lost,
-                "episodes (ring buffer full)",
-            ),
-            (
-                "off_cpu",
-                self.off_cpu_lost,
-                "off-CPU intervals (ring buffer full)",
-            ),
-            (
-                "pool_events",
-                self.pool_events_lost,
-                "threadpool events (ring buffer full)",
-            ),
-            (
-                "off_cpu_budget",
-                self.off_cpu_budget,
-                "off-CPU intervals (their process over its ring-buffer budget)",
-            ),
-            (
-                "episodes_budget",
-                self.episodes_budget,
-                "episodes (their process over its ring-buffer budget)",
-            ),
-            (
-                "pool_events_budget",
-                self.pool_events_budget,
-                "threadpool events (their process over its ring-buffer budget)",
-            ),
-            (
-                "threads",
-                self.threads_full,
-                "threads not tracked (THREADS map full)",
-            ),
-            (
-                "loop_stats",
-                self.stats_full,
-                "loops not counted (LOOP_STATS map full)",
-            ),
-            (
-                "pool_workers",
-                self.pool_workers_full,
-                "threadpool workers not tracked (POOL_WORKERS map full)",
-            ),
-            (
-                "user_stacks",
-                self.user_stack_errors,
-                "user stacks that could not be walked",
-            ),
-            (
-                "stack_copies",
-                self.stack_copy_errors,
-                "user stacks not copied (unwound by frame pointers only)",
-            ),
-        ]
-    }
-}
+pub use counters::KernelCounters;
 
 pub struct Probes {
     // Dropping `Ebpf` detaches every program: keep it for the life of `Probes`.
@@ -212,6 +138,11 @@ pub struct Probes {
     /// Each process's ring-buffer budget, from the ring's size (see
     /// `ring_size::process_budget`); kept across `set_config`.
     ring_budget: (u64, u64),
+    /// `THREADS` entries userspace inserted (seeded polls) and deleted, and
+    /// the evictions found so far (see `threads_evicted`).
+    threads_seeded: u64,
+    threads_removed: u64,
+    threads_evicted: std::sync::atomic::AtomicU64,
     /// Kept alive so the log ring buffer map stays valid (see toolchain notes).
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -245,10 +176,14 @@ impl Probes {
         (config.ring_budget_bytes, config.ring_window_ns) = ring_budget;
         let mut ebpf = startup
             .time(Phase::Maps, || {
-                EbpfLoader::new()
+                let mut loader = EbpfLoader::new();
+                loader
                     .btf(Some(&btf))
-                    .map_max_entries("EVENTS", events_bytes as u32)
-                    .load(OBJECT)
+                    .map_max_entries("EVENTS", events_bytes as u32);
+                if let Some(n) = threads_max_entries() {
+                    loader.map_max_entries("THREADS", n);
+                }
+                loader.load(OBJECT)
             })
             .map_err(ProbeError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -310,6 +245,9 @@ impl Probes {
             counters,
             syscall_probes,
             ring_budget,
+            threads_seeded: 0,
+            threads_removed: 0,
+            threads_evicted: Default::default(),
             logger,
             pool_links: Default::default(),
         };
@@ -330,7 +268,8 @@ impl Probes {
             })?;
         self.update_watched_bitmap(pid)?;
         if self.syscall_probes.probes == SyscallProbes::Fentry {
-            crate::kernel::probes::fentry::seed_asleep_polls(&mut self.ebpf, pid);
+            self.threads_seeded +=
+                crate::kernel::probes::fentry::seed_asleep_polls(&mut self.ebpf, pid);
         }
         Ok(())
     }
@@ -388,15 +327,42 @@ impl Probes {
         self.detach_threadpool(pid);
     }
 
-    pub(crate) fn remove_keys<K: aya::Pod, V: aya::Pod>(&mut self, map: &str, keys: &[K]) {
-        let Some(map) = self.ebpf.map_mut(map) else {
+    pub(crate) fn remove_keys<K: aya::Pod, V: aya::Pod>(&mut self, map_name: &str, keys: &[K]) {
+        let Some(map) = self.ebpf.map_mut(map_name) else {
             return;
         };
+        let threads = map_name == "THREADS";
         if let Ok(mut map) = HashMap::<_, K, V>::try_from(map) {
             for key in keys {
-                let _ = map.remove(key);
+                // A key already gone (evicted) is not counted as removed.
+                if map.remove(key).is_ok() && threads {
+                    self.threads_removed += 1;
+                }
             }
         }
+    }
+
+    /// `THREADS` entries the LRU evicted so far, given the `inserted` count of
+    /// the kernel side: every entry inserted and not deleted by userspace is
+    /// present or was evicted. The map's keys are counted after `inserted`
+    /// was read, so an entry inserted in between only hides an eviction until
+    /// the next call; the total never goes down.
+    fn threads_evicted(&self, inserted: u64) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.threads_evicted.load(Relaxed);
+        let Some(map) = self.ebpf.map("THREADS") else {
+            return before;
+        };
+        let Ok(threads) = HashMap::<_, u32, ThreadLoops>::try_from(map) else {
+            return before;
+        };
+        let present = threads.keys().filter(Result::is_ok).count() as u64;
+        let evicted = (inserted + self.threads_seeded)
+            .saturating_sub(self.threads_removed)
+            .saturating_sub(present)
+            .max(before);
+        self.threads_evicted.store(evicted, Relaxed);
+        evicted
     }
 
     pub fn set_config(&mut self, mut config: Config) -> Result<(), ProbeError> {
@@ -493,6 +459,7 @@ impl Probes {
             off_cpu_budget: sum(COUNTER_OFF_CPU_BUDGET),
             episodes_budget: sum(COUNTER_EPISODES_BUDGET),
             pool_events_budget: sum(COUNTER_POOL_EVENTS_BUDGET),
+            threads_evicted: self.threads_evicted(sum(COUNTER_THREADS_INSERTED)),
         }
     }
 
