@@ -9,7 +9,9 @@
 //! in its own loop's poll is idle and not tracked. Other tasks' pid/tgid are
 //! read at offsets userspace found in the kernel's BTF.
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -175,6 +177,14 @@ fn switched_in(next: u64, c: &Config) {
         return;
     };
     let e = unsafe { &mut *e };
+    // Off-CPU stacks may fill only the ring's first half: the rest stays for
+    // samples and episodes, however many processes send them and however
+    // late userspace drains.
+    let bytes = size_of::<OffCpuEvent>() as u64;
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) + bytes > EVENTS.query(BPF_RB_RING_SIZE as u64) / 2 {
+        count(COUNTER_OFF_CPU_LOST);
+        return;
+    }
     if !within_budget(c, e.header.pid, size_of::<OffCpuEvent>() as u64, true) {
         count(COUNTER_OFF_CPU_BUDGET);
         return;

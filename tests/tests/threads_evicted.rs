@@ -22,6 +22,7 @@ fn evictions_of_loop_threads_are_counted(major: u32) {
             "threads_evicted {evicted:?} with a THREADS map of 4 and 13 loops, want >= 9"
         ));
     }
+    println!("threads_evicted with 4 entries: {evicted:?}");
     let default = Scenario::new(major, "many_loops.js").run();
     let evicted = default.summary()["threads_evicted"].as_u64();
     if evicted != Some(0) {

@@ -40,7 +40,7 @@ impl KernelCounters {
             (
                 "off_cpu",
                 self.off_cpu_lost,
-                "off-CPU intervals (ring buffer full)",
+                "off-CPU intervals (ring buffer half full: the rest is kept for samples and episodes)",
             ),
             (
                 "pool_events",
