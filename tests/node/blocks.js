@@ -2,12 +2,13 @@
 // Three event-loop blocks of different kinds, each inside a uniquely named
 // function and started from its own timer, separated by idle time so that each
 // is alone in its loop iteration. See protocol.js for the stdin/stdout protocol.
-const { now, measure, waitForGo, done, idleMs } = require('./protocol');
+const { now, measure, waitForGo, done, idleMs, blockMs } = require('./protocol');
 
 const IDLE_MS = idleMs(300);
 // The JSON and regex inputs are sized for this much CPU time. The test needs
 // >= 150 ms, and the same input varies by +-40% from run to run on a VM.
-const TARGET_MS = 400;
+// Both scale with the threshold on a slow machine (blockMs).
+const TARGET_MS = blockMs(400);
 
 // Calibration counts CPU time, not wall time: other processes preempting
 // this one during calibration would otherwise make the blocks too short.
@@ -78,7 +79,7 @@ function calibrate() {
 // Called through a table so the blocking functions are never inlined into a
 // caller and keep frames of their own.
 const BLOCKS = [
-  ['blockBusyLoop', () => blockBusyLoop(200)],
+  ['blockBusyLoop', () => blockBusyLoop(blockMs(200))],
   ['blockJsonParse', blockJsonParse],
   ['blockRegex', blockRegex],
 ];

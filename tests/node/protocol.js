@@ -10,11 +10,21 @@
 // How many times slower than a normal machine this one runs (an emulated
 // guest of `cargo xtask vm-test` sets it): idle gaps between blocks are
 // stretched by it, so that slow loop work around a block never runs into the
-// next timer. Blocks themselves are timed, never scaled.
+// next timer. Blocks are timed, and scaled only by the measured speed
+// factor in the tests that ask for it (blockMs below).
 const TIME_SCALE = Number(process.env.LOOPBPF_TEST_TIME_SCALE || 1);
 
 function idleMs(ms) {
   return ms * TIME_SCALE;
+}
+
+// Set by tests that scale loopbpf's threshold by the machine's measured
+// speed factor (Scenario::speed_scaled): block lengths scale with it, so
+// blocks stay over the threshold. 1 elsewhere.
+const SPEED_SCALE = Number(process.env.LOOPBPF_TEST_SPEED_SCALE || 1);
+
+function blockMs(ms) {
+  return ms * SPEED_SCALE;
 }
 
 function now() {
@@ -48,4 +58,4 @@ function done(extra) {
   report({ script: 'done', at_ns: now().toString(), ...extra });
 }
 
-module.exports = { now, report, measure, waitForGo, done, idleMs };
+module.exports = { now, report, measure, waitForGo, done, idleMs, blockMs };

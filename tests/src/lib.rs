@@ -126,14 +126,30 @@ pub fn node_for(major: u32) -> PathBuf {
 
 /// `LOOPBPF_TEST_TIME_SCALE`: how many times slower than a normal machine
 /// this one runs, for the timeouts (an emulated guest of `cargo xtask
-/// vm-test` sets it). Never for thresholds or block lengths: those are times
-/// the scripts measure themselves.
+/// vm-test` sets it). Never for thresholds or block lengths: those scale by
+/// the measured `speed_factor()`, in the tests that opt in.
 pub fn time_scale() -> f64 {
     match env::var("LOOPBPF_TEST_TIME_SCALE") {
         Err(_) => 1.0,
         Ok(v) => match v.trim().parse::<f64>() {
             Ok(s) if s.is_finite() && s >= 1.0 => s,
             _ => panic!("LOOPBPF_TEST_TIME_SCALE={v:?} is not a number >= 1"),
+        },
+    }
+}
+
+/// `LOOPBPF_TEST_SPEED_FACTOR`: how many times slower this machine ran a
+/// fixed calibration loop (`tests/node/calibrate.js`) than the host the
+/// bounds were set on; measured by the `vm-test` guest's init, unset (1)
+/// elsewhere. Tests that opt in (`Scenario::speed_scaled`) scale their
+/// thresholds and block lengths by it, so host speed never decides them; at
+/// 1 every bound is today's exactly.
+pub fn speed_factor() -> f64 {
+    match env::var("LOOPBPF_TEST_SPEED_FACTOR") {
+        Err(_) => 1.0,
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 1.0 => s,
+            _ => panic!("LOOPBPF_TEST_SPEED_FACTOR={v:?} is not a number >= 1"),
         },
     }
 }

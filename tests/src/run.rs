@@ -3,7 +3,10 @@
 use crate::container::ContainerRoot;
 use crate::parse::{line_type, parse_folded, str_field, u64_field, Block, Episode, FoldedStack};
 use crate::process::{tail, Process};
-use crate::{default_syscall_probes, loopbpf_bin, node_for, timeout, PERF_MAP_FLAG, THRESHOLD_MS};
+use crate::{
+    default_syscall_probes, loopbpf_bin, node_for, speed_factor, timeout, PERF_MAP_FLAG,
+    THRESHOLD_MS,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -46,6 +49,8 @@ pub struct Scenario {
     /// Puts something at /tmp/perf-<pid>.map once Node is ready and before
     /// loopbpf starts (see `perf_map_planted`).
     plant_perf_map: Option<fn(&Path)>,
+    /// loopbpf's `--threshold`.
+    threshold_ms: f64,
 }
 
 /// What loopbpf may do about a missing tracefs.
@@ -76,7 +81,18 @@ impl Scenario {
             without_tracefs: None,
             syscall_probes: default_syscall_probes(),
             plant_perf_map: None,
+            threshold_ms: THRESHOLD_MS,
         }
+    }
+
+    /// Scales loopbpf's threshold and the script's block lengths by
+    /// `speed_factor()` (node gets it as `LOOPBPF_TEST_SPEED_SCALE`): on a
+    /// slow machine loop work around a block and cold code take that many
+    /// times longer. The test scales its own bounds with it.
+    pub fn speed_scaled(mut self) -> Self {
+        let factor = speed_factor();
+        self.threshold_ms = THRESHOLD_MS * factor;
+        self.node_env("LOOPBPF_TEST_SPEED_SCALE", &factor.to_string())
     }
 
     /// An argument of loopbpf after the harness's own.
@@ -290,7 +306,7 @@ impl Scenario {
         // loopbpf's own limit, in case the test fails to end it.
         let duration = format!("{}s", timeout(Duration::from_secs(30)).as_secs());
         cmd.args(["--pid", &pid, "--json", "--duration", &duration])
-            .args(["--threshold", &format!("{THRESHOLD_MS}ms")])
+            .args(["--threshold", &format!("{}ms", self.threshold_ms.round())])
             .arg("--output")
             .arg(output.path())
             .args(&self.loopbpf_args);

@@ -2,7 +2,7 @@
 //! `stall` line) and, when the process is killed mid-block, still report the
 //! episode with its stacks: measured data is never lost with the process.
 
-use integration_tests::{node_tests, str_field, time_scale, u64_field, Scenario};
+use integration_tests::{node_tests, speed_factor, str_field, u64_field, Scenario};
 
 node_tests!(killed_wedged_loop_is_announced_then_reported =>
     killed_wedged_loop_is_announced_then_reported_node20 = 20,
@@ -12,6 +12,7 @@ node_tests!(killed_wedged_loop_is_announced_then_reported =>
 
 fn killed_wedged_loop_is_announced_then_reported(major: u32) {
     let run = Scenario::new(major, "wedged.js")
+        .speed_scaled()
         .kill_node_on("stall")
         .run();
     let mut problems = Vec::new();
@@ -22,8 +23,8 @@ fn killed_wedged_loop_is_announced_then_reported(major: u32) {
         .unwrap_or_else(|| run.fail("wedged.js printed no start_ns"));
 
     // Between the timer's poll return and the script's stamp: a few ms of
-    // loop work, that many times longer in an emulated guest.
-    let max_lead_ns = (5_000_000.0 * time_scale()) as u64;
+    // loop work, that many times longer on a machine measured slower.
+    let max_lead_ns = (5_000_000.0 * speed_factor()) as u64;
     let stalls = run.events("stall");
     match &stalls[..] {
         [stall] => {

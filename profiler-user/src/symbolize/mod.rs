@@ -12,19 +12,21 @@ mod perf_map;
 mod untrusted;
 mod v8_frames;
 mod v8_names;
+mod watchdog;
 mod worker;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 pub use perf_map::{normalize_v8_name, perf_map_path, Limits, PerfMap, PerfMapError};
 pub use untrusted::{start_ticks, UntrustedFileError};
 pub use v8_names::V8Names;
+pub use watchdog::{Policy, Stuck};
 
 use v8_names::V8NameBook;
+use watchdog::{Abandoned, Admit, Strikes, Struck, Watch};
 
 /// One captured stack; addresses leaf-first, as the kernel captured them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,14 +98,16 @@ pub enum SymbolizeError {
     Spawn(std::io::Error),
     #[error("symbolizer thread has exited")]
     ThreadGone,
-    #[error("symbolizing pid {pid} took over {after:?} (symbolizer restarted)")]
-    TimedOut { pid: u32, after: Duration },
-    #[error("pid {pid} stalled the symbolizer before and is no longer symbolized")]
+    #[error("symbolizing pid {pid} {stuck} (symbolizer restarted)")]
+    TimedOut { pid: u32, stuck: Stuck },
+    #[error("pid {pid} stalled the symbolizer and is left unnamed until its backoff ends")]
     Skipped { pid: u32 },
+    #[error("pid {pid} stalled the symbolizer too often and is no longer symbolized")]
+    GaveUp { pid: u32 },
 }
 
 /// Lets the same worker answer both async and blocking callers.
-type Reply = Box<dyn FnOnce(Symbolized) + Send>;
+type Reply = Box<dyn FnOnce(Result<Symbolized, SymbolizeError>) + Send>;
 
 /// The perf map of a pid; injectable so tests can use a temp file.
 type LocatePerfMap = Arc<dyn Fn(u32) -> PerfMap + Send + Sync>;
@@ -113,30 +117,35 @@ enum Command {
         pid: u32,
         stacks: Vec<StackRequest>,
         reply: Reply,
+        abandoned: Abandoned,
     },
     /// Reads what naming `pid`'s stacks needs (kernel symbols, its binaries'
     /// symbol tables, perf map, V8 layout) before the first stack asks.
     Prepare {
         pid: u32,
         reply: Reply,
+        abandoned: Abandoned,
     },
     Forget {
         pid: u32,
     },
 }
 
-/// How long one request may take before the worker is taken to be stuck (a
-/// read from a hung FUSE or NFS file, say) and replaced by a fresh one.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Counters of what went wrong inside the symbolizer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SymbolizerHealth {
-    /// Workers replaced after a request outran [`REQUEST_TIMEOUT`].
+    /// Workers replaced after a request was found stuck.
     pub restarts: u64,
-    /// Requests that outran [`REQUEST_TIMEOUT`] (their frames kept as
-    /// addresses); one stuck worker may time out several.
+    /// Requests abandoned as stuck (no progress, or over their budget);
+    /// their frames kept as addresses.
     pub timeouts: u64,
+    /// Processes retried after the backoff that followed a stuck request.
+    pub retries: u64,
+    /// Processes given up on after [`Policy::max_strikes`] stuck requests.
+    pub gave_up: u64,
+    /// Requests not sent to the worker while their process was benched or
+    /// given up on (frames kept as addresses).
+    pub skipped: u64,
     /// Requests whose symbolization panicked (answered with addresses).
     pub panics: u64,
     /// Processes whose perf map was refused (a symlink, FIFO, directory,
@@ -146,7 +155,7 @@ pub struct SymbolizerHealth {
 
 impl SymbolizerHealth {
     /// (label, count, what it means), for metrics and the CLI summary.
-    pub fn events(&self) -> [(&'static str, u64, &'static str); 4] {
+    pub fn events(&self) -> [(&'static str, u64, &'static str); 7] {
         [
             (
                 "restarts",
@@ -154,6 +163,17 @@ impl SymbolizerHealth {
                 "symbolizer restarts (a request stuck)",
             ),
             ("timeouts", self.timeouts, "symbolize requests timed out"),
+            ("retries", self.retries, "processes retried after a backoff"),
+            (
+                "gave_up",
+                self.gave_up,
+                "processes given up on (stuck too often)",
+            ),
+            (
+                "skipped",
+                self.skipped,
+                "requests skipped (process backing off or given up on)",
+            ),
             ("panics", self.panics, "symbolize requests that panicked"),
             (
                 "perf_maps_refused",
@@ -164,12 +184,28 @@ impl SymbolizerHealth {
     }
 }
 
-/// What the worker thread counts, shared with the handle (and kept across
-/// worker replacements).
+/// What the handle and the workers count, kept across worker replacements.
 #[derive(Debug, Default)]
 pub(crate) struct WorkerCounters {
+    pub restarts: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub retries: AtomicU64,
+    pub gave_up: AtomicU64,
+    pub skipped: AtomicU64,
     pub panics: AtomicU64,
     pub perf_maps_refused: AtomicU64,
+}
+
+/// What every worker shares: a replacement takes over the queue (so requests
+/// queued behind a stuck one are still served) and the strikes.
+#[derive(Clone)]
+pub(crate) struct WorkerShared {
+    locate_perf_map: LocatePerfMap,
+    counters: Arc<WorkerCounters>,
+    v8_names: V8NameBook,
+    queue: Arc<Mutex<mpsc::Receiver<Command>>>,
+    strikes: Arc<Mutex<Strikes>>,
+    policy: Policy,
 }
 
 /// Handle to the symbolizer thread. The thread exits once every clone is
@@ -180,87 +216,82 @@ pub struct Symbolizer {
 }
 
 struct Shared {
-    locate_perf_map: LocatePerfMap,
-    current: Mutex<Current>,
-    restarts: AtomicU64,
-    timeouts: AtomicU64,
-    counters: Arc<WorkerCounters>,
-    v8_names: V8NameBook,
-    timeout: Duration,
-}
-
-struct Current {
+    workers: WorkerShared,
     commands: mpsc::Sender<Command>,
-    generation: u64,
-    /// Processes a worker got stuck on: not asked again, so one hostile
-    /// process cannot stall every later request by REQUEST_TIMEOUT.
-    stuck: HashSet<u32>,
+    /// The watch of the worker serving the queue now.
+    current: Mutex<Arc<Watch>>,
 }
 
 impl Symbolizer {
     /// Spawns the symbolizer thread.
     pub fn start() -> Result<Self, SymbolizeError> {
-        Self::start_with(Arc::new(PerfMap::for_pid), REQUEST_TIMEOUT)
+        Self::start_with(Arc::new(PerfMap::for_pid), Policy::DEFAULT)
     }
 
-    fn start_with(
-        locate_perf_map: LocatePerfMap,
-        timeout: Duration,
-    ) -> Result<Self, SymbolizeError> {
-        let counters = Arc::new(WorkerCounters::default());
-        let v8_names = V8NameBook::default();
-        let commands = spawn_worker(locate_perf_map.clone(), counters.clone(), v8_names.clone())?;
+    fn start_with(locate_perf_map: LocatePerfMap, policy: Policy) -> Result<Self, SymbolizeError> {
+        let (commands, queue) = mpsc::channel();
+        let workers = WorkerShared {
+            locate_perf_map,
+            counters: Arc::default(),
+            v8_names: V8NameBook::default(),
+            queue: Arc::new(Mutex::new(queue)),
+            strikes: Arc::default(),
+            policy,
+        };
+        let watch = spawn_worker(&workers)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                locate_perf_map,
-                current: Mutex::new(Current {
-                    commands,
-                    generation: 0,
-                    stuck: HashSet::new(),
-                }),
-                restarts: AtomicU64::new(0),
-                timeouts: AtomicU64::new(0),
-                counters,
-                v8_names,
-                timeout,
+                workers,
+                commands,
+                current: Mutex::new(watch),
             }),
         })
     }
 
     pub fn health(&self) -> SymbolizerHealth {
+        let c = &self.shared.workers.counters;
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
         SymbolizerHealth {
-            restarts: self.shared.restarts.load(Ordering::Relaxed),
-            timeouts: self.shared.timeouts.load(Ordering::Relaxed),
-            panics: self.shared.counters.panics.load(Ordering::Relaxed),
-            perf_maps_refused: self
-                .shared
-                .counters
-                .perf_maps_refused
-                .load(Ordering::Relaxed),
+            restarts: get(&c.restarts),
+            timeouts: get(&c.timeouts),
+            retries: get(&c.retries),
+            gave_up: get(&c.gave_up),
+            skipped: get(&c.skipped),
+            panics: get(&c.panics),
+            perf_maps_refused: get(&c.perf_maps_refused),
         }
     }
 
     /// JavaScript frames named from V8's memory: of `pid` (`None` until one
     /// of its stacks carried V8 slots), or of all processes for `None`.
     pub fn v8_names(&self, pid: Option<u32>) -> Option<V8Names> {
-        self.shared.v8_names.get(pid)
+        self.shared.workers.v8_names.get(pid)
     }
 
     /// Names every frame of `stacks`, captured in process `pid`. Frames that
     /// cannot be named come back as [`FrameKind::Unknown`]; errors (the
-    /// worker stuck or gone) leave the caller to keep the addresses.
+    /// worker stuck or gone, the process backing off) leave the caller to
+    /// keep the addresses.
     pub async fn symbolize(
         &self,
         pid: u32,
         stacks: Vec<StackRequest>,
     ) -> Result<Symbolized, SymbolizeError> {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let generation = self.request(pid, stacks, move |symbolized| {
-            let _ = sender.send(symbolized);
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
+        let abandoned = self.send(pid, sender_reply(sender), |reply, abandoned| {
+            Command::Symbolize {
+                pid,
+                stacks,
+                reply,
+                abandoned,
+            }
         })?;
-        match tokio::time::timeout(self.shared.timeout, receiver).await {
-            Ok(reply) => reply.map_err(|_| SymbolizeError::ThreadGone),
-            Err(_) => Err(self.stuck(pid, generation)),
+        let tick = self.shared.workers.policy.tick();
+        loop {
+            match tokio::time::timeout(tick, &mut receiver).await {
+                Ok(reply) => return reply.map_err(|_| SymbolizeError::ThreadGone)?,
+                Err(_) => self.watch(pid, &abandoned)?,
+            }
         }
     }
 
@@ -269,17 +300,20 @@ impl Symbolizer {
     /// symbol tables of its executable files, its perf map and mappings, and
     /// its V8 layout. Answers like a refresh (a request with no stacks).
     pub async fn prepare(&self, pid: u32) -> Result<Symbolized, SymbolizeError> {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let generation = self.send(
-            pid,
-            |reply| Command::Prepare { pid, reply },
-            move |s| {
-                let _ = sender.send(s);
-            },
-        )?;
-        match tokio::time::timeout(self.shared.timeout, receiver).await {
-            Ok(reply) => reply.map_err(|_| SymbolizeError::ThreadGone),
-            Err(_) => Err(self.stuck(pid, generation)),
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
+        let abandoned = self.send(pid, sender_reply(sender), |reply, abandoned| {
+            Command::Prepare {
+                pid,
+                reply,
+                abandoned,
+            }
+        })?;
+        let tick = self.shared.workers.policy.tick();
+        loop {
+            match tokio::time::timeout(tick, &mut receiver).await {
+                Ok(reply) => return reply.map_err(|_| SymbolizeError::ThreadGone)?,
+                Err(_) => self.watch(pid, &abandoned)?,
+            }
         }
     }
 
@@ -290,109 +324,137 @@ impl Symbolizer {
         stacks: Vec<StackRequest>,
     ) -> Result<Symbolized, SymbolizeError> {
         let (sender, receiver) = mpsc::sync_channel(1);
-        let generation = self.request(pid, stacks, move |symbolized| {
-            let _ = sender.send(symbolized);
+        let reply = Box::new(move |result| {
+            let _ = sender.send(result);
+        });
+        let abandoned = self.send(pid, reply, |reply, abandoned| Command::Symbolize {
+            pid,
+            stacks,
+            reply,
+            abandoned,
         })?;
-        match receiver.recv_timeout(self.shared.timeout) {
-            Ok(symbolized) => Ok(symbolized),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(self.stuck(pid, generation)),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(SymbolizeError::ThreadGone),
+        let tick = self.shared.workers.policy.tick();
+        loop {
+            match receiver.recv_timeout(tick) {
+                Ok(result) => return result,
+                Err(mpsc::RecvTimeoutError::Timeout) => self.watch(pid, &abandoned)?,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(SymbolizeError::ThreadGone)
+                }
+            }
         }
     }
 
-    /// Drops what is cached for `pid`; call once the process has exited so a
-    /// reused pid starts clean.
+    /// Drops what is cached for `pid`, and its strikes; call once the
+    /// process has exited so a reused pid starts clean.
     pub fn forget(&self, pid: u32) {
-        let mut current = self.lock();
-        current.stuck.remove(&pid);
+        lock(&self.shared.workers.strikes).forget(pid);
         // A dead thread holds no caches, so there is nothing to report.
-        let _ = current.commands.send(Command::Forget { pid });
+        let _ = self.shared.commands.send(Command::Forget { pid });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
-        // The lock guards a few plain fields, left consistent at every step.
-        self.shared
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn request(
-        &self,
-        pid: u32,
-        stacks: Vec<StackRequest>,
-        reply: impl FnOnce(Symbolized) + Send + 'static,
-    ) -> Result<u64, SymbolizeError> {
-        self.send(
-            pid,
-            |reply| Command::Symbolize { pid, stacks, reply },
-            reply,
-        )
-    }
-
+    /// Queues a request for `pid` unless it is benched or given up on.
     fn send(
         &self,
         pid: u32,
-        command: impl FnOnce(Reply) -> Command,
-        reply: impl FnOnce(Symbolized) + Send + 'static,
-    ) -> Result<u64, SymbolizeError> {
-        let current = self.lock();
-        if current.stuck.contains(&pid) {
-            return Err(SymbolizeError::Skipped { pid });
+        reply: Reply,
+        command: impl FnOnce(Reply, Abandoned) -> Command,
+    ) -> Result<Abandoned, SymbolizeError> {
+        let counters = &self.shared.workers.counters;
+        match lock(&self.shared.workers.strikes).admit(pid, Instant::now()) {
+            Admit::Go { retry, .. } => {
+                if retry {
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
+                    log::info!("pid {pid}: symbolizing again after its backoff");
+                }
+            }
+            Admit::Benched => {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                return Err(SymbolizeError::Skipped { pid });
+            }
+            Admit::GaveUp => {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                return Err(SymbolizeError::GaveUp { pid });
+            }
         }
-        let command = command(Box::new(reply));
-        current
+        let abandoned = Abandoned::default();
+        self.shared
             .commands
-            .send(command)
+            .send(command(reply, abandoned.clone()))
             .map_err(|_| SymbolizeError::ThreadGone)?;
-        Ok(current.generation)
+        Ok(abandoned)
     }
 
-    /// A request to worker `generation` timed out: replace that worker (once,
-    /// however many of its requests time out) and stop asking about `pid`.
-    fn stuck(&self, pid: u32, generation: u64) -> SymbolizeError {
-        self.shared.timeouts.fetch_add(1, Ordering::Relaxed);
-        let mut current = self.lock();
-        current.stuck.insert(pid);
-        if current.generation == generation {
-            match spawn_worker(
-                self.shared.locate_perf_map.clone(),
-                self.shared.counters.clone(),
-                self.shared.v8_names.clone(),
-            ) {
-                Ok(commands) => {
-                    // The old worker keeps its thread until its read returns,
-                    // then finds its channel closed and exits.
-                    current.commands = commands;
-                    current.generation += 1;
-                    self.shared.restarts.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "symbolizing pid {pid} took over {:?}: symbolizer restarted; its frames are left as addresses",
-                        self.shared.timeout
-                    );
+    /// Called by a waiter every tick: if the worker is stuck, abandon its
+    /// request, strike its process and replace the worker (whoever waits
+    /// notices first; the replacement serves the requests queued behind).
+    /// Errs if the waiter's own request was the one abandoned.
+    fn watch(&self, pid: u32, abandoned: &Abandoned) -> Result<(), SymbolizeError> {
+        let mut current = lock(&self.shared.current);
+        if let Some(verdict) = current.check(Instant::now()) {
+            let workers = &self.shared.workers;
+            let counters = &workers.counters;
+            let _ = verdict.abandoned.set(verdict.stuck);
+            counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            let struck =
+                lock(&workers.strikes).strike(verdict.pid, Instant::now(), &workers.policy);
+            let then = match struck {
+                Struck::Benched { strikes, backoff } => format!(
+                    "strike {strikes} of {}, retried in {:.1} s",
+                    workers.policy.max_strikes,
+                    backoff.as_secs_f64()
+                ),
+                Struck::GaveUp => {
+                    counters.gave_up.fetch_add(1, Ordering::Relaxed);
+                    "given up on until it exits".to_owned()
+                }
+            };
+            log::warn!(
+                "symbolizing pid {} {}: symbolizer restarted, its frames left as addresses, {then}",
+                verdict.pid,
+                verdict.stuck
+            );
+            current.retire();
+            match spawn_worker(workers) {
+                Ok(watch) => {
+                    *current = watch;
+                    counters.restarts.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => log::warn!("restarting the stuck symbolizer failed: {error}"),
             }
         }
-        SymbolizeError::TimedOut {
-            pid,
-            after: self.shared.timeout,
+        match abandoned.get() {
+            Some(&stuck) => Err(SymbolizeError::TimedOut { pid, stuck }),
+            None => Ok(()),
         }
     }
 }
 
-fn spawn_worker(
-    locate_perf_map: LocatePerfMap,
-    counters: Arc<WorkerCounters>,
-    v8_names: V8NameBook,
-) -> Result<mpsc::Sender<Command>, SymbolizeError> {
-    let (commands, receiver) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("loopbpf-symbolize".to_owned())
-        .spawn(move || worker::run(locate_perf_map, counters, v8_names, receiver))
-        .map_err(SymbolizeError::Spawn)?;
-    Ok(commands)
+fn sender_reply(sender: tokio::sync::oneshot::Sender<Result<Symbolized, SymbolizeError>>) -> Reply {
+    Box::new(move |result| {
+        let _ = sender.send(result);
+    })
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain fields, consistent at every step: a panic elsewhere leaves them usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts a worker on the shared queue; returns its watch.
+fn spawn_worker(workers: &WorkerShared) -> Result<Arc<Watch>, SymbolizeError> {
+    let watch = Arc::new(Watch::default());
+    let (shared, mine) = (workers.clone(), watch.clone());
+    std::thread::Builder::new()
+        .name("loopbpf-symbolize".to_owned())
+        .spawn(move || worker::run(shared, mine))
+        .map_err(SymbolizeError::Spawn)?;
+    Ok(watch)
+}
+
+#[cfg(test)]
+mod stuck_tests;
 #[cfg(test)]
 mod tests;

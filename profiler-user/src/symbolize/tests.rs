@@ -1,6 +1,5 @@
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use super::*;
 
@@ -9,7 +8,7 @@ fn symbolize_test_marker() -> u64 {
     std::hint::black_box(0x5eed)
 }
 
-fn native_addr() -> u64 {
+pub(super) fn native_addr() -> u64 {
     symbolize_test_marker as *const () as usize as u64
 }
 
@@ -18,12 +17,12 @@ fn with_perf_map(path: &Path) -> Symbolizer {
     let path = path.to_path_buf();
     Symbolizer::start_with(
         Arc::new(move |_pid| PerfMap::new(path.clone())),
-        REQUEST_TIMEOUT,
+        Policy::DEFAULT,
     )
     .unwrap()
 }
 
-fn user_stack(user: &[u64]) -> StackRequest {
+pub(super) fn user_stack(user: &[u64]) -> StackRequest {
     StackRequest {
         user: user.to_vec(),
         kernel: Vec::new(),
@@ -232,7 +231,7 @@ fn a_fifo_perf_map_does_not_block_the_symbolizer() {
     assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
     let symbolizer = Symbolizer::start_with(
         Arc::new(move |_pid| PerfMap::new(fifo.clone())),
-        Duration::from_secs(5),
+        Policy::DEFAULT,
     )
     .unwrap();
     let symbolized = symbolizer
@@ -261,7 +260,7 @@ fn a_panicking_request_is_answered_with_addresses_and_counted() {
             assert_ne!(pid, 1, "simulated symbolizer bug");
             PerfMap::new("/nonexistent/perf.map")
         }),
-        REQUEST_TIMEOUT,
+        Policy::DEFAULT,
     )
     .unwrap();
     let symbolized = symbolizer
@@ -274,45 +273,6 @@ fn a_panicking_request_is_answered_with_addresses_and_counted() {
         .symbolize_blocking(std::process::id(), vec![user_stack(&[native_addr()])])
         .unwrap();
     assert_eq!(symbolized.stacks[0][0].kind, FrameKind::Native);
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_stuck_worker_is_replaced_and_its_pid_skipped() {
-    let (release, stalled) = std::sync::mpsc::channel::<()>();
-    let stalled = Mutex::new(stalled);
-    let symbolizer = Symbolizer::start_with(
-        Arc::new(move |pid| {
-            if pid == 1 {
-                // A read that never returns (a hung FUSE file, say).
-                let _ = stalled.lock().unwrap().recv();
-            }
-            PerfMap::new("/nonexistent/perf.map")
-        }),
-        // Long enough for a fresh worker to load this (debug) binary on a
-        // loaded host: at 300 ms its first native lookup timed out too.
-        Duration::from_secs(2),
-    )
-    .unwrap();
-    let stuck = symbolizer.symbolize(1, vec![user_stack(&[0x1])]).await;
-    assert!(
-        matches!(stuck, Err(SymbolizeError::TimedOut { pid: 1, .. })),
-        "{stuck:?}"
-    );
-    assert_eq!(symbolizer.health().restarts, 1);
-    assert_eq!(symbolizer.health().timeouts, 1);
-    // The next request goes to a fresh worker, and pid 1 is not asked again.
-    let other = symbolizer
-        .symbolize(std::process::id(), vec![user_stack(&[native_addr()])])
-        .await
-        .unwrap();
-    assert_eq!(other.stacks[0][0].kind, FrameKind::Native);
-    let again = symbolizer.symbolize(1, vec![user_stack(&[0x1])]).await;
-    assert!(
-        matches!(again, Err(SymbolizeError::Skipped { pid: 1 })),
-        "{again:?}"
-    );
-    assert_eq!(symbolizer.health().restarts, 1);
-    drop(release);
 }
 
 fn kallsyms_addr(symbol: &str) -> Option<u64> {

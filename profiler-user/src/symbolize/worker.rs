@@ -3,69 +3,82 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::maps::{unknown_kernel_frame, unknown_user_frame, ProcessMaps};
 use super::native::NativeSymbolizer;
 use super::perf_map::{perf_map_path, PerfMap, PerfMapError};
 use super::untrusted::{start_ticks, Expect, Root};
 use super::v8_frames::{ProcessV8, V8Binaries};
-use super::v8_names::V8NameBook;
+use super::watchdog::Watch;
 use super::{
-    Command, Frame, FrameKind, LocatePerfMap, PerfMapStatus, StackRequest, Symbolized,
-    WorkerCounters,
+    lock, Command, Frame, FrameKind, LocatePerfMap, PerfMapStatus, StackRequest, SymbolizeError,
+    Symbolized, WorkerCounters, WorkerShared,
 };
 
-/// Serves `commands` until every handle is gone. A panic (a malformed ELF
-/// file tripping blazesym, say) answers that request with addresses, is
-/// counted, and the worker starts over with empty caches.
-pub(super) fn run(
-    locate_perf_map: LocatePerfMap,
-    counters: Arc<WorkerCounters>,
-    v8_names: V8NameBook,
-    commands: Receiver<Command>,
-) {
+/// Serves the shared queue until every handle is gone, or until this
+/// worker is retired (replaced while stuck) and its request returns. A panic
+/// (a malformed ELF file tripping blazesym, say) answers that request with
+/// addresses, is counted, and the worker starts over with empty caches.
+pub(super) fn run(shared: WorkerShared, watch: Arc<Watch>) {
+    watch.enter();
     // A worker replacing a stuck one starts with empty caches.
-    v8_names.retire_all();
-    let mut worker = Worker::new(locate_perf_map.clone(), counters.clone());
-    for command in commands {
-        match command {
-            Command::Symbolize { pid, stacks, reply } => {
-                match catch_unwind(AssertUnwindSafe(|| worker.symbolize(pid, &stacks))) {
-                    Ok(symbolized) => {
-                        if let Some((stats, cached)) = worker.v8_stats(pid) {
-                            v8_names.update(pid, stats, cached);
-                        }
-                        reply(symbolized)
-                    }
-                    Err(_) => {
-                        counters.panics.fetch_add(1, Ordering::Relaxed);
-                        log::warn!("symbolizing pid {pid} panicked: its frames are left as addresses; caches cleared");
-                        worker = Worker::new(locate_perf_map.clone(), counters.clone());
-                        v8_names.retire_all();
-                        reply(unnamed(pid, &stacks));
-                    }
-                }
-            }
-            Command::Prepare { pid, reply } => {
-                let prepared = catch_unwind(AssertUnwindSafe(|| {
-                    worker.prepare(pid);
-                    worker.symbolize(pid, &[])
-                }));
-                match prepared {
-                    Ok(symbolized) => reply(symbolized),
-                    Err(_) => {
-                        counters.panics.fetch_add(1, Ordering::Relaxed);
-                        log::warn!("preparing pid {pid} panicked: caches cleared");
-                        worker = Worker::new(locate_perf_map.clone(), counters.clone());
-                        reply(unnamed(pid, &[]));
-                    }
-                }
-            }
+    shared.v8_names.retire_all();
+    let (counters, v8_names) = (&shared.counters, &shared.v8_names);
+    let fresh = || Worker::new(shared.locate_perf_map.clone(), counters.clone());
+    let mut worker = fresh();
+    while !watch.retired() {
+        // Only the serving worker waits here: a stuck one is not holding the lock.
+        let Ok(command) = lock(&shared.queue).recv() else {
+            return;
+        };
+        let (pid, reply, abandoned, stacks) = match command {
             Command::Forget { pid } => {
                 worker.forget(pid);
                 v8_names.retire(pid);
+                continue;
+            }
+            Command::Symbolize {
+                pid,
+                stacks,
+                reply,
+                abandoned,
+            } => (pid, reply, abandoned, Some(stacks)),
+            Command::Prepare {
+                pid,
+                reply,
+                abandoned,
+            } => (pid, reply, abandoned, None),
+        };
+        // Benched after this request was queued (a request before it stuck).
+        let Some(strikes) = lock(&shared.strikes).current(pid, Instant::now()) else {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            reply(Err(SymbolizeError::Skipped { pid }));
+            continue;
+        };
+        watch.begin(pid, strikes, &shared.policy, abandoned);
+        let served = catch_unwind(AssertUnwindSafe(|| match &stacks {
+            Some(stacks) => worker.symbolize(pid, stacks),
+            None => {
+                worker.prepare(pid);
+                worker.symbolize(pid, &[])
+            }
+        }));
+        watch.end();
+        match served {
+            Ok(symbolized) => {
+                if let Some((stats, cached)) = worker.v8_stats(pid) {
+                    v8_names.update(pid, stats, cached);
+                }
+                reply(Ok(symbolized))
+            }
+            Err(_) => {
+                counters.panics.fetch_add(1, Ordering::Relaxed);
+                log::warn!("symbolizing pid {pid} panicked: its frames are left as addresses; caches cleared");
+                worker = fresh();
+                v8_names.retire_all();
+                reply(Ok(unnamed(pid, stacks.as_deref().unwrap_or_default())));
             }
         }
     }

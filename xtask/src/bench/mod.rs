@@ -13,6 +13,7 @@ mod probe_cost;
 pub(crate) mod procs;
 pub(crate) mod report;
 mod report_page;
+pub(crate) mod sections;
 mod symbolization;
 mod syscall_cost;
 mod threadpool_cost;
@@ -215,9 +216,10 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
     println!("{text}");
     if !env.opts.no_write {
         let path = paths.root.join("BENCHMARKS.md");
-        // The vm-test bench's section is not this run's to replace.
+        // Sections this run does not write (the vm-test bench's, figures
+        // pasted from `--only` runs) are not its to drop.
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let text = crate::vm::with_emulated_section(&text, &old);
+        let text = sections::keep_other_sections(&text, &old);
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }

@@ -8,7 +8,10 @@
 //! console, which is all the host reads back. Guests use KVM when a KVM guest
 //! boots here, else pure emulation (TCG, JIT code ~100x slower): the tests'
 //! timeouts are stretched (`LOOPBPF_TEST_TIME_SCALE`), their blocks are timed
-//! by the scripts themselves, so nothing depends on the guest's speed.
+//! by the scripts themselves, and the tests that bound loop work (blocks,
+//! wedged, healthy) scale their thresholds and block lengths by the guest's
+//! speed factor, measured at boot against the host with a calibration loop
+//! (`LOOPBPF_TEST_SPEED_FACTOR`), so nothing depends on the guest's speed.
 
 pub mod guest_bench;
 mod image;
@@ -25,19 +28,9 @@ use std::time::Duration;
 use kernel::Series;
 use qemu::{Accel, Boot, Outcome};
 
-/// BENCHMARKS.md's last section, written by `vm-test --bench` and kept by
-/// `cargo xtask bench` (which rewrites everything before it).
+/// BENCHMARKS.md's section written by `vm-test --bench` (and kept by
+/// `cargo xtask bench`, which does not write it).
 const EMULATED_SECTION: &str = "## fentry against tracepoints, under emulation";
-
-/// `text` followed by `old`'s emulated section (from its heading to the end),
-/// if `old` has one.
-pub fn with_emulated_section(text: &str, old: &str) -> String {
-    let before = text.find(EMULATED_SECTION).map_or(text, |i| &text[..i]);
-    match old.find(EMULATED_SECTION) {
-        Some(i) => format!("{}\n{}", before.trim_end(), &old[i..]),
-        None => before.to_string(),
-    }
-}
 
 /// The Node major in the guests (the machine's own Node where it is 20).
 const NODE: u32 = 20;
@@ -45,12 +38,17 @@ const NODE: u32 = 20;
 /// Kernel tests run in each guest: (test binary, name filter). A stated
 /// subset: every syscall-probe test (fentry by default there, tracepoint and
 /// tp_btf forced, tracefs missing, a loop asleep at attach, blocks.js and
-/// execSync through each) and a nested execSync loop, on one Node major. The
-/// full suite under emulation would not fit CI's hour, and tests that hold
-/// loop work around a block to a few ms (blocks.rs, wedged.rs) or require
-/// Node's own iterations to stay under 50 ms (healthy.rs, wedged.rs: cold
-/// code and GC take longer than that under emulation) assume a normal CPU.
-const GUEST_TESTS: [(&str, &str); 2] = [("syscall_probes", ""), ("exec_sync", "node20")];
+/// execSync through each), a nested execSync loop, and the tests whose
+/// thresholds and block lengths scale by the guest's measured speed factor
+/// (blocks, wedged, healthy: `LOOPBPF_TEST_SPEED_FACTOR`, see test_script),
+/// on one Node major. The full suite under emulation would not fit CI's hour.
+const GUEST_TESTS: [(&str, &str); 5] = [
+    ("syscall_probes", ""),
+    ("exec_sync", "node20"),
+    ("wedged", "node20"),
+    ("blocks", "node20"),
+    ("healthy", "node20"),
+];
 
 /// `--tests` name of the systemd case (systemd.rs): in the default set, run
 /// once, on the newest kernel selected.
@@ -186,7 +184,17 @@ pub fn run(paths: &Paths, opts: Opts) -> Result<()> {
         );
         guest_script(&run, &loopbpf, &nodes, time_scale)
     } else {
-        test_script(&loopbpf, &nodes, &binaries, time_scale)
+        let calibrate = paths.root.join("tests").join("node").join("calibrate.js");
+        let speed = Calibration {
+            host_cpu_ms: host_calibration_ms(&node_path, &calibrate)?,
+            node: node_path.clone(),
+            script: calibrate,
+        };
+        println!(
+            "vm-test: speed calibration on the host: {:.1} ms of CPU (best of 3)",
+            speed.host_cpu_ms
+        );
+        test_script(&loopbpf, &nodes, &binaries, time_scale, &speed)
     };
     img.init(&script)?;
     img.pack(&initrd)?;
@@ -293,12 +301,8 @@ fn write_bench_section(path: &Path, tables: &[String]) -> Result<()> {
         crate::cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?,
         tables.join("\n")
     );
-    let kept = old
-        .find(EMULATED_SECTION)
-        .map_or(old.as_str(), |i| &old[..i])
-        .trim_end();
-    std::fs::write(path, format!("{kept}\n\n{section}"))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let text = crate::bench::sections::replace_section(&old, EMULATED_SECTION, &section);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -398,17 +402,57 @@ fn build_poll_loop(paths: &Paths, bin_dir: &Path) -> Result<PathBuf> {
     Ok(paths.target.join("release/examples/poll_loop"))
 }
 
+/// Console line prefix of the guest's speed calibration.
+const SPEED: &str = "loopbpf-vm-test: speed calibration";
+
 /// Console line prefix of a test binary's guest time.
 const TOOK: &str = "loopbpf-vm-test: took";
 
-/// Runs the tests one binary at a time.
+/// `tests/node/calibrate.js` and what it took on the host.
+struct Calibration {
+    node: PathBuf,
+    script: PathBuf,
+    host_cpu_ms: f64,
+}
+
+/// The calibration's CPU time on the host, best of 3: CPU time, not wall
+/// time, so that builds running beside it do not make the guest look fast.
+fn host_calibration_ms(node: &Path, script: &Path) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let out = cmd::output(Command::new(node).arg(script))?;
+        let cpu = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|ms| ms.is_finite() && *ms > 0.0)
+            .with_context(|| format!("{}: no CPU time in {out:?}", script.display()))?;
+        best = best.min(cpu);
+    }
+    Ok(best)
+}
+
+/// Runs the tests one binary at a time, after measuring how much slower the
+/// guest runs the calibration than the host (its wall time against the
+/// host's CPU time): `LOOPBPF_TEST_SPEED_FACTOR`, at least 1.
 fn test_script(
     loopbpf: &Path,
     nodes: &str,
     binaries: &[(String, PathBuf, String)],
     time_scale: u32,
+    speed: &Calibration,
 ) -> String {
-    let mut run = String::new();
+    let mut run = format!(
+        "cal=$('{}' '{}' | awk '{{print $1}}')\n\
+         factor=$(awk -v g=\"$cal\" -v h={:.1} 'BEGIN {{ f = g / h; if (!(f >= 1)) f = 1; printf \"%.1f\", f }}')\n\
+         [ -n \"$cal\" ] || {{ echo 'loopbpf-vm-test: FAIL: the speed calibration printed nothing'; status=1; }}\n\
+         echo \"{SPEED}: guest $cal ms wall, host {:.1} ms CPU: factor $factor\"\n\
+         export LOOPBPF_TEST_SPEED_FACTOR=$factor\n",
+        speed.node.display(),
+        speed.script.display(),
+        speed.host_cpu_ms,
+        speed.host_cpu_ms,
+    );
     for (name, exe, filter) in binaries {
         run += &format!(
             "echo 'loopbpf-vm-test: {name} {filter}'\n\
@@ -478,19 +522,4 @@ fn ensure_host_tools() -> Result<()> {
         "cpio",
         "busybox-static",
     ]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_emulated_section_survives_a_rewrite() {
-        let old = format!("# old\n\n{EMULATED_SECTION}\n\ntable\n");
-        assert_eq!(
-            with_emulated_section("# new\n", &old),
-            format!("# new\n{EMULATED_SECTION}\n\ntable\n")
-        );
-        assert_eq!(with_emulated_section("# new\n", "# old\n"), "# new\n");
-    }
 }

@@ -338,7 +338,7 @@ fn encode_agent(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         }
     }
     {
-        let help = "What went wrong in the symbolizer, by kind: workers restarted after a stuck request, requests timed out or panicked, perf maps refused";
+        let help = "What went wrong in the symbolizer, by kind: workers restarted after a stuck request, requests timed out, processes retried after a backoff or given up on, requests skipped meanwhile, requests that panicked, perf maps refused";
         let mut m =
             enc.encode_descriptor("loopbpf_symbolizer_events", help, None, MetricType::Counter)?;
         for (what, n, _) in s.symbolizer.events() {
