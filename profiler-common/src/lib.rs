@@ -90,7 +90,16 @@ pub const COUNTER_POOL_EVENTS_LOST: u32 = 10;
 /// A sample or off-CPU stack went out without a copy of the user stack (its
 /// registers or every page above %rsp unreadable): frame pointers only.
 pub const COUNTER_STACK_COPY_ERRORS: u32 = 11;
-pub const NUM_COUNTERS: u32 = 12;
+/// Records dropped because their process had used its ring-buffer budget for
+/// the window (`Config::ring_budget_bytes`): off-CPU stacks, episodes,
+/// threadpool busy periods.
+pub const COUNTER_OFF_CPU_BUDGET: u32 = 12;
+pub const COUNTER_EPISODES_BUDGET: u32 = 13;
+pub const COUNTER_POOL_EVENTS_BUDGET: u32 = 14;
+/// `THREADS` entries the kernel side created. Userspace subtracts the ones it
+/// deleted and the ones present: the rest the LRU evicted.
+pub const COUNTER_THREADS_INSERTED: u32 = 15;
+pub const NUM_COUNTERS: u32 = 16;
 
 /// Runtime settings userspace writes into the one-element `CONFIG` array.
 /// A map rather than load-time globals so a running daemon can change them.
@@ -118,6 +127,12 @@ pub struct Config {
     /// stack (see `STACK_COPY_BYTES`); zero leaves frame pointers only.
     pub copy_stack: u32,
     pub _pad: u32,
+    /// Bytes of ring-buffer records one process may send per
+    /// `ring_window_ns` (0: no limit), so one process cannot fill the ring
+    /// buffer all watched processes share. Samples are not charged: there is
+    /// one per CPU per tick for the whole host, which the ring is sized for.
+    pub ring_budget_bytes: u64,
+    pub ring_window_ns: u64,
 }
 
 /// Value of the `WATCHED` map, keyed by tgid.
@@ -126,6 +141,10 @@ pub struct Config {
 pub struct WatchedProcess {
     pub flags: u32,
     pub _pad: u32,
+    /// The process's ring-buffer budget: the open window's start, and the
+    /// bytes it sent in it (see `Config::ring_budget_bytes`).
+    pub window_start_ns: u64,
+    pub window_bytes: u64,
 }
 
 /// One epoll loop seen on a thread, identified by its epoll fd.
@@ -381,8 +400,8 @@ pub struct SampleEvent {
 }
 
 // No implicit padding anywhere: a hole would be uninitialised bytes on one side.
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
-const _: () = assert!(core::mem::size_of::<WatchedProcess>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(core::mem::size_of::<WatchedProcess>() == 24);
 const _: () = assert!(core::mem::size_of::<LoopSlot>() == 4 + 4 + 6 * 8 + 4 + 4 + 8);
 const _: () = assert!(
     core::mem::size_of::<ThreadLoops>() == 48 + MAX_LOOP_SLOTS * core::mem::size_of::<LoopSlot>()

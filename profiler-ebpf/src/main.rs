@@ -112,6 +112,38 @@ fn count(index: u32) {
     }
 }
 
+/// Charges a record of `bytes` to process `tgid`'s ring-buffer budget: false
+/// when the process has used it up for the open window, and the record is to
+/// be dropped (and counted) so that one process's flood leaves room for the
+/// others'. `charge` false only asks. Two CPUs charging at once may each see
+/// the old total: the budget overshoots by at most one record per CPU, which
+/// costs no atomics.
+#[inline(always)]
+fn within_budget(c: &Config, tgid: u32, bytes: u64, charge: bool) -> bool {
+    if c.ring_budget_bytes == 0 {
+        return true;
+    }
+    let Some(w) = WATCHED.get_ptr_mut(&tgid) else {
+        // Being unwatched: nothing of it is sent for long.
+        return true;
+    };
+    // SAFETY: a map value pointer, valid for this program's run.
+    let w = unsafe { &mut *w };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let expired = now.saturating_sub(w.window_start_ns) >= c.ring_window_ns;
+    let used = if expired { 0 } else { w.window_bytes };
+    if used + bytes > c.ring_budget_bytes {
+        return false;
+    }
+    if charge {
+        if expired {
+            w.window_start_ns = now;
+        }
+        w.window_bytes = used + bytes;
+    }
+    true
+}
+
 #[inline(always)]
 fn config() -> Option<&'static Config> {
     CONFIG.get(0)

@@ -22,12 +22,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use profiler_common::{
-    histogram, EpisodeEvent, LoopKey, LoopSlot, LoopStats, ThreadLoops, COUNTER_EPISODES_LOST,
-    COUNTER_SLOTS_RECYCLED, COUNTER_STATS_FULL, COUNTER_THREADS_FULL, EVENT_EPISODE,
-    MAX_LOOP_SLOTS,
+    histogram, EpisodeEvent, LoopKey, LoopSlot, LoopStats, ThreadLoops, COUNTER_EPISODES_BUDGET,
+    COUNTER_EPISODES_LOST, COUNTER_SLOTS_RECYCLED, COUNTER_STATS_FULL, COUNTER_THREADS_FULL,
+    COUNTER_THREADS_INSERTED, EVENT_EPISODE, MAX_LOOP_SLOTS,
 };
 
-use crate::{config, count, is_watched, EVENTS, LOOP_STATS, THREADS};
+use crate::{config, count, is_watched, within_budget, EVENTS, LOOP_STATS, THREADS};
 
 #[cfg(bpf_target_arch = "x86_64")]
 pub(crate) mod nr {
@@ -255,11 +255,15 @@ fn thread_loops(pid: u32, tid: u32) -> Option<&'static mut ThreadLoops> {
         t.pid = pid;
         return Some(t);
     }
+    // An LRU insert evicts silently when the map is full: userspace finds
+    // evictions from this count (see COUNTER_THREADS_INSERTED).
     if THREADS
         .insert(tid, &ZERO_LOOPS, BPF_NOEXIST as u64)
         .is_err()
     {
         count(COUNTER_THREADS_FULL);
+    } else {
+        count(COUNTER_THREADS_INSERTED);
     }
     let t = unsafe { &mut *THREADS.get_ptr_mut(tid)? };
     t.pid = pid;
@@ -461,14 +465,17 @@ fn record_iteration(pid: u32, tid: u32, s: &LoopSlot, busy: u64, off_cpu: (u64, 
     if let Some(c) = stats.buckets.get_mut(b) {
         *c += 1;
     }
-    let threshold = match config() {
-        Some(c) => c.threshold_ns,
-        None => return,
+    let Some(c) = config() else {
+        return;
     };
-    if threshold == 0 || busy < threshold {
+    if c.threshold_ns == 0 || busy < c.threshold_ns {
         return;
     }
     stats.episodes += 1;
+    if !within_budget(c, pid, size_of::<EpisodeEvent>() as u64, true) {
+        count(COUNTER_EPISODES_BUDGET);
+        return;
+    }
     let event = EpisodeEvent {
         kind: EVENT_EPISODE,
         pid,

@@ -9,21 +9,24 @@
 //! in its own loop's poll is idle and not tracked. Other tasks' pid/tgid are
 //! read at offsets userspace found in the kernel's BTF.
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
     EbpfContext,
 };
 use profiler_common::{
-    Config, OffCpuEvent, ThreadLoops, COUNTER_OFF_CPU_LOST, COUNTER_STACK_COPY_ERRORS,
-    EVENT_OFF_CPU, IN_POLL_BEFORE_ATTACH, MAX_KERNEL_FRAMES, MAX_LOOP_SLOTS, MAX_USER_FRAMES,
+    Config, OffCpuEvent, ThreadLoops, COUNTER_OFF_CPU_BUDGET, COUNTER_OFF_CPU_LOST,
+    COUNTER_STACK_COPY_ERRORS, EVENT_OFF_CPU, IN_POLL_BEFORE_ATTACH, MAX_KERNEL_FRAMES,
+    MAX_LOOP_SLOTS, MAX_USER_FRAMES,
 };
 
 use crate::{
     config, count, is_watched,
     unwind::{copy_user_stack, copy_v8_slots, copy_v8_slots_recovered, recover_user_stack},
-    EVENTS, OFF_CPU, THREADS,
+    within_budget, EVENTS, OFF_CPU, THREADS,
 };
 
 // Too big for the BPF stack: inserted by reference from read-only data.
@@ -38,11 +41,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // context switch of the host, and a clock read is not free in a VM.
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
-    switched_out(
-        &ctx,
-        preempt != 0 || prev_state as u32 == 0,
-        c.copy_stack != 0,
-    );
+    switched_out(&ctx, preempt != 0 || prev_state as u32 == 0, c);
     let next: u64 = ctx.arg(2);
     switched_in(next, c);
     0
@@ -65,7 +64,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
 
 /// The current task (`prev`) leaves the CPU.
 #[inline(always)]
-fn switched_out(ctx: &BtfTracePointContext, runnable: bool, copy_stack: bool) {
+fn switched_out(ctx: &BtfTracePointContext, runnable: bool, c: &Config) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if !is_watched(pid) {
@@ -104,7 +103,9 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool, copy_stack: bool) {
         // Preempted, the thread waits only for a CPU: where its code was says
         // nothing about why, and walking two stacks on every preemption of a
         // busy loop thread was most of this program's cost under load.
-        if runnable {
+        // A process over its ring-buffer budget would have its record
+        // dropped: flooding costs it no stack walks either.
+        if runnable || !within_budget(c, pid, size_of::<OffCpuEvent>() as u64, false) {
             (*e).header.user_bytes = 0;
             (*e).header.kernel_bytes = 0;
             (*e).header.regs.stack_bytes = 0;
@@ -142,7 +143,7 @@ fn switched_out(ctx: &BtfTracePointContext, runnable: bool, copy_stack: bool) {
         };
         (*e).header.v8_frames = v8_frames as u32;
         (*e).header.regs.stack_bytes = 0;
-        if copy_stack && !copy_user_stack(&mut (*e).header.regs, (*e).stack.as_mut_ptr()) {
+        if c.copy_stack != 0 && !copy_user_stack(&mut (*e).header.regs, (*e).stack.as_mut_ptr()) {
             count(COUNTER_STACK_COPY_ERRORS);
         }
     }
@@ -187,6 +188,18 @@ fn switched_in(next: u64, c: &Config) {
         return;
     };
     let e = unsafe { &mut *e };
+    // Off-CPU stacks may fill only the ring's first half: the rest stays for
+    // samples and episodes, however many processes send them and however
+    // late userspace drains.
+    let bytes = size_of::<OffCpuEvent>() as u64;
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) + bytes > EVENTS.query(BPF_RB_RING_SIZE as u64) / 2 {
+        count(COUNTER_OFF_CPU_LOST);
+        return;
+    }
+    if !within_budget(c, e.header.pid, size_of::<OffCpuEvent>() as u64, true) {
+        count(COUNTER_OFF_CPU_BUDGET);
+        return;
+    }
     e.header.kind = EVENT_OFF_CPU;
     e.header.blocked_ns = blocked;
     e.header.runq_ns = runq;

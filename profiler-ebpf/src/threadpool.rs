@@ -20,11 +20,13 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use profiler_common::{
-    histogram, PendingWork, PoolBusyEvent, PoolWorker, COUNTER_POOL_EVENTS_LOST,
-    COUNTER_POOL_UNMATCHED, COUNTER_POOL_WORKERS_FULL, EVENT_POOL_BUSY,
+    histogram, PendingWork, PoolBusyEvent, PoolWorker, COUNTER_POOL_EVENTS_BUDGET,
+    COUNTER_POOL_EVENTS_LOST, COUNTER_POOL_UNMATCHED, COUNTER_POOL_WORKERS_FULL, EVENT_POOL_BUSY,
 };
 
-use crate::{config, count, is_watched, EVENTS, POOL_PENDING, POOL_WORKERS, THREADS};
+use crate::{
+    config, count, is_watched, within_budget, EVENTS, POOL_PENDING, POOL_WORKERS, THREADS,
+};
 
 static ZERO_WORKER: PoolWorker = PoolWorker::ZERO;
 
@@ -126,11 +128,14 @@ pub fn pool_worker_idle(_ctx: ProbeContext) -> u32 {
     w.busy = 0;
     w.busy_ns += busy;
     w.last_idle_ns = now;
-    let threshold = match config() {
-        Some(c) => c.threshold_ns,
-        None => return 0,
+    let Some(c) = config() else {
+        return 0;
     };
-    if busy >= threshold {
+    if busy >= c.threshold_ns {
+        if !within_budget(c, w.pid, size_of::<PoolBusyEvent>() as u64, true) {
+            count(COUNTER_POOL_EVENTS_BUDGET);
+            return 0;
+        }
         let event = PoolBusyEvent {
             kind: EVENT_POOL_BUSY,
             pid: w.pid,

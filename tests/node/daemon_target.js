@@ -4,8 +4,11 @@
 // daemonBlock, then print {"block":…}), `pbkdf2 N` (N concurrent async
 // crypto.pbkdf2 calls on the threadpool, then print {"pbkdf2":N,"ms":…}) or
 // `workers N [MS]` (start and end N worker threads one after another, each
-// running its own event loop for MS ms, default 25, then print {"workers":N}) or
-// `exit` (process.exit(0)).
+// running its own event loop for MS ms, default 25, then print {"workers":N}),
+// `flood MS N` (the main thread and N worker threads each sleep 0.3 ms at a
+// time, over and over, for MS ms inside one busy iteration of their loops:
+// every sleep is an off-CPU interval with stacks, the largest record the
+// kernel side sends; then print {"flood":N,"waits":…}) or `exit` (process.exit(0)).
 // Prints {"script":"ready","pid":N} once running. DAEMON_TARGET_TITLE, when
 // set, becomes process.title (and so the process's comm) first.
 
@@ -51,6 +54,26 @@ function handle(line) {
       new Worker(code, { eval: true }).on('exit', next);
     };
     next();
+  } else if (cmd === 'flood') {
+    const { Worker } = require('worker_threads');
+    const ms = Number(arg);
+    const n = Number(line.trim().split(/\s+/)[2] || 0);
+    // From a timer, so each loop has polled (and its iteration is open).
+    const body = `(ms) => { const cell = new Int32Array(new SharedArrayBuffer(4));
+      const until = Date.now() + ms; let waits = 0;
+      while (Date.now() < until) { Atomics.wait(cell, 0, 0, 0.3); waits++; } return waits; }`;
+    let waits = 0;
+    let left = n + 1;
+    const finished = (w) => {
+      waits += w;
+      if (--left === 0) process.stdout.write(JSON.stringify({ flood: n, waits }) + '\n');
+    };
+    for (let i = 0; i < n; i++) {
+      const code = `const { parentPort } = require('worker_threads');
+        setTimeout(() => parentPort.postMessage((${body})(${ms})), 20);`;
+      new Worker(code, { eval: true }).on('message', finished);
+    }
+    setTimeout(() => finished(eval(body)(ms)), 20);
   } else if (cmd === 'exit') {
     process.exit(0);
   }

@@ -397,6 +397,8 @@ pub struct Summary {
     pub samples_lost: u64,
     pub episodes_lost: u64,
     pub off_cpu_lost: u64,
+    /// Loop-thread states the kernel's THREADS LRU evicted, all targets.
+    pub threads_evicted: u64,
     /// What went wrong in the symbolizer, all targets together.
     pub symbolizer: crate::symbolize::SymbolizerHealth,
     pub loops: Vec<Loop>,
@@ -421,6 +423,7 @@ pub fn summary(s: &ProcessSummary) -> Line<Summary> {
             samples_lost: s.kernel.samples_lost,
             episodes_lost: s.kernel.episodes_lost,
             off_cpu_lost: s.kernel.off_cpu_lost,
+            threads_evicted: s.kernel.threads_evicted,
             symbolizer: s.symbolizer,
             loops: s
                 .loops

@@ -283,7 +283,7 @@ mod tests {
         };
         let s = summary_of("node", k);
         assert!(
-            s.contains("dropped in the kernel (all targets): 2 off-CPU intervals (ring buffer full), 4 loops not counted (LOOP_STATS map full)"),
+            s.contains("dropped in the kernel (all targets): 2 off-CPU intervals (ring buffer half full: the rest is kept for samples and episodes), 4 loops not counted (LOOP_STATS map full)"),
             "{s}"
         );
         assert!(!summary_of("node", Default::default()).contains("dropped"));

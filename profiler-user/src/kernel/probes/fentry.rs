@@ -74,7 +74,7 @@ const MAX_THREADS_SEEDED: usize = 1024;
 /// its first iteration, and a loop that wakes up and never polls again
 /// (wedged) would go unseen. Call it after `pid` is watched: a thread the
 /// probes have already seen keeps its state.
-pub(crate) fn seed_asleep_polls(ebpf: &mut Ebpf, pid: u32) {
+pub(crate) fn seed_asleep_polls(ebpf: &mut Ebpf, pid: u32) -> u64 {
     let (asleep, skipped) = asleep_in_poll(pid, MAX_THREADS_SEEDED);
     if skipped > 0 {
         log::warn!(
@@ -82,11 +82,12 @@ pub(crate) fn seed_asleep_polls(ebpf: &mut Ebpf, pid: u32) {
         );
     }
     let Some(map) = ebpf.map_mut("THREADS") else {
-        return;
+        return 0;
     };
     let Ok(mut threads) = HashMap::<_, u32, ThreadLoops>::try_from(map) else {
-        return;
+        return 0;
     };
+    let mut seeded = 0;
     let now = crate::clock::monotonic_ns();
     for (tid, epfd) in asleep {
         let mut t = ThreadLoops {
@@ -102,11 +103,12 @@ pub(crate) fn seed_asleep_polls(ebpf: &mut Ebpf, pid: u32) {
             ..LoopSlot::default()
         };
         match threads.insert(tid, t, BPF_NOEXIST) {
-            Ok(()) => {}
+            Ok(()) => seeded += 1,
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => log::debug!("pid {pid} tid {tid}: seeding its poll failed: {e}"),
         }
     }
+    seeded
 }
 
 /// `/proc/PID/task/TID/syscall` is one line of a number and up to six hex

@@ -1,6 +1,7 @@
 //! Loads loopbpf's eBPF object into the kernel, attaches it, and gives typed
 //! access to its maps. Everything that can go wrong here becomes a `ProbeError`
 //! naming what failed and, where we know it, why.
+mod counters;
 mod fentry;
 pub mod pool_symbols;
 pub mod pool_uprobes;
@@ -56,7 +57,21 @@ pub fn kernel_config(
         sample_after_ns: threshold_ns / SAMPLE_AFTER_THRESHOLD_DIVISOR,
         copy_stack: u32::from(std::env::var_os(STACK_COPY_ENV).is_none_or(|v| v != "off")),
         _pad: 0,
+        // Set from the ring buffer's size when it is created (`Probes::attach`).
+        ring_budget_bytes: 0,
+        ring_window_ns: 0,
     })
+}
+
+/// `LOOPBPF_THREADS_MAX_ENTRIES=N` sizes the `THREADS` map N instead of
+/// 16,384: for tests, to make its LRU evict with a few threads (the code is
+/// the production code; only the size differs).
+pub const THREADS_MAX_ENTRIES_ENV: &str = "LOOPBPF_THREADS_MAX_ENTRIES";
+
+fn threads_max_entries() -> Option<u32> {
+    let n = std::env::var(THREADS_MAX_ENTRIES_ENV).ok()?.parse().ok()?;
+    log::warn!("THREADS map sized {n} ({THREADS_MAX_ENTRIES_ENV})");
+    Some(n)
 }
 
 /// `LOOPBPF_STACK_COPY=off` takes stacks by frame pointer only, as before
@@ -109,75 +124,7 @@ pub enum ProbeError {
     },
 }
 
-/// Counters the kernel side keeps of what it dropped (see `COUNTER_*`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct KernelCounters {
-    pub samples_sent: u64,
-    pub samples_lost: u64,
-    pub episodes_lost: u64,
-    pub threads_full: u64,
-    pub stats_full: u64,
-    pub slots_recycled: u64,
-    pub user_stack_errors: u64,
-    pub off_cpu_lost: u64,
-    pub pool_workers_full: u64,
-    pub pool_unmatched: u64,
-    pub pool_events_lost: u64,
-    pub stack_copy_errors: u64,
-}
-
-impl KernelCounters {
-    /// Everything the kernel side dropped, by cause: (label, count, what it means).
-    pub fn drops(&self) -> [(&'static str, u64, &'static str); 9] {
-        [
-            (
-                "samples",
-                self.samples_lost,
-                "stack samples (ring buffer full)",
-            ),
-            (
-                "episodes",
-                self.episodes_lost,
-                "episodes (ring buffer full)",
-            ),
-            (
-                "off_cpu",
-                self.off_cpu_lost,
-                "off-CPU intervals (ring buffer full)",
-            ),
-            (
-                "pool_events",
-                self.pool_events_lost,
-                "threadpool events (ring buffer full)",
-            ),
-            (
-                "threads",
-                self.threads_full,
-                "threads not tracked (THREADS map full)",
-            ),
-            (
-                "loop_stats",
-                self.stats_full,
-                "loops not counted (LOOP_STATS map full)",
-            ),
-            (
-                "pool_workers",
-                self.pool_workers_full,
-                "threadpool workers not tracked (POOL_WORKERS map full)",
-            ),
-            (
-                "user_stacks",
-                self.user_stack_errors,
-                "user stacks that could not be walked",
-            ),
-            (
-                "stack_copies",
-                self.stack_copy_errors,
-                "user stacks not copied (unwound by frame pointers only)",
-            ),
-        ]
-    }
-}
+pub use counters::KernelCounters;
 
 pub struct Probes {
     // Dropping `Ebpf` detaches every program: keep it for the life of `Probes`.
@@ -188,6 +135,14 @@ pub struct Probes {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     syscall_probes: SyscallProbesInUse,
+    /// Each process's ring-buffer budget, from the ring's size (see
+    /// `ring_size::process_budget`); kept across `set_config`.
+    ring_budget: (u64, u64),
+    /// `THREADS` entries userspace inserted (seeded polls) and deleted, and
+    /// the evictions found so far (see `threads_evicted`).
+    threads_seeded: u64,
+    threads_removed: u64,
+    threads_evicted: std::sync::atomic::AtomicU64,
     /// Kept alive so the log ring buffer map stays valid (see toolchain notes).
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -197,7 +152,7 @@ impl Probes {
     /// online CPU (0 disables sampling). `syscall_probes` picks the programs
     /// on the epoll, close and exit_group syscalls (see `syscall_probes()`).
     pub fn attach(
-        config: Config,
+        mut config: Config,
         frequency_hz: u64,
         syscall_probes: SyscallProbesChoice,
         startup: &mut Startup,
@@ -214,12 +169,21 @@ impl Probes {
             events_bytes >> 10,
             cpus.len()
         );
+        let ring_budget = (
+            crate::kernel::ring_size::process_budget(events_bytes),
+            crate::kernel::ring_size::BUDGET_WINDOW.as_nanos() as u64,
+        );
+        (config.ring_budget_bytes, config.ring_window_ns) = ring_budget;
         let mut ebpf = startup
             .time(Phase::Maps, || {
-                EbpfLoader::new()
+                let mut loader = EbpfLoader::new();
+                loader
                     .btf(Some(&btf))
-                    .map_max_entries("EVENTS", events_bytes as u32)
-                    .load(OBJECT)
+                    .map_max_entries("EVENTS", events_bytes as u32);
+                if let Some(n) = threads_max_entries() {
+                    loader.map_max_entries("THREADS", n);
+                }
+                loader.load(OBJECT)
             })
             .map_err(ProbeError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -280,6 +244,10 @@ impl Probes {
             config: config_map,
             counters,
             syscall_probes,
+            ring_budget,
+            threads_seeded: 0,
+            threads_removed: 0,
+            threads_evicted: Default::default(),
             logger,
             pool_links: Default::default(),
         };
@@ -300,7 +268,8 @@ impl Probes {
             })?;
         self.update_watched_bitmap(pid)?;
         if self.syscall_probes.probes == SyscallProbes::Fentry {
-            crate::kernel::probes::fentry::seed_asleep_polls(&mut self.ebpf, pid);
+            self.threads_seeded +=
+                crate::kernel::probes::fentry::seed_asleep_polls(&mut self.ebpf, pid);
         }
         Ok(())
     }
@@ -358,18 +327,46 @@ impl Probes {
         self.detach_threadpool(pid);
     }
 
-    pub(crate) fn remove_keys<K: aya::Pod, V: aya::Pod>(&mut self, map: &str, keys: &[K]) {
-        let Some(map) = self.ebpf.map_mut(map) else {
+    pub(crate) fn remove_keys<K: aya::Pod, V: aya::Pod>(&mut self, map_name: &str, keys: &[K]) {
+        let Some(map) = self.ebpf.map_mut(map_name) else {
             return;
         };
+        let threads = map_name == "THREADS";
         if let Ok(mut map) = HashMap::<_, K, V>::try_from(map) {
             for key in keys {
-                let _ = map.remove(key);
+                // A key already gone (evicted) is not counted as removed.
+                if map.remove(key).is_ok() && threads {
+                    self.threads_removed += 1;
+                }
             }
         }
     }
 
-    pub fn set_config(&mut self, config: Config) -> Result<(), ProbeError> {
+    /// `THREADS` entries the LRU evicted so far, given the `inserted` count of
+    /// the kernel side: every entry inserted and not deleted by userspace is
+    /// present or was evicted. The map's keys are counted after `inserted`
+    /// was read, so an entry inserted in between only hides an eviction until
+    /// the next call; the total never goes down.
+    fn threads_evicted(&self, inserted: u64) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.threads_evicted.load(Relaxed);
+        let Some(map) = self.ebpf.map("THREADS") else {
+            return before;
+        };
+        let Ok(threads) = HashMap::<_, u32, ThreadLoops>::try_from(map) else {
+            return before;
+        };
+        let present = threads.keys().filter(Result::is_ok).count() as u64;
+        let evicted = (inserted + self.threads_seeded)
+            .saturating_sub(self.threads_removed)
+            .saturating_sub(present)
+            .max(before);
+        self.threads_evicted.store(evicted, Relaxed);
+        evicted
+    }
+
+    pub fn set_config(&mut self, mut config: Config) -> Result<(), ProbeError> {
+        (config.ring_budget_bytes, config.ring_window_ns) = self.ring_budget;
         self.config
             .set(0, config, 0)
             .map_err(|source| ProbeError::Map {
@@ -459,6 +456,10 @@ impl Probes {
             pool_unmatched: sum(COUNTER_POOL_UNMATCHED),
             pool_events_lost: sum(COUNTER_POOL_EVENTS_LOST),
             stack_copy_errors: sum(COUNTER_STACK_COPY_ERRORS),
+            off_cpu_budget: sum(COUNTER_OFF_CPU_BUDGET),
+            episodes_budget: sum(COUNTER_EPISODES_BUDGET),
+            pool_events_budget: sum(COUNTER_POOL_EVENTS_BUDGET),
+            threads_evicted: self.threads_evicted(sum(COUNTER_THREADS_INSERTED)),
         }
     }
 
