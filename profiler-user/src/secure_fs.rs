@@ -148,22 +148,7 @@ pub fn write_new(
     bytes: &[u8],
     mode: u32,
 ) -> Result<PathBuf, SecureFsError> {
-    let path = dir.join(name);
-    let write_error = |source| SecureFsError::Write {
-        path: path.clone(),
-        source,
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".loopbpf-")
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(write_error)?;
-    tmp.write_all(bytes).map_err(write_error)?;
-    tmp.as_file().sync_data().map_err(write_error)?;
-    // On error the temporary file is removed when `tmp` drops.
-    tmp.persist(&path).map_err(|e| write_error(e.error))?;
-    Ok(path)
+    write_renamed(dir, name, bytes, mode, true).map(|(path, _)| path)
 }
 
 /// [`write_new`] without waiting for the disk: the file is complete and in
@@ -175,6 +160,18 @@ pub fn write_new_sync_later(
     name: &str,
     bytes: &[u8],
     mode: u32,
+) -> Result<(PathBuf, File), SecureFsError> {
+    write_renamed(dir, name, bytes, mode, false)
+}
+
+/// `bytes` in a new temporary file in `dir` (random name, `O_EXCL`, `mode`),
+/// synced first if `sync`, then renamed over `dir/name`.
+fn write_renamed(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    sync: bool,
 ) -> Result<(PathBuf, File), SecureFsError> {
     let path = dir.join(name);
     let write_error = |source| SecureFsError::Write {
@@ -188,6 +185,10 @@ pub fn write_new_sync_later(
         .tempfile_in(dir)
         .map_err(write_error)?;
     tmp.write_all(bytes).map_err(write_error)?;
+    if sync {
+        tmp.as_file().sync_data().map_err(write_error)?;
+    }
+    // On error the temporary file is removed when `tmp` drops.
     let file = tmp.persist(&path).map_err(|e| write_error(e.error))?;
     Ok((path, file))
 }

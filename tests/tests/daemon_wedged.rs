@@ -139,7 +139,6 @@ fn daemon_shows_a_wedged_loop_while_it_lasts(major: u32) {
         daemon
             .process
             .stderr_line(|l| l.contains("still blocked for") && l.contains(&format!("pid={pid} ")))
-            .map(|(at, line)| (at, line))
     });
     let mut problems = Vec::new();
     match gauge_at {

@@ -56,20 +56,7 @@ fn a_node_without_v8_metadata_warns_once_and_keeps_perf_maps() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = dir.path().join("node");
     renamed_metadata(&node_for(22), &node, b"v8DBG_");
-    let run = Scenario::new(22, "blocks.js").node_binary(&node).run();
-    let warned: Vec<&str> = run
-        .loopbpf_stderr
-        .lines()
-        .filter(|l| l.contains("named from perf maps only"))
-        .collect();
-    let mut problems = Vec::new();
-    if warned.len() != 1 || !warned[0].contains("no V8 postmortem metadata") {
-        problems.push(format!(
-            "want one warning that the V8 metadata is missing, got {warned:?}"
-        ));
-    }
-    problems.extend(named_by_perf_map(&run));
-    run.check(problems);
+    warns_once_and_keeps_perf_maps(&node, "no V8 postmortem metadata");
 }
 
 #[test]
@@ -83,17 +70,22 @@ fn a_node_with_an_out_of_range_layout_warns_once_and_keeps_perf_maps() {
     let mut doctored = data;
     doctored[at..at + 4].copy_from_slice(&4096i32.to_le_bytes());
     std::fs::write(&node, &doctored).expect("write doctored node");
-    let run = Scenario::new(22, "blocks.js").node_binary(&node).run();
+    warns_once_and_keeps_perf_maps(&node, "off_fp_function = 4096 is out of range");
+}
+
+/// Runs blocks.js on `node`: loopbpf must print exactly one "named from perf
+/// maps only" warning, containing `why`, and still name the blocks from the
+/// perf map.
+fn warns_once_and_keeps_perf_maps(node: &std::path::Path, why: &str) {
+    let run = Scenario::new(22, "blocks.js").node_binary(node).run();
     let warned: Vec<&str> = run
         .loopbpf_stderr
         .lines()
         .filter(|l| l.contains("named from perf maps only"))
         .collect();
     let mut problems = Vec::new();
-    if warned.len() != 1 || !warned[0].contains("off_fp_function = 4096 is out of range") {
-        problems.push(format!(
-            "want one warning naming the value out of range, got {warned:?}"
-        ));
+    if warned.len() != 1 || !warned[0].contains(why) {
+        problems.push(format!("want one warning saying {why:?}, got {warned:?}"));
     }
     problems.extend(named_by_perf_map(&run));
     run.check(problems);

@@ -207,7 +207,7 @@ fn lint(paths: &Paths) -> Result<()> {
     let ebpf_cfg = format!("bpf_target_arch=\"{}\"", std::env::consts::ARCH);
     let ebpf = "profiler-ebpf";
     // profiler-ebpf only compiles for the BPF target, so it is linted on its own.
-    let host: &[&str] = &["clippy", "--workspace", "--exclude", ebpf];
+    let host: &[&str] = &["clippy", "--workspace", "--all-targets", "--exclude", ebpf];
     let bpf: &[&str] = &["+nightly", "clippy", "--package", ebpf, "--release"];
     let bpf_target: &[&str] = &["--target", "bpfel-unknown-none", "-Z", "build-std=core"];
     let deny: &[&str] = &["--", "-D", "warnings"];

@@ -278,7 +278,7 @@ impl Symbolizer {
         pid: u32,
         stacks: Vec<StackRequest>,
     ) -> Result<Symbolized, SymbolizeError> {
-        let (sender, mut receiver) = tokio::sync::oneshot::channel();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
         let abandoned = self.send(pid, sender_reply(sender), |reply, abandoned| {
             Command::Symbolize {
                 pid,
@@ -287,13 +287,7 @@ impl Symbolizer {
                 abandoned,
             }
         })?;
-        let tick = self.shared.workers.policy.tick();
-        loop {
-            match tokio::time::timeout(tick, &mut receiver).await {
-                Ok(reply) => return reply.map_err(|_| SymbolizeError::ThreadGone)?,
-                Err(_) => self.watch(pid, &abandoned)?,
-            }
-        }
+        self.wait(pid, &abandoned, receiver).await
     }
 
     /// Prepares everything naming `pid`'s stacks needs, so that its first
@@ -301,7 +295,7 @@ impl Symbolizer {
     /// symbol tables of its executable files, its perf map and mappings, and
     /// its V8 layout. Answers like a refresh (a request with no stacks).
     pub async fn prepare(&self, pid: u32) -> Result<Symbolized, SymbolizeError> {
-        let (sender, mut receiver) = tokio::sync::oneshot::channel();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
         let abandoned = self.send(pid, sender_reply(sender), |reply, abandoned| {
             Command::Prepare {
                 pid,
@@ -309,13 +303,7 @@ impl Symbolizer {
                 abandoned,
             }
         })?;
-        let tick = self.shared.workers.policy.tick();
-        loop {
-            match tokio::time::timeout(tick, &mut receiver).await {
-                Ok(reply) => return reply.map_err(|_| SymbolizeError::ThreadGone)?,
-                Err(_) => self.watch(pid, &abandoned)?,
-            }
-        }
+        self.wait(pid, &abandoned, receiver).await
     }
 
     /// [`Self::symbolize`] for callers outside an async runtime.
@@ -390,6 +378,23 @@ impl Symbolizer {
     /// request, strike its process and replace the worker (whoever waits
     /// notices first; the replacement serves the requests queued behind).
     /// Errs if the waiter's own request was the one abandoned.
+    /// The worker's reply, watching it every tick meanwhile (a stuck worker
+    /// is replaced and its process struck, see [`Self::watch`]).
+    async fn wait(
+        &self,
+        pid: u32,
+        abandoned: &Abandoned,
+        mut receiver: tokio::sync::oneshot::Receiver<Result<Symbolized, SymbolizeError>>,
+    ) -> Result<Symbolized, SymbolizeError> {
+        let tick = self.shared.workers.policy.tick();
+        loop {
+            match tokio::time::timeout(tick, &mut receiver).await {
+                Ok(reply) => return reply.map_err(|_| SymbolizeError::ThreadGone)?,
+                Err(_) => self.watch(pid, abandoned)?,
+            }
+        }
+    }
+
     fn watch(&self, pid: u32, abandoned: &Abandoned) -> Result<(), SymbolizeError> {
         let mut current = lock(&self.shared.current);
         if let Some(verdict) = current.check(Instant::now()) {
