@@ -223,27 +223,11 @@ fn pool_summary(p: &PoolSummary) -> String {
 mod tests {
     use super::*;
 
-    fn summary_of(comm: &str, kernel: crate::kernel::probes::KernelCounters) -> String {
-        summary(&ProcessSummary {
+    /// A process with nothing measured, named `comm`.
+    fn process(comm: &str) -> ProcessSummary {
+        ProcessSummary {
             pid: 7,
             comm: comm.into(),
-            loops: vec![],
-            samples: 0,
-            episodes_reported: 0,
-            exited: false,
-            kernel,
-            symbolizer: Default::default(),
-            threadpool: None,
-            threads: vec![],
-            v8_names: None,
-        })
-    }
-
-    #[test]
-    fn the_summary_shows_the_v8_name_cache() {
-        let mut s = ProcessSummary {
-            pid: 7,
-            comm: "node".into(),
             loops: vec![],
             samples: 0,
             episodes_reported: 0,
@@ -253,7 +237,19 @@ mod tests {
             threadpool: None,
             threads: vec![],
             v8_names: None,
-        };
+        }
+    }
+
+    fn summary_of(comm: &str, kernel: crate::kernel::probes::KernelCounters) -> String {
+        summary(&ProcessSummary {
+            kernel,
+            ..process(comm)
+        })
+    }
+
+    #[test]
+    fn the_summary_shows_the_v8_name_cache() {
+        let mut s = process("node");
         assert!(!summary(&s).contains("V8"));
         s.v8_names = Some(crate::symbolize::V8Names {
             stats: crate::v8::NamerStats {
@@ -291,19 +287,7 @@ mod tests {
 
     #[test]
     fn the_summary_names_what_went_wrong_in_the_symbolizer() {
-        let mut s = ProcessSummary {
-            pid: 7,
-            comm: "node".into(),
-            loops: vec![],
-            samples: 0,
-            episodes_reported: 0,
-            exited: false,
-            kernel: Default::default(),
-            symbolizer: Default::default(),
-            threadpool: None,
-            threads: vec![],
-            v8_names: None,
-        };
+        let mut s = process("node");
         assert!(!summary(&s).contains("symbolizer"));
         s.symbolizer.perf_maps_refused = 1;
         s.symbolizer.timeouts = 2;
