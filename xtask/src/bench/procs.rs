@@ -288,3 +288,36 @@ pub fn kv_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
+
+/// Over the episodes in `lines` (the agent's JSON output; folded paths
+/// relative to `out`): the folded sample counts whose stack `hit` accepts,
+/// and all counts, bare `[runqueue]` lines (no stack by design) left out.
+/// An episode whose folded file cannot be read counts for neither.
+pub fn folded_share(lines: &[Line], out: &Path, hit: impl Fn(&str) -> bool) -> (u64, u64) {
+    let (mut hits, mut total) = (0u64, 0u64);
+    for l in lines
+        .iter()
+        .filter(|l| json_field(&l.text, "type") == Some("episode"))
+    {
+        let Some(path) = json_field(&l.text, "folded") else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(out.join(path)) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some((stack, n)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            if stack == "[runqueue]" {
+                continue;
+            }
+            let n: u64 = n.parse().unwrap_or(0);
+            total += n;
+            if hit(stack) {
+                hits += n;
+            }
+        }
+    }
+    (hits, total)
+}

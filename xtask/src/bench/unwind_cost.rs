@@ -8,7 +8,7 @@
 //! userspace unwind is in it) and peak RSS, what the ring buffer dropped, and
 //! the share of samples whose stack names the JavaScript caller.
 
-use super::procs::{cpu_ticks, json_field, status_kib, Proc, SIGINT};
+use super::procs::{cpu_ticks, folded_share, json_field, status_kib, Proc, SIGINT};
 use super::{scratch, Env, Row};
 use crate::cmd;
 use anyhow::{Context, Result};
@@ -100,36 +100,9 @@ fn measure(env: &Env, hz: u32, copy: bool, ticks_per_s: f64) -> Result<Vec<Row>>
     );
 
     // Share of samples (folded counts) naming the caller, over the episodes.
-    let (mut hits, mut total) = (0u64, 0u64);
-    for l in lines
-        .iter()
-        .filter(|l| json_field(&l.text, "type") == Some("episode"))
-    {
-        let Some(path) = json_field(&l.text, "folded") else {
-            continue;
-        };
-        let path = if path.starts_with('/') {
-            std::path::PathBuf::from(path)
-        } else {
-            out.join(path)
-        };
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        for line in text.lines() {
-            let Some((stack, n)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let n: u64 = n.parse().unwrap_or(0);
-            if stack == "[runqueue]" {
-                continue;
-            }
-            total += n;
-            if stack.contains("blockPbkdf2") || stack.contains("blockAtomicsWait") {
-                hits += n;
-            }
-        }
-    }
+    let (hits, total) = folded_share(&lines, &out, |stack| {
+        stack.contains("blockPbkdf2") || stack.contains("blockAtomicsWait")
+    });
 
     let section = "unwind cost";
     let cond = format!(

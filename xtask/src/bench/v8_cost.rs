@@ -8,9 +8,9 @@
 //! ring buffer's losses, and the share of samples whose stack names a
 //! JavaScript function.
 
-use super::procs::{json_field, status_kib, task_cpu_ns, Proc, SIGINT};
+use super::procs::{folded_share, json_field, status_kib, task_cpu_ns, Proc, SIGINT};
 use super::{scratch, Env, Row};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -139,35 +139,7 @@ fn measure(env: &Env, on: bool) -> Result<Vec<Row>> {
 /// named JavaScript frame (`name /file:line:col`, or `(anonymous)` of the
 /// workload's generated functions).
 fn js_share(lines: &[super::procs::Line], out: &Path) -> (u64, u64) {
-    let (mut hits, mut total) = (0u64, 0u64);
-    for l in lines
-        .iter()
-        .filter(|l| json_field(&l.text, "type") == Some("episode"))
-    {
-        let Some(path) = json_field(&l.text, "folded") else {
-            continue;
-        };
-        let path = if path.starts_with('/') {
-            std::path::PathBuf::from(path)
-        } else {
-            out.join(path)
-        };
-        let Ok(text) = std::fs::read_to_string(&path).context("folded file") else {
-            continue;
-        };
-        for line in text.lines() {
-            let Some((stack, n)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let n: u64 = n.parse().unwrap_or(0);
-            if stack == "[runqueue]" {
-                continue;
-            }
-            total += n;
-            if stack.contains("block ") || stack.contains("v8_frames.js:") {
-                hits += n;
-            }
-        }
-    }
-    (hits, total)
+    folded_share(lines, out, |stack| {
+        stack.contains("block ") || stack.contains("v8_frames.js:")
+    })
 }
