@@ -223,11 +223,8 @@ fn check_tier(
             e.top_frame
         ));
     }
-    let stacks: Vec<FoldedStack> = match run.folded(e) {
-        Ok(s) => s
-            .into_iter()
-            .filter(|s| s.frames != ["[runqueue]"])
-            .collect(),
+    let stacks: Vec<FoldedStack> = match run.folded_with_stacks(e) {
+        Ok(s) => s,
         Err(err) => return vec![format!("{name}: {err}")],
     };
     let total: u64 = stacks.iter().map(|s| s.count).sum();

@@ -101,11 +101,8 @@ fn native_code_keeps_its_javascript_callers(major: u32) {
 /// the share.
 fn check(run: &Run, name: &str, e: &Episode) -> Vec<String> {
     let mut problems = Vec::new();
-    let stacks: Vec<FoldedStack> = match run.folded(e) {
-        Ok(s) => s
-            .into_iter()
-            .filter(|s| s.frames != ["[runqueue]"])
-            .collect(),
+    let stacks: Vec<FoldedStack> = match run.folded_with_stacks(e) {
+        Ok(s) => s,
         Err(err) => return vec![format!("{name}: {err}")],
     };
     let total: u64 = stacks.iter().map(|s| s.count).sum();
