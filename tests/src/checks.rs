@@ -1,5 +1,5 @@
 //! Checks more than one test file makes of a run.
-use crate::{contains, Run};
+use crate::{contains, Episode, FoldedStack, Run};
 
 /// exec_sync.js's one `runChildSync` (`execSync('sleep 0.3')`) lies inside
 /// one episode of at least 250 ms: the nested loop's polls did not end the
@@ -26,4 +26,13 @@ pub fn exec_sync_is_one_episode(run: &Run) -> Vec<String> {
         Some(_) => {}
     }
     problems
+}
+
+/// The episode's folded stacks without the bare `[runqueue]` lines: a
+/// preempted thread's wait for a CPU has no stack by design (no stack is
+/// taken on preemption, for cost), so it can name no function.
+pub fn folded_with_stacks(run: &Run, episode: &Episode) -> Result<Vec<FoldedStack>, String> {
+    let mut stacks = run.folded(episode)?;
+    stacks.retain(|s| s.frames != ["[runqueue]"]);
+    Ok(stacks)
 }

@@ -537,15 +537,6 @@ impl Run {
         parse_folded(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// [`Self::folded`] without the bare `[runqueue]` lines: a preempted
-    /// thread's wait for a CPU has no stack by design (no stack is taken on
-    /// preemption, for cost), so it can name no function.
-    pub fn folded_with_stacks(&self, episode: &Episode) -> Result<Vec<FoldedStack>, String> {
-        let mut stacks = self.folded(episode)?;
-        stacks.retain(|s| s.frames != ["[runqueue]"]);
-        Ok(stacks)
-    }
-
     /// Panics with `problems` plus the contract every run must keep, if
     /// anything is wrong: loopbpf's stdout is JSON lines, its ready line names
     /// the target and the expected syscall probes (the per-syscall

@@ -2,6 +2,7 @@
 //! own memory: each block of `node/blocks.js` is an episode whose top frame
 //! is the blocking function with its file:line, present in most samples.
 
+use integration_tests::checks::folded_with_stacks;
 use integration_tests::{
     node_tests, overlaps, samples_with_frame, Block, Episode, FoldedStack, Run, Scenario,
 };
@@ -223,7 +224,7 @@ fn check_tier(
             e.top_frame
         ));
     }
-    let stacks: Vec<FoldedStack> = match run.folded_with_stacks(e) {
+    let stacks: Vec<FoldedStack> = match folded_with_stacks(run, e) {
         Ok(s) => s,
         Err(err) => return vec![format!("{name}: {err}")],
     };

@@ -4,6 +4,7 @@
 //! stacks are unwound from a copy of the stack with unwind tables, and JIT
 //! code by frame pointer (issue 16).
 
+use integration_tests::checks::folded_with_stacks;
 use integration_tests::{node_tests, overlaps, Episode, FoldedStack, Run, Scenario};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,7 +102,7 @@ fn native_code_keeps_its_javascript_callers(major: u32) {
 /// the share.
 fn check(run: &Run, name: &str, e: &Episode) -> Vec<String> {
     let mut problems = Vec::new();
-    let stacks: Vec<FoldedStack> = match run.folded_with_stacks(e) {
+    let stacks: Vec<FoldedStack> = match folded_with_stacks(run, e) {
         Ok(s) => s,
         Err(err) => return vec![format!("{name}: {err}")],
     };
